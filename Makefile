@@ -1,0 +1,51 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install run test test-unit test-integration lint typecheck lock up down status clean-stack
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the locked dependencies
+
+run: install ## start the stack, the API and the workers in the foreground (Ctrl-C stops all)
+	$(BIN)/mohallamart run
+
+test: install ## run every test (starts the local stack for the integration tests)
+	$(BIN)/python -m pytest
+
+test-unit: install ## unit tests only (no network)
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install ## integration tests against the local stack
+	$(BIN)/python -m pytest tests/integration
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+lock: ## re-pin requirements.lock from pyproject.toml (needs network)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile --python-version 3.11 --extra dev --no-header --annotation-style line pyproject.toml -o requirements.lock
+
+up: install ## mohallamart stack up
+	$(BIN)/mohallamart stack up
+
+down: install ## mohallamart stack down
+	$(BIN)/mohallamart stack down
+
+status: install ## mohallamart stack status
+	$(BIN)/mohallamart stack status
+
+clean-stack: down ## stop the stack and delete its data (.stack/)
+	rm -rf .stack

@@ -1,0 +1,107 @@
+"""`GET /health`: is every dependency of the pipeline reachable? `GET /metrics`: Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import psycopg
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import SettingsDep
+from mohallamart.settings import Settings
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+_TIMEOUT_S = 3.0
+
+
+async def _kafka(s: Settings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 0})
+    md = await asyncio.to_thread(admin.list_topics, timeout=_TIMEOUT_S)
+    if not md.brokers:
+        raise RuntimeError("no broker in metadata")
+
+
+async def _registry(s: Settings) -> None:
+    async with httpx.AsyncClient(timeout=_TIMEOUT_S) as client:
+        r = await client.get(f"{s.registry_url}/subjects")
+        r.raise_for_status()
+
+
+async def _postgres(s: Settings) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        s.postgres_dsn, connect_timeout=int(_TIMEOUT_S)
+    ) as conn:
+        await conn.execute("SELECT 1")
+
+
+async def _redis(s: Settings) -> None:
+    client = aioredis.from_url(s.redis_dsn, socket_timeout=_TIMEOUT_S)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def _typesense(s: Settings) -> None:
+    async with httpx.AsyncClient(timeout=_TIMEOUT_S) as client:
+        r = await client.get(f"{s.typesense_base_url}/health")
+        r.raise_for_status()
+
+
+async def _smtp(s: Settings) -> None:
+    host, port = s.smtp_address
+
+    def check() -> None:
+        with smtplib.SMTP(host, port, timeout=_TIMEOUT_S) as smtp:
+            smtp.noop()
+
+    await asyncio.to_thread(check)
+
+
+_CHECKS: dict[str, Callable[[Settings], Awaitable[None]]] = {
+    "kafka": _kafka,
+    "schema_registry": _registry,
+    "postgres": _postgres,
+    "redis": _redis,
+    "typesense": _typesense,
+    "smtp": _smtp,
+}
+
+
+async def _run(name: str, check: Callable[[Settings], Awaitable[None]], s: Settings) -> dict[str, object]:
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(check(s), timeout=_TIMEOUT_S + 1)
+        return {"ok": True, "ms": round((time.monotonic() - t0) * 1000, 1)}
+    except Exception as exc:  # noqa: BLE001 - reported, never raised
+        # The exception's type only: messages can carry connection strings.
+        return {"ok": False, "error": type(exc).__name__}
+
+
+@router.get("/health")
+async def health(settings: SettingsDep) -> JSONResponse:
+    """200 when every dependency answers, else 503 naming the ones that do not."""
+    names = list(_CHECKS)
+    results = await asyncio.gather(*(_run(n, _CHECKS[n], settings) for n in names))
+    checks = dict(zip(names, results, strict=True))
+    ok = all(r["ok"] for r in results)
+    return JSONResponse(
+        {"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,140 @@
+"""The one typed, frozen settings object, read from the environment and `.env`.
+
+Every process (API, workers, operator tool, tests) reads its configuration here and nowhere else.
+Connectors never see this object: they take plain constructor arguments.
+
+A service URL left unset means "the local stack runs it": the stack starts the service on its
+configured port and the effective URL points there. A URL that is set means "use this one": the
+stack neither starts nor stops that service.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["PROJECT_ROOT", "PLACEHOLDER_SECRET", "Settings", "get_settings"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PLACEHOLDER_SECRET = "changethis"
+
+Environment = Literal["development", "test", "production"]
+
+
+class Settings(BaseSettings):
+    """Configuration of every MohallaMart process. Field names are the environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=os.environ.get("MOHALLAMART_ENV_FILE", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    environment: Environment = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- services: set a URL to use an external one; leave unset to run it in the local stack ---
+    kafka_bootstrap_servers: str | None = None
+    schema_registry_url: str | None = None
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    typesense_url: str | None = None
+    typesense_api_key: SecretStr = SecretStr(PLACEHOLDER_SECRET)
+    smtp_url: str | None = None
+
+    # --- the local stack (`mohallamart stack ...`) ---
+    stack_dir: Path = PROJECT_ROOT / ".stack"
+    stack_cache_dir: Path = Path.home() / ".cache" / "mohallamart"
+    stack_host: str = "127.0.0.1"
+    stack_kafka_port: int = Field(19092, ge=1, le=65535)
+    stack_kafka_controller_port: int = Field(19093, ge=1, le=65535)
+    stack_registry_port: int = Field(18081, ge=1, le=65535)
+    stack_registry_db_port: int = Field(15433, ge=1, le=65535)
+    stack_postgres_port: int = Field(15432, ge=1, le=65535)
+    stack_redis_port: int = Field(16379, ge=1, le=65535)
+    stack_typesense_port: int = Field(18108, ge=1, le=65535)
+    stack_typesense_peering_port: int = Field(18107, ge=1, le=65535)
+    stack_smtp_port: int = Field(11025, ge=1, le=65535)
+    stack_kafka_heap_mb: int = Field(512, ge=128)
+    stack_registry_heap_mb: int = Field(384, ge=128)
+    stack_start_timeout_s: float = Field(120.0, gt=0)
+    # Where to look for a JDK when JAVA_HOME is unset or too old (colon-separated folders).
+    stack_jvm_dirs: str = "/usr/lib/jvm:/usr/lib64/jvm:/Library/Java/JavaVirtualMachines"
+    kafka_version: str = "4.1.1"
+    apicurio_version: str = "3.3.3"
+
+    # --- API ---
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+
+    # --- workers (Faust) ---
+    # The test profile shortens these so a killed worker is replaced in seconds, not a minute.
+    kafka_session_timeout_ms: int = Field(10_000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    kafka_rebalance_timeout_ms: int = Field(30_000, ge=1000)
+    worker_data_dir: Path = PROJECT_ROOT / ".stack" / "workers"
+    worker_web_host: str = "127.0.0.1"
+    worker_web_port: int = Field(6066, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment == "production":
+            if self.typesense_api_key.get_secret_value() == PLACEHOLDER_SECRET:
+                raise ValueError(
+                    "TYPESENSE_API_KEY is the development placeholder; set a real key "
+                    "outside development"
+                )
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ValueError(
+                "KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of KAFKA_SESSION_TIMEOUT_MS"
+            )
+        return self
+
+    # --- effective addresses: the configured service, else the local stack's ---
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka_bootstrap_servers or f"{self.stack_host}:{self.stack_kafka_port}"
+
+    @property
+    def registry_url(self) -> str:
+        return self.schema_registry_url or (
+            f"http://{self.stack_host}:{self.stack_registry_port}/apis/ccompat/v7"
+        )
+
+    @property
+    def postgres_dsn(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"postgresql://postgres@{self.stack_host}:{self.stack_postgres_port}/mohallamart"
+
+    @property
+    def redis_dsn(self) -> str:
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        return f"redis://{self.stack_host}:{self.stack_redis_port}/0"
+
+    @property
+    def typesense_base_url(self) -> str:
+        return self.typesense_url or f"http://{self.stack_host}:{self.stack_typesense_port}"
+
+    @property
+    def smtp_address(self) -> tuple[str, int]:
+        """(host, port) of the SMTP relay: `smtp://host:port` in SMTP_URL, else the stack's."""
+        if self.smtp_url:
+            rest = self.smtp_url.split("://", 1)[-1].rsplit("@", 1)[-1]
+            host, _, port = rest.partition(":")
+            return host, int(port or 25)
+        return self.stack_host, self.stack_smtp_port
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

@@ -1,0 +1,193 @@
+"""`stack up | down | status | start | stop`: the local stack as one unit.
+
+- `up` is idempotent: a service this checkout's stack started (its recorded PID is alive) is
+  reused; a stranger on one of its ports is an error naming the port and its setting.
+- `down` stops exactly the processes the stack recorded, by PID, in reverse start order.
+- Data lives in `<STACK_DIR>/<service>/` and survives `down` and `up`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from mohallamart.errors import StackError
+from mohallamart.settings import Settings
+from mohallamart.stack import process
+from mohallamart.stack.services import Service, all_services
+
+__all__ = ["ServiceStatus", "Stack", "UpResult"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    managed: bool  # False: configured externally, the stack leaves it alone
+    pid: int | None
+    healthy: bool
+    log: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class UpResult:
+    started: list[str]
+    reused: list[str]
+    external: list[str]
+    seconds: float
+
+
+class Stack:
+    """The local stack of one checkout (its STACK_DIR)."""
+
+    def __init__(self, settings: Settings, echo: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.services = {s.name: s for s in all_services(settings)}
+        self._echo = echo or _log.info
+
+    # --- selection ----------------------------------------------------------------------------
+    def _select(self, names: Iterable[str] | None, *, with_deps: bool) -> list[Service]:
+        if not names:
+            return list(self.services.values())
+        wanted: set[str] = set()
+        for name in names:
+            if name not in self.services:
+                raise StackError(
+                    f"unknown service {name!r}; services are: {', '.join(self.services)}"
+                )
+            wanted.add(name)
+        if with_deps:
+            frontier = list(wanted)
+            while frontier:
+                for dep in self.services[frontier.pop()].depends_on:
+                    if dep not in wanted:
+                        wanted.add(dep)
+                        frontier.append(dep)
+        return [s for s in self.services.values() if s.name in wanted]
+
+    # --- up -------------------------------------------------------------------------------------
+    def up(self, names: Iterable[str] | None = None) -> UpResult:
+        """Start what is not running (and what it depends on); wait until all are healthy."""
+        t0 = time.monotonic()
+        selected = self._select(names, with_deps=True)
+        external = [s.name for s in selected if s.external]
+        managed = [s for s in selected if not s.external]
+        reused = [s for s in managed if process.running(s.state) is not None]
+        to_start = [s for s in managed if s not in reused]
+
+        # Every check before anything starts: nothing half-up because of a late error.
+        for svc in to_start:
+            for port, setting in svc.ports():
+                if process.port_in_use(self.settings.stack_host, port):
+                    raise StackError(
+                        f"{svc.name}: port {port} on {self.settings.stack_host} is already in "
+                        f"use by a process this stack did not start; stop that process or "
+                        f"choose another port with {setting}=<port> (environment or .env)"
+                    )
+        for svc in to_start:
+            svc.preflight()
+        for svc in to_start:
+            svc.prepare()
+
+        launched: dict[str, float] = {}
+        healthy: set[str] = set(external)
+        pending = list(managed)
+        timeout = self.settings.stack_start_timeout_s
+        for svc in reused:
+            self._echo(f"{svc.name}: already running (pid {process.running(svc.state).pid})")  # type: ignore[union-attr]
+        while pending:
+            progressed = False
+            for svc in list(pending):
+                if svc in to_start and svc.name not in launched:
+                    if all(dep in healthy for dep in svc.depends_on):
+                        rec = svc.launch()
+                        launched[svc.name] = time.monotonic()
+                        self._echo(f"{svc.name}: starting (pid {rec.pid}, log {svc.log})")
+                        progressed = True
+                    continue
+                if process.running(svc.state) is None:
+                    raise StackError(
+                        f"{svc.name} exited during start; its log {svc.log} ends with:\n"
+                        f"{process.log_tail(svc.log)}"
+                    )
+                if svc.healthy():
+                    svc.after_healthy()
+                    healthy.add(svc.name)
+                    pending.remove(svc)
+                    since = launched.get(svc.name)
+                    took = f" in {time.monotonic() - since:.1f} s" if since else ""
+                    self._echo(f"{svc.name}: healthy at {svc.address}{took}")
+                    progressed = True
+                    continue
+                started_at = launched.get(svc.name, t0)
+                if time.monotonic() - started_at > timeout * svc.start_timeout_factor:
+                    raise StackError(
+                        f"{svc.name} did not become healthy within {timeout:.0f} s "
+                        f"(STACK_START_TIMEOUT_S); its log {svc.log} ends with:\n"
+                        f"{process.log_tail(svc.log)}"
+                    )
+            if pending and not progressed:
+                time.sleep(0.25)
+        return UpResult(
+            started=[s.name for s in to_start],
+            reused=[s.name for s in reused],
+            external=external,
+            seconds=time.monotonic() - t0,
+        )
+
+    # --- down -----------------------------------------------------------------------------------
+    def down(self, names: Iterable[str] | None = None) -> list[str]:
+        """Stop the services the stack started (those named, or all), by their recorded PIDs.
+
+        Dependents stop first (the registry before its database); the rest stop in parallel.
+        """
+        selected = [s for s in self._select(names, with_deps=False) if not s.external]
+        live = {s.name: process.running(s.state) for s in selected}
+        needed = {dep for s in selected if live[s.name] for dep in s.depends_on}
+        waves = [
+            [s for s in selected if s.name not in needed],
+            [s for s in selected if s.name in needed],
+        ]
+        stopped: list[str] = []
+        for wave in waves:
+            running = [s for s in wave if live[s.name] is not None]
+            for svc in wave:
+                if live[svc.name] is None:
+                    process.stop(svc.state)  # clears a stale record
+            for svc in running:
+                self._echo(f"{svc.name}: stopping (pid {live[svc.name].pid})")  # type: ignore[union-attr]
+            with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+                list(pool.map(lambda s: process.stop(s.state, sig=s.stop_signal), running))
+            stopped.extend(s.name for s in running)
+        return stopped
+
+    # --- status ---------------------------------------------------------------------------------
+    def status(self) -> list[ServiceStatus]:
+        out: list[ServiceStatus] = []
+        for svc in self.services.values():
+            if svc.external:
+                out.append(
+                    ServiceStatus(svc.name, "(external: " + svc.url_setting + ")", False, None,
+                                  False, None)
+                )
+                continue
+            rec = process.running(svc.state)
+            out.append(
+                ServiceStatus(
+                    name=svc.name,
+                    address=svc.address,
+                    managed=True,
+                    pid=rec.pid if rec else None,
+                    healthy=bool(rec) and svc.healthy(),
+                    log=str(svc.log),
+                )
+            )
+        return out

