@@ -22,7 +22,7 @@ run: install ## start the stack, the API and the workers in the foreground (Ctrl
 	$(BIN)/mohallamart run
 
 test: install ## run every test (starts the local stack for the integration tests)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=10
 
 test-unit: install ## unit tests only (no network)
 	$(BIN)/python -m pytest tests/unit
