@@ -1,8 +1,8 @@
 """`mohallamart`: the one command line for everything an operator does.
 
-    mohallamart stack up|down|status|start|stop   the local stack of real services
-    mohallamart run                               stack + API + workers in the foreground
-    mohallamart api | worker --role R | smtpd     one process of the pipeline
+mohallamart stack up|down|status|start|stop   the local stack of real services
+mohallamart run                               stack + API + workers in the foreground
+mohallamart api | worker --role R | smtpd     one process of the pipeline
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def _cmd_stack_status(args: argparse.Namespace) -> int:
     else:
         _out(f"{'service':<12} {'state':<10} {'pid':>8}  address")
         for s in statuses:
-            state = "external" if not s.managed else (
-                "healthy" if s.healthy else ("unhealthy" if s.pid else "stopped")
+            state = (
+                "external"
+                if not s.managed
+                else ("healthy" if s.healthy else ("unhealthy" if s.pid else "stopped"))
             )
             _out(f"{s.name:<12} {state:<10} {s.pid or '-':>8}  {s.address}")
     managed = [s for s in statuses if s.managed]
@@ -166,7 +168,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     stopping.set()
             stopping.wait(0.5)
     finally:
-        for name, proc in reversed(children):
+        for _name, proc in reversed(children):
             if proc.poll() is None:
                 proc.terminate()
         deadline = time.monotonic() + 20
@@ -200,8 +202,12 @@ def _parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="the local stack of real services (no Docker)")
     ssub = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
     up = ssub.add_parser("up", help="start every service (or those named) and wait until healthy")
-    up.add_argument("services", nargs="*", metavar="SERVICE",
-                    help=f"any of: {', '.join(services)} (default: all)")
+    up.add_argument(
+        "services",
+        nargs="*",
+        metavar="SERVICE",
+        help=f"any of: {', '.join(services)} (default: all)",
+    )
     up.set_defaults(func=_cmd_stack_up)
     down = ssub.add_parser("down", help="stop every service this stack started (by PID)")
     down.add_argument("services", nargs="*", metavar="SERVICE", help="default: all")

@@ -32,7 +32,8 @@ def create_app(role: str, settings: Settings) -> faust.App:
     app = faust.App(
         f"mohallamart-{role}",
         broker=f"kafka://{settings.kafka_bootstrap}",
-        store="rocksdb://",  # RocksDB through rocksdict (faust picks it when python-rocksdb is absent)
+        # RocksDB through rocksdict (faust picks it when python-rocksdb is absent)
+        store="rocksdb://",
         processing_guarantee="at_least_once",
         topic_replication_factor=1,
         topic_allow_declare=True,

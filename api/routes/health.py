@@ -80,7 +80,9 @@ _CHECKS: dict[str, Callable[[Settings], Awaitable[None]]] = {
 }
 
 
-async def _run(name: str, check: Callable[[Settings], Awaitable[None]], s: Settings) -> dict[str, object]:
+async def _run(
+    name: str, check: Callable[[Settings], Awaitable[None]], s: Settings
+) -> dict[str, object]:
     t0 = time.monotonic()
     try:
         await asyncio.wait_for(check(s), timeout=_TIMEOUT_S + 1)

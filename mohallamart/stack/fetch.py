@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mohallamart.errors import StackError
@@ -47,9 +48,12 @@ def _mvn() -> str:
     return mvn
 
 
-def _run_mvn(args: list[str], what: str, cwd: Path, java_home: Path) -> None:
+Echo = Callable[[str], None]
+
+
+def _run_mvn(args: list[str], what: str, cwd: Path, java_home: Path, echo: Echo) -> None:
     started = time.monotonic()
-    _log.info("fetching %s with Maven (first run only) ...", what)
+    echo(f"fetching {what} from Maven Central with Maven (first run only) ...")
     proc = subprocess.run(  # noqa: S603
         [_mvn(), "-B", "-q", *args],
         cwd=cwd,
@@ -60,10 +64,10 @@ def _run_mvn(args: list[str], what: str, cwd: Path, java_home: Path) -> None:
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
         raise StackError(f"Maven could not fetch {what} (exit {proc.returncode}):\n{tail}")
-    _log.info("fetched %s in %.1f s", what, time.monotonic() - started)
+    echo(f"fetched {what} in {time.monotonic() - started:.1f} s")
 
 
-def fetch_kafka(cache: Path, version: str, java_home: Path) -> Path:
+def fetch_kafka(cache: Path, version: str, java_home: Path, echo: Echo = _log.info) -> Path:
     """The folder of Kafka's runtime jars (kafka_2.13, tools, a log4j2 binding)."""
     home = cache / f"kafka-{version}"
     libs = home / "libs"
@@ -75,15 +79,16 @@ def fetch_kafka(cache: Path, version: str, java_home: Path) -> Path:
     shutil.rmtree(libs, ignore_errors=True)
     _run_mvn(
         ["dependency:copy-dependencies", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-        f"Apache Kafka {version} jars (~45 MB)",
+        f"Apache Kafka {version} jars (~54 MB)",
         home,
         java_home,
+        echo,
     )
     done.touch()
     return libs
 
 
-def fetch_apicurio(cache: Path, version: str, java_home: Path) -> Path:
+def fetch_apicurio(cache: Path, version: str, java_home: Path, echo: Echo = _log.info) -> Path:
     """The unpacked Apicurio Registry app folder (holds quarkus-run.jar)."""
     home = cache / f"apicurio-registry-{version}"
     app = home / "app"
@@ -102,6 +107,7 @@ def fetch_apicurio(cache: Path, version: str, java_home: Path) -> Path:
         f"Apicurio Registry {version} (~160 MB)",
         home,
         java_home,
+        echo,
     )
     shutil.rmtree(app, ignore_errors=True)
     app.mkdir()

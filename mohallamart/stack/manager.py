@@ -50,8 +50,8 @@ class Stack:
 
     def __init__(self, settings: Settings, echo: Callable[[str], None] | None = None) -> None:
         self.settings = settings
-        self.services = {s.name: s for s in all_services(settings)}
         self._echo = echo or _log.info
+        self.services = {s.name: s for s in all_services(settings, self._echo)}
 
     # --- selection ----------------------------------------------------------------------------
     def _select(self, names: Iterable[str] | None, *, with_deps: bool) -> list[Service]:
@@ -175,8 +175,9 @@ class Stack:
         for svc in self.services.values():
             if svc.external:
                 out.append(
-                    ServiceStatus(svc.name, "(external: " + svc.url_setting + ")", False, None,
-                                  False, None)
+                    ServiceStatus(
+                        svc.name, "(external: " + svc.url_setting + ")", False, None, False, None
+                    )
                 )
                 continue
             rec = process.running(svc.state)

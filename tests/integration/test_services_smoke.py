@@ -56,6 +56,7 @@ def test_kafka_produces_and_consumes(stack: Stack, settings: Settings) -> None:
     consumer.subscribe([topic])
     got: list[tuple[bytes, bytes]] = []
     try:
+
         def read() -> bool:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None:
@@ -132,9 +133,7 @@ def test_typesense_finds_a_misspelt_word(stack: Stack, settings: Settings) -> No
         }
     )
     name = f"smoke_{uuid.uuid4().hex[:12]}"
-    client.collections.create(
-        {"name": name, "fields": [{"name": "title", "type": "string"}]}
-    )
+    client.collections.create({"name": name, "fields": [{"name": "title", "type": "string"}]})
     try:
         client.collections[name].documents.import_(
             [{"id": "1", "title": "Basmati rice 5kg"}, {"id": "2", "title": "Toor dal 1kg"}],

@@ -75,6 +75,7 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
     reader.start()
     try:
+
         def healthy() -> dict[str, object] | None:
             r = httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5)
             return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
@@ -144,6 +145,7 @@ def test_down_stops_everything_and_up_keeps_topics_and_schemas(
     consumer.subscribe([topic])
     got: list[bytes] = []
     try:
+
         def read() -> bool:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None:

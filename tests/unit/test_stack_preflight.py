@@ -36,9 +36,15 @@ def isolated(tmp_path: Path) -> dict[str, str]:
     """A stack of its own: empty state, free ports, so the real one is never touched."""
     env = {"STACK_DIR": str(tmp_path / "stack")}
     for name in (
-        "STACK_KAFKA_PORT", "STACK_KAFKA_CONTROLLER_PORT", "STACK_REGISTRY_PORT",
-        "STACK_REGISTRY_DB_PORT", "STACK_POSTGRES_PORT", "STACK_REDIS_PORT",
-        "STACK_TYPESENSE_PORT", "STACK_TYPESENSE_PEERING_PORT", "STACK_SMTP_PORT",
+        "STACK_KAFKA_PORT",
+        "STACK_KAFKA_CONTROLLER_PORT",
+        "STACK_REGISTRY_PORT",
+        "STACK_REGISTRY_DB_PORT",
+        "STACK_POSTGRES_PORT",
+        "STACK_REDIS_PORT",
+        "STACK_TYPESENSE_PORT",
+        "STACK_TYPESENSE_PEERING_PORT",
+        "STACK_SMTP_PORT",
     ):
         env[name] = str(_free_port())
     return env
@@ -78,8 +84,17 @@ def test_missing_jdk_21_says_what_to_install(isolated: dict[str, str], tmp_path:
 
 def test_every_command_has_help() -> None:
     for args in (
-        [], ["stack"], ["stack", "up"], ["stack", "down"], ["stack", "status"],
-        ["stack", "start"], ["stack", "stop"], ["run"], ["api"], ["worker"], ["smtpd"],
+        [],
+        ["stack"],
+        ["stack", "up"],
+        ["stack", "down"],
+        ["stack", "status"],
+        ["stack", "start"],
+        ["stack", "stop"],
+        ["run"],
+        ["api"],
+        ["worker"],
+        ["smtpd"],
     ):
         res = _cli(*args, "--help", env={})
         assert res.returncode == 0, (args, res.stderr)
