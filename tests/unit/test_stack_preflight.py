@@ -99,3 +99,17 @@ def test_every_command_has_help() -> None:
         res = _cli(*args, "--help", env={})
         assert res.returncode == 0, (args, res.stderr)
         assert "usage: mohallamart" in res.stdout
+
+
+def test_service_that_dies_on_start_names_itself_its_log_and_its_last_lines(
+    isolated: dict[str, str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "redis-server"
+    broken.write_text("#!/bin/sh\necho 'FATAL: cannot open config (simulated)'\nexit 1\n")
+    broken.chmod(0o755)
+    res = _cli("stack", "up", "redis", env={**isolated, "REDIS_SERVER_BIN": str(broken)})
+    assert res.returncode == 1
+    log = Path(isolated["STACK_DIR"]) / "redis" / "redis.log"
+    assert "redis exited during start" in res.stderr
+    assert str(log) in res.stderr
+    assert "FATAL: cannot open config (simulated)" in res.stderr
