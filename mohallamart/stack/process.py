@@ -95,9 +95,15 @@ def spawn(
             start_new_session=True,  # Ctrl-C in the terminal that ran `stack up` must not reach it
             user=user,
         )
+    # Read its start time before anything can reap it (it is our child: until reaped, even an
+    # already-dead one is still there to read).
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        created = 0.0  # gone already: `running` will say so, and `up` shows its log
     # Reap it when it exits, so a long-lived starter (the test session, `run`) leaves no zombie.
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
-    rec = ProcessRecord(proc.pid, psutil.Process(proc.pid).create_time(), list(argv))
+    rec = ProcessRecord(proc.pid, created, list(argv))
     _record_path(state).write_text(
         json.dumps({"pid": rec.pid, "create_time": rec.create_time, "argv": rec.argv})
     )
