@@ -1,19 +1,123 @@
-"""Build the FastAPI application."""
+"""Build the FastAPI application and the clients it holds for its lifetime."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from api.routes import health
+from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
+
+from api.auth import Authenticator, RateLimiter
+from api.claims import ClaimStore
+from api.ingest import Ingestor
+from api.metrics import RequestMetrics
+from api.problems import install_handlers
+from api.producer import EventProducer
+from api.routes import events, health
+from mohallamart.db import migrate
+from mohallamart.settings import Settings, get_settings
+from schemas.catalog import EVENT_TYPES
+from schemas.registry import SchemaRegistry
+from schemas.topics import ensure_topics
 
 __all__ = ["create_app"]
 
+_log = logging.getLogger("mohallamart.api")
 
-def create_app() -> FastAPI:
+
+async def _keep_trying(what: str, fn: object, *args: object, every_s: float = 5.0) -> None:
+    """Run a start-up task until it succeeds; the API serves meanwhile (readyz says not ready)."""
+    while True:
+        try:
+            await asyncio.to_thread(fn, *args)  # type: ignore[arg-type]
+            _log.info("%s: done", what)
+            return
+        except Exception as exc:  # noqa: BLE001 - retried; the type is enough (no secrets)
+            _log.warning("%s failed (%s); retrying in %.0f s", what, type(exc).__name__, every_s)
+            await asyncio.sleep(every_s)
+
+
+async def _expire_claims(claims: ClaimStore, days: int) -> None:
+    while True:
+        with contextlib.suppress(Exception):
+            n = await claims.expire(days)
+            if n:
+                _log.info("expired %d ingest dedup claims older than %d days", n, days)
+        await asyncio.sleep(3600)
+
+
+def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(migrate, settings.postgres_dsn)
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            settings.postgres_dsn,
+            min_size=2,
+            max_size=settings.db_pool_max,
+            open=False,
+            timeout=settings.ingest_request_timeout_ms / 2000,
+        )
+        await pool.open(wait=False)
+        producer = EventProducer(
+            settings.kafka_bootstrap,
+            delivery_timeout_ms=settings.ingest_delivery_timeout_ms,
+            linger_ms=settings.ingest_linger_ms,
+            max_message_bytes=settings.ingest_max_event_bytes,
+        )
+        producer.start(asyncio.get_running_loop())
+        registry = SchemaRegistry(settings.registry_url)
+        claims = ClaimStore(pool, stale_after_s=settings.ingest_request_timeout_ms / 1000 * 3)
+        app.state.settings = settings
+        app.state.registry = registry
+        app.state.ingestor = Ingestor(
+            registry,
+            producer,
+            claims,
+            max_event_bytes=settings.ingest_max_event_bytes,
+            request_timeout_s=settings.ingest_request_timeout_ms / 1000,
+        )
+        app.state.auth = Authenticator(pool, settings.auth_cache_s)
+        app.state.limiter = RateLimiter(
+            settings.ingest_default_rate_per_s, settings.ingest_rate_burst_s
+        )
+        tasks = [
+            asyncio.create_task(
+                _keep_trying("creating topics", ensure_topics, settings.kafka_bootstrap)
+            ),
+            asyncio.create_task(
+                _keep_trying(
+                    "registering schemas", registry.register_all, list(EVENT_TYPES.values())
+                )
+            ),
+            asyncio.create_task(_expire_claims(claims, settings.ingest_dedup_retention_days)),
+        ]
+        app.state.startup_tasks = tasks[:2]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.to_thread(producer.close)
+            await pool.close()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
     app = FastAPI(
         title="MohallaMart event pipeline",
         version="0.1.0",
-        description="Ingestion and read API of the MohallaMart event pipeline.",
+        description="Ingestion and read API of the MohallaMart event pipeline. Every event is "
+        "validated against its Avro schema and published to Kafka in the Confluent wire format.",
+        lifespan=_lifespan(settings),
     )
+    install_handlers(app)
     app.include_router(health.router)
+    app.include_router(events.router)
+    app.add_middleware(RequestMetrics)
     return app

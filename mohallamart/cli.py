@@ -17,12 +17,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 from pydantic import ValidationError
 
 from mohallamart.errors import PipelineError
-from mohallamart.settings import Settings, get_settings
+from mohallamart.settings import PROJECT_ROOT, Settings, get_settings
 
 __all__ = ["main"]
 
@@ -102,6 +103,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
+        access_log=not args.no_access_log,
     )
     return 0
 
@@ -186,6 +188,189 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- database, keys, topics, schemas ----------------------------------------------------------
+
+
+def _cmd_db_migrate(args: argparse.Namespace) -> int:
+    from mohallamart.db import migrate
+
+    applied = migrate(_settings().postgres_dsn)
+    _out(f"applied {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from mohallamart.apikeys import create_key
+
+    key, secret = create_key(
+        _settings().postgres_dsn,
+        name=args.name,
+        scopes=[s.strip() for s in args.scopes.split(",") if s.strip()],
+        principal=args.principal,
+        rate_per_s=args.rate,
+    )
+    if args.json:
+        _out(json.dumps({**key.as_dict(), "key": secret}))
+    else:
+        _out(
+            f"created key {key.key_id} ({key.name}; scopes {','.join(key.scopes)}; "
+            f"principal {key.principal})"
+        )
+        _out("the key, shown this once (only its hash is stored):")
+        _out(secret)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from mohallamart.apikeys import list_keys
+
+    keys = list_keys(_settings().postgres_dsn, include_revoked=args.all)
+    if args.json:
+        _out(json.dumps([k.as_dict() for k in keys], indent=2))
+        return 0
+    _out(f"{'key id':<10} {'name':<20} {'scopes':<18} {'principal':<20} {'rate/s':>7}  state")
+    for k in keys:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        _out(
+            f"{k.key_id:<10} {k.name[:20]:<20} {','.join(k.scopes):<18} {k.principal[:20]:<20} "
+            f"{k.rate_per_s or 'default':>7}  {state}"
+        )
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from mohallamart.apikeys import revoke_key
+
+    key = revoke_key(_settings().postgres_dsn, args.key_id)
+    _out(f"revoked {key.key_id} ({key.name})")
+    return 0
+
+
+def _cmd_topics_ensure(args: argparse.Namespace) -> int:
+    from schemas.catalog import TOPICS
+    from schemas.topics import ensure_topics
+
+    created = ensure_topics(_settings().kafka_bootstrap)
+    for t in TOPICS.values():
+        state = "created" if t.name in created else "exists"
+        _out(f"{t.name:<36} {t.partitions:>2} partitions  key: {t.key:<16} {state}")
+    return 0
+
+
+def _cmd_schemas_register(args: argparse.Namespace) -> int:
+    from schemas.catalog import EVENT_TYPES
+    from schemas.registry import SchemaRegistry
+
+    registry = SchemaRegistry(_settings().registry_url)
+    for event in EVENT_TYPES.values():
+        _out(f"{event.subject:<72} id {registry.register(event)}")
+    return 0
+
+
+def _cmd_schemas_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from schemas.catalog import EVENT_TYPES
+    from schemas.compat import check_pair, resolve_base, schemas_at_ref
+    from schemas.registry import RegistryError, SchemaRegistry
+
+    repo = Path(args.repo).resolve()
+    current = {
+        name: json.loads((repo / "schemas" / "avro" / e.schema_file).read_text())
+        for name, e in EVENT_TYPES.items()
+    }
+    problems = []
+    checked = 0
+    base = resolve_base(repo, args.base)
+    if base is None:
+        _out("git: no base commit to compare with (not a git checkout, or no history)")
+    else:
+        old = schemas_at_ref(repo, base, {n: e.schema_file for n, e in EVENT_TYPES.items()})
+        for name, schema in current.items():
+            if name in old:
+                checked += 1
+                problems += check_pair(
+                    EVENT_TYPES[name].subject, schema, old[name], f"git {base[:12]}"
+                )
+        _out(f"git {base[:12]}: compared {len(old)} schema(s) that existed there")
+    if not args.no_registry:
+        registry = SchemaRegistry(_settings().registry_url)
+        seen = 0
+        try:
+            for name, schema in current.items():
+                subject = EVENT_TYPES[name].subject
+                latest = registry.latest(subject)
+                if latest is None:
+                    continue
+                seen += 1
+                checked += 1
+                found = check_pair(subject, schema, latest, "registry")
+                if not found and not registry.is_compatible(subject, schema):
+                    from schemas.compat import Incompatibility
+
+                    found = [
+                        Incompatibility(
+                            subject,
+                            "(schema)",
+                            "the registry's compatibility rule refuses it",
+                            "registry",
+                        )
+                    ]
+                problems += found
+        except RegistryError as exc:
+            _out(f"registry: not checked ({exc}); use --no-registry to skip it on purpose")
+            return 2
+        _out(f"registry: compared {seen} registered subject(s)")
+    for p in problems:
+        sys.stderr.write(f"incompatible: {p}\n")
+    _out(
+        f"{len(current)} schema(s), {checked} comparison(s), {len(problems)} incompatibilit"
+        f"{'y' if len(problems) == 1 else 'ies'}"
+    )
+    return 1 if problems else 0
+
+
+def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from mohallamart.bench import run_ingest_bench
+
+    res = run_ingest_bench(
+        _settings(),
+        events=args.events,
+        batch=args.batch,
+        concurrency=args.concurrency,
+        runs=args.runs,
+        rate=args.rate,
+        duration_s=args.duration,
+        saturation_workers=args.saturation_workers,
+        echo=lambda line: _out(f"[bench] {line}"),
+    )
+    _out("")
+    _out("results (medians of runs; load generator on the same 2-core machine):")
+    _out(f"  raw confluent-kafka producer      {res['raw_producer_events_per_s']:>10,.0f} events/s")
+    _out(
+        f"  API batched                       {res['api_batched_events_per_s']:>10,.0f} events/s"
+        f"  ({res['api_batched_vs_raw']:.2f} x raw)"
+    )
+    _out(
+        f"  API single events, saturation     {res['api_single_saturation_req_per_s']:>10,.0f}"
+        f" req/s   (p99 {res['api_single_saturation_p99_ms']:.1f} ms, success "
+        f"{res['api_single_saturation_success']:.3f})"
+    )
+    _out(
+        f"  API single events at {res['fixed_rate_req_per_s']} req/s     p50 "
+        f"{res['api_fixed_rate_p50_ms']:.1f} ms, p99 {res['api_fixed_rate_p99_ms']:.1f} ms "
+        f"(success {res['api_fixed_rate_success']:.3f})"
+    )
+    _out(
+        f"  raw producer at {res['fixed_rate_req_per_s']} msg/s          p50 "
+        f"{res['raw_fixed_rate_p50_ms']:.1f} ms, p99 {res['raw_fixed_rate_p99_ms']:.1f} ms"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        _out(f"written to {args.json}")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -228,11 +413,72 @@ def _parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host", default=None, help="default: API_HOST")
     api.add_argument("--port", type=int, default=None, help="default: API_PORT")
+    api.add_argument("--no-access-log", action="store_true", help="no line per request")
     api.set_defaults(func=_cmd_api)
 
     worker = sub.add_parser("worker", help="run one Faust worker of a role")
     worker.add_argument("--role", required=True, choices=sorted(ROLES))
     worker.set_defaults(func=_cmd_worker)
+
+    db = sub.add_parser("db", help="the application database")
+    dsub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dsub.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_db_migrate)
+
+    keys = sub.add_parser("keys", help="API keys (stored only as hashes)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kc = ksub.add_parser("create", help="create a key and print it once")
+    kc.add_argument("--name", required=True, help="who or what uses it")
+    kc.add_argument("--scopes", required=True, help="comma-separated: ingest,read,admin")
+    kc.add_argument("--principal", default="admin", help="admin | shop:<id> | user:<id>")
+    kc.add_argument(
+        "--rate",
+        type=int,
+        default=None,
+        help="events per second (default: INGEST_DEFAULT_RATE_PER_S)",
+    )
+    kc.add_argument("--json", action="store_true", help="print the key and its record as JSON")
+    kc.set_defaults(func=_cmd_keys_create)
+    kl = ksub.add_parser("list", help="list keys (never the secrets)")
+    kl.add_argument("--all", action="store_true", help="include revoked keys")
+    kl.add_argument("--json", action="store_true")
+    kl.set_defaults(func=_cmd_keys_list)
+    kr = ksub.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=_cmd_keys_revoke)
+
+    topics = sub.add_parser("topics", help="the event topics")
+    tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    tsub.add_parser("ensure", help="create missing topics with their settings").set_defaults(
+        func=_cmd_topics_ensure
+    )
+
+    schemas = sub.add_parser("schemas", help="the event contract")
+    scsub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
+    scsub.add_parser("register", help="register every schema in the registry").set_defaults(
+        func=_cmd_schemas_register
+    )
+    sc = scsub.add_parser("check", help="the compatibility gate (run in CI)")
+    sc.add_argument(
+        "--base",
+        default=None,
+        help="git ref to compare with (default: merge-base with origin/main or main)",
+    )
+    sc.add_argument("--no-registry", action="store_true", help="compare with git only")
+    sc.add_argument("--repo", default=str(PROJECT_ROOT), help="the checkout (default: this one)")
+    sc.set_defaults(func=_cmd_schemas_check)
+
+    bench = sub.add_parser("bench", help="benchmarks (they print figures; never run as tests)")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    bi = bsub.add_parser("ingest", help="the ingestion API beside a raw confluent-kafka producer")
+    bi.add_argument("--events", type=int, default=100_000, help="events per throughput run")
+    bi.add_argument("--batch", type=int, default=1000, help="events per batch request")
+    bi.add_argument("--concurrency", type=int, default=4, help="batch requests in flight")
+    bi.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
+    bi.add_argument("--rate", type=int, default=1000, help="fixed request rate for latency")
+    bi.add_argument("--duration", type=int, default=15, help="seconds per vegeta attack")
+    bi.add_argument("--saturation-workers", type=int, default=64, help="connections at saturation")
+    bi.add_argument("--json", default=None, help="also write the figures to this file")
+    bi.set_defaults(func=_cmd_bench_ingest)
 
     smtpd = sub.add_parser("smtpd", help="run the local SMTP server that stores mail in a Maildir")
     smtpd.add_argument("--host", default="127.0.0.1")

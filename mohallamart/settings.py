@@ -74,6 +74,22 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
 
+    # --- ingestion ---
+    # A request waits at most this long; the producer gives up on a delivery sooner, so an answer
+    # of 503 never turns into a late write.
+    ingest_request_timeout_ms: int = Field(10_000, ge=1000)
+    ingest_delivery_timeout_ms: int = Field(5_000, ge=500)
+    ingest_linger_ms: float = Field(2.0, ge=0)
+    ingest_max_batch: int = Field(1000, ge=1)
+    ingest_max_body_bytes: int = Field(1_048_576, ge=1024)
+    ingest_max_batch_body_bytes: int = Field(33_554_432, ge=1024)
+    ingest_max_event_bytes: int = Field(900_000, ge=1024)
+    ingest_default_rate_per_s: int = Field(1000, ge=1)
+    ingest_rate_burst_s: float = Field(2.0, gt=0)
+    ingest_dedup_retention_days: int = Field(7, ge=7)
+    auth_cache_s: float = Field(5.0, ge=0)
+    db_pool_max: int = Field(10, ge=1)
+
     # --- workers (Faust) ---
     # The test profile shortens these so a killed worker is replaced in seconds, not a minute.
     kafka_session_timeout_ms: int = Field(10_000, ge=1000)
@@ -91,6 +107,11 @@ class Settings(BaseSettings):
                     "TYPESENSE_API_KEY is the development placeholder; set a real key "
                     "outside development"
                 )
+        if self.ingest_delivery_timeout_ms >= self.ingest_request_timeout_ms:
+            raise ValueError(
+                "INGEST_DELIVERY_TIMEOUT_MS must be shorter than INGEST_REQUEST_TIMEOUT_MS, so a "
+                "request that timed out never becomes a late write"
+            )
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError(
                 "KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of KAFKA_SESSION_TIMEOUT_MS"

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import psycopg
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -101,6 +101,29 @@ async def health(settings: SettingsDep) -> JSONResponse:
     ok = all(r["ok"] for r in results)
     return JSONResponse(
         {"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+@router.get("/healthz")
+async def healthz() -> JSONResponse:
+    """The process is up."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
+    """Ready to ingest: Kafka and the registry answer, topics exist, schemas are registered."""
+    results = await asyncio.gather(
+        _run("kafka", _kafka, settings), _run("schema_registry", _registry, settings)
+    )
+    checks: dict[str, dict[str, object]] = {"kafka": results[0], "schema_registry": results[1]}
+    tasks = getattr(request.app.state, "startup_tasks", [])
+    checks["startup"] = {"ok": all(t.done() and not t.cancelled() for t in tasks)}
+    ok = all(c["ok"] for c in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ok else "not ready", "checks": checks},
+        status_code=200 if ok else 503,
+        headers=None if ok else {"Retry-After": "5"},
     )
 
 

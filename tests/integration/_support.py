@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["poll"]
+__all__ = ["free_port", "poll"]
 
 T = TypeVar("T")
 
@@ -26,3 +26,11 @@ def poll(
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or probe}: {last_exc!r}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

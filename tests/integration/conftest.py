@@ -7,6 +7,7 @@ without their servers. Set KEEP_STACK=1 to leave what the session started runnin
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -51,3 +52,73 @@ def stack(settings: Settings, pytestconfig: pytest.Config) -> Iterator[Stack]:
     yield st
     if result.started and os.environ.get("KEEP_STACK") != "1":
         st.down(result.started)
+
+
+@pytest.fixture(scope="session")
+def api_env(stack: Stack) -> dict[str, str]:
+    """The environment of the API process under test (the test profile's ingest timeouts)."""
+    return {
+        **os.environ,
+        "INGEST_REQUEST_TIMEOUT_MS": "6000",
+        "INGEST_DELIVERY_TIMEOUT_MS": "3000",
+        "AUTH_CACHE_S": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def api(api_env: dict[str, str]) -> Iterator[str]:
+    """A real API process (uvicorn) on a free port, ready to ingest; its base URL."""
+    import httpx
+
+    from tests.integration._support import free_port, poll
+
+    port = free_port()
+    log = open(get_settings().stack_dir / "api-under-test.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "mohallamart.cli", "api", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=api_env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        poll(
+            lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200,
+            timeout=90,
+            interval=0.5,
+            what=f"the API to be ready (log: {log.name})",
+        )
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _key(settings: Settings, name: str, scopes: list[str], **kw: object) -> str:
+    from mohallamart.apikeys import create_key
+    from mohallamart.db import migrate
+
+    migrate(settings.postgres_dsn)
+    _, secret = create_key(
+        settings.postgres_dsn,
+        name=name,
+        scopes=scopes,
+        principal=str(kw.get("principal", "admin")),
+        rate_per_s=kw.get("rate_per_s"),
+    )  # type: ignore[arg-type]
+    return secret
+
+
+@pytest.fixture(scope="session")
+def ingest_key(stack: Stack, settings: Settings) -> str:
+    return _key(settings, "tests-ingest", ["ingest", "read"], rate_per_s=1_000_000)
+
+
+@pytest.fixture(scope="session")
+def read_key(stack: Stack, settings: Settings) -> str:
+    return _key(settings, "tests-read-only", ["read"], principal="user:u_test")

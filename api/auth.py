@@ -1,0 +1,105 @@
+"""`Authorization: Bearer <api key>`: who is calling, with which scopes, at what rate."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from api.problems import Problem
+from mohallamart.apikeys import ApiKey, hash_key, lookup_key
+
+__all__ = ["Authenticator", "RateLimiter"]
+
+
+class Authenticator:
+    """Looks keys up by hash, caching answers briefly (a revocation bites within `cache_s`)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], cache_s: float) -> None:
+        self.pool = pool
+        self.cache_s = cache_s
+        self._cache: dict[bytes, tuple[ApiKey | None, float]] = {}
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Problem(
+                401,
+                "unauthenticated",
+                "send `Authorization: Bearer <api key>`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        key = authorization[7:].strip()
+        h = hash_key(key)
+        now = time.monotonic()
+        hit = self._cache.get(h)
+        if hit is not None and hit[1] > now:
+            found = hit[0]
+        else:
+            try:
+                async with self.pool.connection() as conn:
+                    found = await lookup_key(conn, key)
+            except Exception as exc:  # psycopg: the database is unreachable
+                raise Problem(
+                    503,
+                    "database-unavailable",
+                    "cannot check API keys right now; retry later",
+                    headers={"Retry-After": "5"},
+                ) from exc
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            # Unknown keys are remembered for a shorter time: a key just created works at once.
+            self._cache[h] = (found, now + (self.cache_s if found else min(1.0, self.cache_s)))
+        if found is None:
+            raise Problem(
+                401,
+                "invalid-api-key",
+                "the API key is unknown or revoked",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return found
+
+    @staticmethod
+    def require(key: ApiKey, scope: str) -> None:
+        if scope not in key.scopes:
+            raise Problem(
+                403,
+                "missing-scope",
+                f"this API key lacks the `{scope}` scope (it has: {', '.join(key.scopes)})",
+            )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float = field(default_factory=time.monotonic)
+
+
+class RateLimiter:
+    """A token bucket per key, in events per second, with a burst of `burst_s` seconds."""
+
+    def __init__(self, default_rate: int, burst_s: float) -> None:
+        self.default_rate = default_rate
+        self.burst_s = burst_s
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, key: ApiKey, n: int) -> None:
+        rate = float(key.rate_per_s or self.default_rate)
+        capacity = max(rate * self.burst_s, float(n))
+        now = time.monotonic()
+        b = self._buckets.get(key.key_id)
+        if b is None:
+            b = self._buckets[key.key_id] = _Bucket(capacity, now)
+        b.tokens = min(capacity, b.tokens + (now - b.updated) * rate)
+        b.updated = now
+        if b.tokens < n:
+            wait = math.ceil((n - b.tokens) / rate)
+            raise Problem(
+                429,
+                "rate-limited",
+                f"this API key may send {int(rate)} events per second; retry after {wait} s",
+                headers={"Retry-After": str(max(1, wait))},
+            )
+        b.tokens -= n

@@ -1,0 +1,348 @@
+"""Ingestion: validate, encode, claim, produce, record. Shared by the single and batch routes.
+
+A request's events are validated all-or-nothing before anything is claimed or produced. 2xx is
+answered only for events the broker acknowledged (acks=all, idempotent producer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError
+from prometheus_client import Counter, Histogram
+
+from api.claims import ClaimStore
+from api.problems import Problem
+from api.producer import Delivery, EventProducer, Record
+from schemas.catalog import EVENT_TYPES, EventType
+from schemas.codec import EventCodec
+from schemas.registry import RegistryError, SchemaRegistry
+from schemas.validate import FieldError, Validator
+
+__all__ = ["Ingestor", "Result"]
+
+EVENTS = Counter("mm_ingest_events_total", "Events accepted (202) by type", ["type"])
+DUPLICATES = Counter("mm_ingest_duplicates_total", "Events answered as duplicates", ["type"])
+REJECTS = Counter("mm_ingest_rejects_total", "Rejected ingest requests by reason", ["reason"])
+PRODUCE_LATENCY = Histogram(
+    "mm_produce_latency_seconds",
+    "From produce to the broker's acknowledgement of a request's events",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+_ENVELOPE_KEYS = frozenset({"type", "id", "occurred_at", "source", "trace_id", "data"})
+
+
+@dataclass(slots=True)
+class _Compiled:
+    event: EventType
+    validator: Validator
+    codec: EventCodec
+
+
+@dataclass(slots=True)
+class _Prepared:
+    event_id: str
+    type: str
+    datum: dict[str, Any]
+    key: bytes
+    ts_ms: int
+    body_hash: bytes
+    compiled: _Compiled
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    type: str
+    topic: str
+    partition: int
+    offset: int
+    duplicate: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "duplicate": self.duplicate,
+        }
+
+
+def _data_schema(event: EventType) -> tuple[dict[str, Any], str]:
+    schema = event.schema
+    for f in schema["fields"]:
+        if f["name"] == "data":
+            return f["type"], schema.get("namespace", "")
+    raise ValueError(f"{event.schema_file} has no data field")
+
+
+class Ingestor:
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        producer: EventProducer,
+        claims: ClaimStore,
+        *,
+        max_event_bytes: int,
+        request_timeout_s: float,
+    ) -> None:
+        self.registry = registry
+        self.producer = producer
+        self.claims = claims
+        self.max_event_bytes = max_event_bytes
+        self.request_timeout_s = request_timeout_s
+        self._compiled: dict[str, _Compiled] = {}
+        for name, event in EVENT_TYPES.items():
+            data_schema, namespace = _data_schema(event)
+            if isinstance(data_schema, dict) and "namespace" not in data_schema:
+                data_schema = {**data_schema, "namespace": namespace}
+            self._compiled[name] = _Compiled(
+                event, Validator(data_schema), EventCodec(event.schema)
+            )
+        postable = sorted(n for n, e in EVENT_TYPES.items() if e.postable)
+        self._unknown_rule = "must be a known event type (GET /v1/event-types): " + ", ".join(
+            postable
+        )
+
+    # --- validation --------------------------------------------------------------------------
+    def _prepare(
+        self, obj: Any, prefix: str, source: str, trace_id: str, errors: list[FieldError]
+    ) -> _Prepared | None:
+        at = (lambda f: f"{prefix}{f}") if prefix else (lambda f: f)
+        if not isinstance(obj, dict):
+            errors.append(FieldError(prefix.rstrip(".") or "(body)", "must be an object"))
+            return None
+        before = len(errors)
+        for k in obj:
+            if k not in _ENVELOPE_KEYS:
+                errors.append(FieldError(at(str(k)), "unknown field"))
+        type_name = obj.get("type")
+        compiled = self._compiled.get(type_name) if isinstance(type_name, str) else None
+        if type_name is None:
+            errors.append(FieldError(at("type"), "is required"))
+        elif compiled is None:
+            errors.append(FieldError(at("type"), self._unknown_rule))
+        elif not compiled.event.postable:
+            errors.append(
+                FieldError(at("type"), "is derived by the workers and cannot be posted by clients")
+            )
+        event_id = obj.get("id")
+        if event_id is None:
+            event_id = str(uuid.uuid4())
+        else:
+            try:
+                event_id = str(uuid.UUID(event_id)) if isinstance(event_id, str) else None
+            except ValueError:
+                event_id = None
+            if event_id is None:
+                errors.append(FieldError(at("id"), "must be a UUID"))
+        occurred = obj.get("occurred_at")
+        ts: datetime | None
+        if occurred is None:
+            ts = datetime.now(UTC)
+        else:
+            ts = None
+            if isinstance(occurred, str):
+                try:
+                    ts = datetime.fromisoformat(occurred)
+                except ValueError:
+                    ts = None
+            if ts is None or ts.tzinfo is None:
+                errors.append(
+                    FieldError(at("occurred_at"), "must be an ISO 8601 timestamp with a timezone")
+                )
+                ts = None
+        for opt in ("source", "trace_id"):
+            v = obj.get(opt)
+            if v is not None and (not isinstance(v, str) or not 1 <= len(v) <= 200):
+                errors.append(FieldError(at(opt), "must be a string of 1 to 200 characters"))
+        if "data" not in obj:
+            errors.append(FieldError(at("data"), "is required"))
+        if compiled is None or not compiled.event.postable or "data" not in obj:
+            return None
+        data, data_errors = compiled.validator.convert(obj["data"], at("data"))
+        errors.extend(data_errors)
+        if len(errors) > before or ts is None or event_id is None:
+            return None
+        key = data[compiled.event.key_field]
+        datum = {
+            "id": event_id,
+            "type": type_name,
+            "occurred_at": ts,
+            "source": obj.get("source") or source,
+            "trace_id": obj.get("trace_id") or trace_id,
+            "data": data,
+        }
+        body_hash = hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).digest()
+        return _Prepared(
+            event_id=event_id,
+            type=str(type_name),
+            datum=datum,
+            key=str(key).encode(),
+            ts_ms=int(ts.timestamp() * 1000),
+            body_hash=body_hash,
+            compiled=compiled,
+        )
+
+    def validate(
+        self, events: list[Any], *, batch: bool, source: str, trace_id: str
+    ) -> list[_Prepared]:
+        """All-or-nothing: every event valid, or a 422 naming every bad field."""
+        errors: list[FieldError] = []
+        prepared: list[_Prepared] = []
+        seen: dict[str, int] = {}
+        for i, obj in enumerate(events):
+            p = self._prepare(obj, f"events[{i}]." if batch else "", source, trace_id, errors)
+            if p is None:
+                continue
+            if p.event_id in seen:
+                errors.append(
+                    FieldError(f"events[{i}].id", f"duplicates events[{seen[p.event_id]}].id")
+                )
+            seen[p.event_id] = i
+            prepared.append(p)
+        if errors:
+            REJECTS.labels("invalid").inc()
+            n = len({e.field.split(".", 1)[0] for e in errors}) if batch else 1
+            raise Problem(
+                422,
+                "validation-error",
+                f"{len(errors)} problem(s) in {n} event(s); nothing was written"
+                if batch
+                else f"{len(errors)} problem(s); nothing was written",
+                errors=errors,
+            )
+        return prepared
+
+    # --- encode, claim, produce ---------------------------------------------------------------
+    async def _schema_id(self, event: EventType) -> int:
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self.registry.register, event), timeout=5
+            )
+        except (RegistryError, TimeoutError) as exc:
+            REJECTS.labels("registry_unavailable").inc()
+            raise Problem(
+                503,
+                "registry-unavailable",
+                "the schema registry did not answer in time; retry later",
+                headers={"Retry-After": "5"},
+            ) from exc
+
+    async def _encode(self, prepared: list[_Prepared], batch: bool) -> list[Record]:
+        records: list[Record] = []
+        too_big: list[FieldError] = []
+        ids: dict[str, int] = {}
+        for i, p in enumerate(prepared):
+            sid = ids.get(p.type)
+            if sid is None:
+                sid = ids[p.type] = await self._schema_id(p.compiled.event)
+            value = p.compiled.codec.encode(sid, p.datum)
+            if len(value) > self.max_event_bytes:
+                too_big.append(
+                    FieldError(
+                        f"events[{i}]" if batch else "(event)",
+                        f"must encode to at most {self.max_event_bytes} bytes (is {len(value)})",
+                    )
+                )
+            records.append(Record(p.compiled.event.topic.name, p.key, value, p.ts_ms))
+        if too_big:
+            REJECTS.labels("too_large").inc()
+            raise Problem(
+                413,
+                "event-too-large",
+                "an event is too large for Kafka; nothing was written",
+                errors=too_big,
+            )
+        return records
+
+    async def ingest(self, prepared: list[_Prepared], *, batch: bool) -> list[Result]:
+        records = await self._encode(prepared, batch)
+        try:
+            outcomes = await self.claims.claim(
+                [p.event_id for p in prepared],
+                [p.body_hash for p in prepared],
+                [p.type for p in prepared],
+            )
+        except Exception as exc:  # psycopg errors: the database is unreachable
+            REJECTS.labels("database_unavailable").inc()
+            raise Problem(
+                503,
+                "database-unavailable",
+                "the ingest database did not answer; retry later",
+                headers={"Retry-After": "5"},
+            ) from exc
+        conflicts = [
+            FieldError(
+                f"events[{i}].id" if batch else "id",
+                "was already used for an event with a different body",
+            )
+            for i, o in enumerate(outcomes)
+            if not o.same_body
+        ]
+        in_flight = [
+            FieldError(
+                f"events[{i}].id" if batch else "id",
+                "is being ingested by another request right now",
+            )
+            for i, o in enumerate(outcomes)
+            if o.same_body and not o.claimed and not o.done
+        ]
+        mine = [i for i, o in enumerate(outcomes) if o.claimed]
+        if conflicts or in_flight:
+            await self.claims.release([prepared[i].event_id for i in mine])
+            REJECTS.labels("conflict").inc()
+            raise Problem(
+                409,
+                "id-conflict",
+                "event ids conflict with events already accepted; nothing was written",
+                errors=conflicts + in_flight,
+            )
+        t0 = time.monotonic()
+        try:
+            deliveries = await asyncio.wait_for(
+                self.producer.send([records[i] for i in mine]), timeout=self.request_timeout_s
+            )
+        except TimeoutError:
+            deliveries = [KafkaError(KafkaError._MSG_TIMED_OUT) for _ in mine]
+        PRODUCE_LATENCY.observe(time.monotonic() - t0)
+        delivered: list[tuple[str, str, int, int]] = []
+        failed: list[str] = []
+        landed: dict[int, Delivery] = {}
+        for i, d in zip(mine, deliveries, strict=True):
+            if isinstance(d, Delivery):
+                delivered.append((prepared[i].event_id, d.topic, d.partition, d.offset))
+                landed[i] = d
+            else:
+                failed.append(prepared[i].event_id)
+        await asyncio.gather(self.claims.done(delivered), self.claims.release(failed))
+        if failed:
+            REJECTS.labels("kafka_unavailable").inc()
+            raise Problem(
+                503,
+                "kafka-unavailable",
+                f"Kafka did not acknowledge {len(failed)} of {len(mine)} event(s) in time; "
+                "retry the same request (events already accepted answer as duplicates)",
+                headers={"Retry-After": "5"},
+            )
+        results: list[Result] = []
+        for i, (p, o) in enumerate(zip(prepared, outcomes, strict=True)):
+            if i in landed:
+                d = landed[i]
+                results.append(Result(p.event_id, p.type, d.topic, d.partition, d.offset, False))
+                EVENTS.labels(p.type).inc()
+            else:
+                assert o.topic is not None and o.partition is not None and o.offset is not None
+                results.append(Result(p.event_id, p.type, o.topic, o.partition, o.offset, True))
+                DUPLICATES.labels(p.type).inc()
+        return results

@@ -1,0 +1,243 @@
+"""`POST /v1/events`, `POST /v1/events/batch`, `GET /v1/event-types`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from api.auth import Authenticator
+from api.deps import ApiKeyDep, IngestorDep, LimiterDep, SettingsDep
+from api.problems import PROBLEM_JSON, Problem
+from schemas.catalog import EVENT_TYPES
+from schemas.validate import FieldError as _fe
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+
+def _json(body: Any, status: int) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise Problem(413, "body-too-large", f"the request body must be at most {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Problem(413, "body-too-large", f"the request body must be at most {limit} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "malformed-json", f"the request body is not valid JSON: {exc}") from None
+
+
+def _trace_id(request: Request) -> str:
+    explicit = request.headers.get("x-trace-id")
+    if explicit:
+        return explicit[:200]
+    parent = request.headers.get("traceparent")  # W3C: version-traceid-parentid-flags
+    if parent and parent.count("-") == 3:
+        return parent.split("-")[1]
+    return uuid.uuid4().hex
+
+
+def _examples() -> dict[str, Any]:
+    return {
+        name: {
+            "summary": e.description,
+            "value": {"type": name, "data": e.example},
+        }
+        for name, e in EVENT_TYPES.items()
+        if e.postable
+    }
+
+
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["type", "data"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"type": "string", "description": "an event type (GET /v1/event-types)"},
+        "id": {"type": "string", "format": "uuid", "description": "idempotency key"},
+        "occurred_at": {"type": "string", "format": "date-time"},
+        "source": {"type": "string"},
+        "trace_id": {"type": "string"},
+        "data": {"type": "object", "description": "the type's payload (its Avro schema)"},
+    },
+}
+_PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"type": "object"}}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"description": d, **_PROBLEM}
+    for s, d in (
+        (400, "malformed JSON"),
+        (401, "no valid API key"),
+        (403, "the key lacks the `ingest` scope"),
+        (409, "an id already used with a different body"),
+        (413, "over the size limit, or an event too large for Kafka"),
+        (422, "unknown type, unknown field, missing or invalid field"),
+        (429, "over the key's rate (Retry-After)"),
+        (503, "Kafka or the registry did not answer in time (Retry-After)"),
+    )
+}
+_RESULT_EXAMPLE = {
+    "id": "0b6f1c1e-3f5e-4a57-9a39-5d0f6c2d9b11",
+    "type": "order.created",
+    "topic": "mohallamart.order.events",
+    "partition": 2,
+    "offset": 41,
+    "duplicate": False,
+}
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    summary="Ingest one event",
+    description="202 once the broker acknowledged it; 200 with `duplicate: true` for an id "
+    "already accepted (nothing is produced again).",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _EVENT_SCHEMA, "examples": _examples()}},
+        }
+    },
+    responses={
+        202: {
+            "description": "accepted",
+            "content": {"application/json": {"example": _RESULT_EXAMPLE}},
+        },
+        200: {"description": "a duplicate of an accepted event"},
+        **_ERRORS,
+    },
+)
+async def post_event(
+    request: Request,
+    key: ApiKeyDep,
+    ingestor: IngestorDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
+) -> Response:
+    Authenticator.require(key, "ingest")
+    limiter.take(key, 1)
+    obj = await _read_json(request, settings.ingest_max_body_bytes)
+    prepared = ingestor.validate(
+        [obj], batch=False, source=f"api:{key.name}", trace_id=_trace_id(request)
+    )
+    (result,) = await ingestor.ingest(prepared, batch=False)
+    return _json(result.as_dict(), 200 if result.duplicate else 202)
+
+
+@router.post(
+    "/events/batch",
+    status_code=202,
+    summary="Ingest up to 1,000 events, all or nothing",
+    description="Every event is validated before any is written. 202 with one result per "
+    "event, in order; 200 if every event was a duplicate.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["events"],
+                        "properties": {
+                            "events": {"type": "array", "items": _EVENT_SCHEMA, "maxItems": 1000}
+                        },
+                    },
+                    "examples": {
+                        "two events": {
+                            "value": {
+                                "events": [
+                                    {"type": n, "data": EVENT_TYPES[n].example}
+                                    for n in ("user.registered", "order.created")
+                                    if n in EVENT_TYPES
+                                ]
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    },
+    responses={
+        202: {
+            "description": "accepted",
+            "content": {"application/json": {"example": {"results": [_RESULT_EXAMPLE]}}},
+        },
+        **_ERRORS,
+    },
+)
+async def post_batch(
+    request: Request,
+    key: ApiKeyDep,
+    ingestor: IngestorDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
+) -> Response:
+    Authenticator.require(key, "ingest")
+    body = await _read_json(request, settings.ingest_max_batch_body_bytes)
+    if not isinstance(body, dict):
+        raise Problem(
+            422,
+            "validation-error",
+            "the body must be an object with `events`",
+            errors=[_fe("(body)", "must be an object")],
+        )
+    unknown = [k for k in body if k != "events"]
+    events = body.get("events")
+    if unknown or not isinstance(events, list) or not events:
+        errs = [_fe(k, "unknown field") for k in unknown]
+        if events is None:
+            errs.append(_fe("events", "is required"))
+        elif not isinstance(events, list):
+            errs.append(_fe("events", "must be an array"))
+        elif not events:
+            errs.append(_fe("events", "must have at least 1 item"))
+        raise Problem(422, "validation-error", "invalid batch; nothing was written", errors=errs)
+    if len(events) > settings.ingest_max_batch:
+        raise Problem(
+            413,
+            "batch-too-large",
+            f"a batch holds at most {settings.ingest_max_batch} events (got {len(events)})",
+            errors=[_fe("events", f"must have at most {settings.ingest_max_batch} items")],
+        )
+    limiter.take(key, len(events))
+    prepared = ingestor.validate(
+        events, batch=True, source=f"api:{key.name}", trace_id=_trace_id(request)
+    )
+    results = await ingestor.ingest(prepared, batch=True)
+    status = 200 if all(r.duplicate for r in results) else 202
+    return _json({"results": [r.as_dict() for r in results]}, status)
+
+
+@router.get("/event-types", summary="Every event type: topic, key, schema, example, postable")
+async def event_types(key: ApiKeyDep) -> Response:
+    return _json(
+        {
+            "event_types": [
+                {
+                    "type": name,
+                    "category": e.category,
+                    "description": e.description,
+                    "topic": e.topic.name,
+                    "partitions": e.topic.partitions,
+                    "key_field": f"data.{e.key_field}",
+                    "subject": e.subject,
+                    "postable": e.postable,
+                    "schema": e.schema,
+                    "example": {"type": name, "data": e.example},
+                }
+                for name, e in EVENT_TYPES.items()
+            ]
+        },
+        200,
+    )

@@ -1,0 +1,376 @@
+"""`mohallamart bench ingest`: the ingestion API's speed beside raw confluent-kafka, same run.
+
+Phases, each repeated `--runs` times (medians reported; the machine is shared and noisy):
+1. raw producer: confluent-kafka sending pre-encoded Avro events (the same payloads the API
+   writes, same producer settings: acks=all, idempotent) — the ceiling;
+2. API, batched: `POST /v1/events/batch` of `--batch` events, `--concurrency` requests in flight;
+3. API, single events at saturation: vegeta (a compiled load tool) with no rate limit;
+4. API, single events at a fixed `--rate` (1,000 req/s): p50/p99 latency; beside it the raw
+   producer's delivery latency at the same rate.
+The load generator runs on the same machine as Kafka, PostgreSQL and the API: it takes CPU
+from what it measures. Events are `analytics.tracked` with source "bench".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from confluent_kafka import Producer
+
+from mohallamart.errors import PipelineError
+from mohallamart.settings import Settings
+
+__all__ = ["run_ingest_bench"]
+
+_TYPE = "analytics.tracked"
+_VEGETA = "github.com/tsenart/vegeta/v12@v12.12.0"
+
+
+def _events(n: int, example: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        data = dict(example)
+        data["session_id"] = f"bench-{i % 5000}"
+        out.append({"type": _TYPE, "id": str(uuid.uuid4()), "source": "bench", "data": data})
+    return out
+
+
+def _vegeta(settings: Settings, echo: Callable[[str], None]) -> str:
+    found = shutil.which("vegeta")
+    if found:
+        return found
+    local = settings.stack_cache_dir / "bin" / "vegeta"
+    if local.exists():
+        return str(local)
+    go = shutil.which("go")
+    if go is None:
+        raise PipelineError(
+            "the benchmark needs vegeta (a compiled HTTP load tool): put it on PATH, or install "
+            "Go so this command can build it (`go install " + _VEGETA + "`)"
+        )
+    echo(f"building vegeta with `go install {_VEGETA}` (once, ~30 s) ...")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(  # noqa: S603
+        [go, "install", _VEGETA], check=True, env={**os.environ, "GOBIN": str(local.parent)}
+    )
+    return str(local)
+
+
+class _Api:
+    """An API process of our own, on a free port, for the benchmark's lifetime."""
+
+    def __init__(self, settings: Settings, echo: Callable[[str], None]) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = settings.stack_dir / "api-bench.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._out = open(self.log, "ab")  # noqa: SIM115
+        env = {**os.environ, "LOG_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen(  # noqa: S603
+            [
+                sys.executable,
+                "-m",
+                "mohallamart.cli",
+                "api",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+            ],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    echo(f"API ready on {self.url} (pid {self.proc.pid}, log {self.log})")
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        self.stop()
+        raise PipelineError(f"the API did not become ready; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+def _raw_producer(settings: Settings) -> Producer:
+    return Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+            "linger.ms": settings.ingest_linger_ms,
+            "batch.num.messages": 10000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+
+
+def _encoded(settings: Settings, events: list[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    from schemas.catalog import EVENT_TYPES
+    from schemas.codec import EventCodec
+    from schemas.registry import SchemaRegistry
+    from schemas.validate import Validator
+
+    et = EVENT_TYPES[_TYPE]
+    sid = SchemaRegistry(settings.registry_url).register(et)
+    codec = EventCodec(et.schema)
+    data_schema = next(f["type"] for f in et.schema["fields"] if f["name"] == "data")
+    validator = Validator({**data_schema, "namespace": et.schema.get("namespace", "")})
+    from datetime import UTC, datetime
+
+    out = []
+    now = datetime.now(UTC)
+    for e in events:
+        data, errors = validator.convert(e["data"])
+        assert not errors, errors
+        datum = {
+            "id": e["id"],
+            "type": _TYPE,
+            "occurred_at": now,
+            "source": "bench",
+            "trace_id": "bench",
+            "data": data,
+        }
+        out.append((et.topic.name, str(data[et.key_field]).encode(), codec.encode(sid, datum)))
+    return out
+
+
+def _raw_throughput(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> float:
+    p = _raw_producer(settings)
+    t0 = time.perf_counter()
+    for topic, key, value in records:
+        while True:
+            try:
+                p.produce(topic, value, key)
+                break
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+    left = p.flush(60)
+    if left:
+        raise PipelineError(f"raw producer: {left} messages not delivered")
+    return len(records) / (time.perf_counter() - t0)
+
+
+def _raw_latency(
+    settings: Settings, records: list[tuple[str, bytes, bytes]], rate: int
+) -> dict[str, float]:
+    p = _raw_producer(settings)
+    lat: list[float] = []
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    for i, (topic, key, value) in enumerate(records):
+        due = start + i * interval
+        while (now := time.perf_counter()) < due:
+            p.poll(min(0.0005, due - now))
+        p.produce(topic, value, key, on_delivery=_latency_recorder(lat, time.perf_counter()))
+        p.poll(0)
+    p.flush(30)
+    lat.sort()
+    return {"p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+
+
+def _latency_recorder(into: list[float], sent: float) -> Callable[[Any, Any], None]:
+    def record(err: Any, msg: Any) -> None:
+        into.append(time.perf_counter() - sent)
+
+    return record
+
+
+async def _api_batched(
+    url: str, key: str, bodies: list[bytes], concurrency: int, per: int
+) -> float:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    queue = list(reversed(bodies))
+    async with httpx.AsyncClient(
+        timeout=60, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                r = await client.post(f"{url}/v1/events/batch", content=body, headers=headers)
+                if r.status_code != 202:
+                    raise PipelineError(f"batch answered {r.status_code}: {r.text[:300]}")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(bodies) * per / (time.perf_counter() - t0)
+
+
+def _vegeta_attack(vegeta: str, targets: Path, args: list[str]) -> dict[str, Any]:
+    attack = subprocess.Popen(  # noqa: S603
+        [vegeta, "attack", "-format=json", f"-targets={targets}", "-timeout=10s", *args],
+        stdout=subprocess.PIPE,
+    )
+    report = subprocess.run(  # noqa: S603
+        [vegeta, "report", "-type=json"], stdin=attack.stdout, capture_output=True, check=True
+    )
+    attack.wait()
+    return json.loads(report.stdout)  # type: ignore[no-any-return]
+
+
+def _targets(path: Path, url: str, key: str, events: list[dict[str, Any]]) -> None:
+    header = {"Authorization": [f"Bearer {key}"], "Content-Type": ["application/json"]}
+    with open(path, "wb") as f:
+        for e in events:
+            f.write(
+                orjson.dumps(
+                    {
+                        "method": "POST",
+                        "url": f"{url}/v1/events",
+                        "body": base64.b64encode(orjson.dumps(e)).decode(),
+                        "header": header,
+                    }
+                )
+            )
+            f.write(b"\n")
+
+
+def run_ingest_bench(
+    settings: Settings,
+    *,
+    events: int,
+    batch: int,
+    concurrency: int,
+    runs: int,
+    rate: int,
+    duration_s: int,
+    saturation_workers: int,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    from mohallamart.apikeys import create_key, revoke_key
+    from mohallamart.db import migrate
+    from schemas.catalog import EVENT_TYPES
+    from schemas.topics import ensure_topics
+
+    example = EVENT_TYPES[_TYPE].example
+    vegeta = _vegeta(settings, echo)
+    migrate(settings.postgres_dsn)
+    ensure_topics(settings.kafka_bootstrap)
+    key_rec, key = create_key(
+        settings.postgres_dsn,
+        name="bench",
+        scopes=["ingest"],
+        principal="admin",
+        rate_per_s=10_000_000,
+    )
+    api = _Api(settings, echo)
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "runs": runs}
+    try:
+        raw, batched, sat, fixed, raw_lat = [], [], [], [], []
+        for run in range(1, runs + 1):
+            echo(f"run {run}/{runs}: raw confluent-kafka producer, {events} events ...")
+            raw.append(_raw_throughput(settings, _encoded(settings, _events(events, example))))
+            echo(f"  {raw[-1]:,.0f} events/s")
+
+            echo(f"run {run}/{runs}: API batched ({batch}/request, {concurrency} in flight) ...")
+            evs = _events(events, example)
+            bodies = [
+                orjson.dumps({"events": evs[i : i + batch]}) for i in range(0, len(evs), batch)
+            ]
+            batched.append(asyncio.run(_api_batched(api.url, key, bodies, concurrency, batch)))
+            echo(f"  {batched[-1]:,.0f} events/s")
+
+            with tempfile.TemporaryDirectory() as tmp:
+                targets = Path(tmp) / "targets.jsonl"
+                echo(
+                    f"run {run}/{runs}: API single events at saturation "
+                    f"({saturation_workers} connections, {duration_s} s) ..."
+                )
+                _targets(targets, api.url, key, _events(6000 * duration_s, example))
+                rep = _vegeta_attack(
+                    vegeta,
+                    targets,
+                    [
+                        "-rate=0",
+                        f"-max-workers={saturation_workers}",
+                        f"-workers={saturation_workers}",
+                        f"-duration={duration_s}s",
+                    ],
+                )
+                sat.append(rep)
+                echo(
+                    f"  {rep['throughput']:,.0f} req/s accepted, success "
+                    f"{rep['success']:.3f}, p99 {rep['latencies']['99th'] / 1e6:.1f} ms"
+                )
+
+                echo(f"run {run}/{runs}: API single events at {rate} req/s for {duration_s} s ...")
+                _targets(targets, api.url, key, _events(rate * duration_s + 100, example))
+                rep = _vegeta_attack(
+                    vegeta, targets, [f"-rate={rate}/s", f"-duration={duration_s}s"]
+                )
+                fixed.append(rep)
+                echo(
+                    f"  p50 {rep['latencies']['50th'] / 1e6:.1f} ms, p99 "
+                    f"{rep['latencies']['99th'] / 1e6:.1f} ms, success {rep['success']:.3f}"
+                )
+            echo(f"run {run}/{runs}: raw producer delivery latency at {rate} msg/s ...")
+            raw_lat.append(
+                _raw_latency(
+                    settings, _encoded(settings, _events(rate * min(duration_s, 10), example)), rate
+                )
+            )
+            echo(f"  p50 {raw_lat[-1]['p50_ms']:.1f} ms, p99 {raw_lat[-1]['p99_ms']:.1f} ms")
+    finally:
+        api.stop()
+        revoke_key(settings.postgres_dsn, key_rec.key_id)
+
+    med = statistics.median
+    results.update(
+        {
+            "raw_producer_events_per_s": med(raw),
+            "api_batched_events_per_s": med(batched),
+            "api_batched_vs_raw": med(batched) / med(raw),
+            "api_single_saturation_req_per_s": med(r["throughput"] for r in sat),
+            "api_single_saturation_success": min(r["success"] for r in sat),
+            "api_single_saturation_p99_ms": med(r["latencies"]["99th"] / 1e6 for r in sat),
+            "api_single_saturation_vs_raw": med(r["throughput"] for r in sat) / med(raw),
+            "fixed_rate_req_per_s": rate,
+            "api_fixed_rate_p50_ms": med(r["latencies"]["50th"] / 1e6 for r in fixed),
+            "api_fixed_rate_p99_ms": med(r["latencies"]["99th"] / 1e6 for r in fixed),
+            "api_fixed_rate_success": min(r["success"] for r in fixed),
+            "raw_fixed_rate_p50_ms": med(r["p50_ms"] for r in raw_lat),
+            "raw_fixed_rate_p99_ms": med(r["p99_ms"] for r in raw_lat),
+            "all_runs": {
+                "raw": raw,
+                "batched": batched,
+                "saturation": [r["throughput"] for r in sat],
+                "fixed_p99_ms": [r["latencies"]["99th"] / 1e6 for r in fixed],
+            },
+        }
+    )
+    return results

@@ -1,0 +1,78 @@
+"""PostgreSQL: versioned migrations, applied by `mohallamart db migrate` and at process start.
+
+Migrations are `mohallamart/migrations/NNNN_name.sql`, applied in order, each in its own
+transaction, under an advisory lock so concurrent starters never race.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+
+from mohallamart.errors import PipelineError
+
+__all__ = ["DatabaseError", "MIGRATIONS_DIR", "migrate", "pending_migrations"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_LOCK_ID = 0x6D6D6967  # "mmig"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class DatabaseError(PipelineError):
+    """PostgreSQL could not be reached or a migration failed."""
+
+
+def _migrations() -> list[tuple[int, str, Path]]:
+    found = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        m = _NAME.match(path.name)
+        if not m:
+            raise DatabaseError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append((int(m.group(1)), m.group(2), path))
+    return found
+
+
+def _applied(conn: psycopg.Connection) -> set[int]:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+
+
+def pending_migrations(dsn: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        done = _applied(conn)
+    return [f"{v:04d}_{n}" for v, n, _ in _migrations() if v not in done]
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply every migration not applied yet; return the names applied."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            "PostgreSQL not reachable (DATABASE_URL, or the local stack's postgres: "
+            "`mohallamart stack up postgres`)"
+        ) from exc
+    applied: list[str] = []
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        try:
+            done = _applied(conn)
+            for version, name, path in _migrations():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(path.read_text())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (version, name),
+                    )
+                applied.append(f"{version:04d}_{name}")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+    return applied
