@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration lint typecheck lock up down status clean-stack
+.PHONY: help install run test test-unit test-integration lint check-schemas bench lock up down status clean-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -33,6 +33,12 @@ test-integration: install ## integration tests against the local stack
 lint: install ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+check-schemas: install ## the schema compatibility gate (git baseline; and the registry if it answers)
+	$(BIN)/mohallamart schemas check $(if $(REGISTRY),,--no-registry)
+
+bench: install ## the ingestion benchmark (needs the stack up: make up)
+	$(BIN)/mohallamart bench ingest
 
 lock: ## re-pin requirements.lock from pyproject.toml (needs network)
 	$(BIN)/python -m pip install --quiet uv

@@ -12,16 +12,16 @@ from api.ingest import Ingestor
 from mohallamart.apikeys import ApiKey
 from mohallamart.settings import Settings, get_settings
 
-__all__ = ["ApiKeyDep", "IngestorDep", "LimiterDep", "SettingsDep"]
+__all__ = ["ApiKeyDep", "BearerDep", "IngestorDep", "LimiterDep", "SettingsDep"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mm_...`")
 
 
-def _ingestor(request: Request) -> Ingestor:
+async def _ingestor(request: Request) -> Ingestor:
     return request.app.state.ingestor  # type: ignore[no-any-return]
 
 
-def _limiter(request: Request) -> RateLimiter:
+async def _limiter(request: Request) -> RateLimiter:
     return request.app.state.limiter  # type: ignore[no-any-return]
 
 
@@ -34,7 +34,15 @@ async def _api_key(
     return await auth.authenticate(header)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def _settings(request: Request) -> Settings:
+    # Async on purpose: FastAPI runs a sync dependency in a thread pool, a hop per request.
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    return settings if settings is not None else get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
 IngestorDep = Annotated[Ingestor, Depends(_ingestor)]
 LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
 ApiKeyDep = Annotated[ApiKey, Depends(_api_key)]
+# Only declares the scheme in OpenAPI; the route authenticates with the raw header itself.
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

@@ -226,6 +226,9 @@ class Ingestor:
 
     # --- encode, claim, produce ---------------------------------------------------------------
     async def _schema_id(self, event: EventType) -> int:
+        known = self.registry.cached_id(event)
+        if known is not None:
+            return known
         try:
             return await asyncio.wait_for(
                 asyncio.to_thread(self.registry.register, event), timeout=5
@@ -336,13 +339,19 @@ class Ingestor:
                 headers={"Retry-After": "5"},
             )
         results: list[Result] = []
+        accepted: dict[str, int] = {}
+        duplicates: dict[str, int] = {}
         for i, (p, o) in enumerate(zip(prepared, outcomes, strict=True)):
             if i in landed:
                 d = landed[i]
                 results.append(Result(p.event_id, p.type, d.topic, d.partition, d.offset, False))
-                EVENTS.labels(p.type).inc()
+                accepted[p.type] = accepted.get(p.type, 0) + 1
             else:
                 assert o.topic is not None and o.partition is not None and o.offset is not None
                 results.append(Result(p.event_id, p.type, o.topic, o.partition, o.offset, True))
-                DUPLICATES.labels(p.type).inc()
+                duplicates[p.type] = duplicates.get(p.type, 0) + 1
+        for t, n in accepted.items():
+            EVENTS.labels(t).inc(n)
+        for t, n in duplicates.items():
+            DUPLICATES.labels(t).inc(n)
         return results

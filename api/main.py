@@ -13,11 +13,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.auth import Authenticator, RateLimiter
 from api.claims import ClaimStore
+from api.fastpath import IngestFastPath
 from api.ingest import Ingestor
 from api.metrics import RequestMetrics
 from api.problems import install_handlers
 from api.producer import EventProducer
 from api.routes import events, health
+from api.routes.events import IngestEndpoints
 from mohallamart.db import migrate
 from mohallamart.settings import Settings, get_settings
 from schemas.catalog import EVENT_TYPES
@@ -84,6 +86,9 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.limiter = RateLimiter(
             settings.ingest_default_rate_per_s, settings.ingest_rate_burst_s
         )
+        app.state.endpoints = IngestEndpoints(
+            app.state.auth, app.state.limiter, app.state.ingestor, settings
+        )
         tasks = [
             asyncio.create_task(
                 _keep_trying("creating topics", ensure_topics, settings.kafka_bootstrap)
@@ -120,4 +125,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(IngestFastPath)  # outermost: the hot POST routes skip the framework
     return app

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from schemas.validate import FieldError
 
-__all__ = ["PROBLEM_JSON", "Problem", "install_handlers", "problem_response"]
+__all__ = ["PROBLEM_JSON", "Problem", "install_handlers", "problem_body", "problem_response"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -53,7 +53,7 @@ class Problem(Exception):
         self.extra = extra or {}
 
 
-def problem_response(p: Problem) -> Response:
+def problem_body(p: Problem) -> bytes:
     body: dict[str, Any] = {
         "type": f"/problems/{p.slug}",
         "title": _TITLES.get(p.status, "Error"),
@@ -63,8 +63,12 @@ def problem_response(p: Problem) -> Response:
     if p.errors:
         body["errors"] = [{"field": e.field, "rule": e.rule} for e in p.errors]
     body.update(p.extra)
+    return orjson.dumps(body)
+
+
+def problem_response(p: Problem) -> Response:
     return Response(
-        orjson.dumps(body), status_code=p.status, media_type=PROBLEM_JSON, headers=p.headers
+        problem_body(p), status_code=p.status, media_type=PROBLEM_JSON, headers=p.headers
     )
 
 

@@ -10,6 +10,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -66,7 +67,8 @@ class EventProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pending: list[tuple[asyncio.Future[Delivery | KafkaError], Any]] = []
+        self._pending: list[_Tracker] = []
+        self._lock = threading.Lock()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -88,21 +90,26 @@ class EventProducer:
 
     def _hand_over(self) -> None:
         if self._pending and self._loop is not None:
-            batch, self._pending = self._pending, []
+            with self._lock:
+                batch, self._pending = self._pending, []
             self._loop.call_soon_threadsafe(_resolve, batch)
 
     def _on_delivery(
-        self, fut: asyncio.Future[Delivery | KafkaError], err: KafkaError | None, msg: Message
+        self, tracker: _Tracker, index: int, err: KafkaError | None, msg: Message | None
     ) -> None:
-        # Runs in the poll thread, inside poll(): collect, hand over after poll returns.
-        self._pending.append(
-            (
-                fut,
-                err
-                if err is not None
-                else Delivery(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)),
+        # Runs in the poll thread, inside poll(): record; hand over after poll returns. Also
+        # runs in the event loop when produce() itself refused a record: hence the lock.
+        if err is None and msg is not None:
+            result: Delivery | KafkaError = Delivery(
+                str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
             )
-        )
+        else:
+            result = err if err is not None else KafkaError(KafkaError._FAIL)
+        with self._lock:
+            tracker.results[index] = result
+            tracker.left -= 1
+            if tracker.left == 0:
+                self._pending.append(tracker)
 
     def outstanding(self) -> int:
         return len(self._producer)
@@ -110,10 +117,11 @@ class EventProducer:
     async def send(self, records: Sequence[Record]) -> list[Delivery | KafkaError]:
         """Produce every record; return, in order, where each landed or why it failed."""
         assert self._loop is not None, "start() first"
-        futures: list[asyncio.Future[Delivery | KafkaError]] = []
-        for r in records:
-            fut: asyncio.Future[Delivery | KafkaError] = self._loop.create_future()
-            cb = _bind(self._on_delivery, fut)
+        if not records:
+            return []
+        tracker = _Tracker(len(records), self._loop.create_future())
+        for index, r in enumerate(records):
+            cb = partial(self._on_delivery, tracker, index)
             for attempt in range(50):
                 try:
                     self._producer.produce(
@@ -124,19 +132,35 @@ class EventProducer:
                     # The local queue is full: let the poll thread drain it.
                     await asyncio.sleep(0.01 * (attempt + 1))
                 except KafkaException as exc:
-                    fut.set_result(exc.args[0])
+                    self._on_delivery(tracker, index, exc.args[0], None)
                     break
             else:
-                fut.set_result(KafkaError(KafkaError._QUEUE_FULL))
-            futures.append(fut)
-        return list(await asyncio.gather(*futures))
+                self._on_delivery(tracker, index, KafkaError(KafkaError._QUEUE_FULL), None)
+        self._hand_over_from_loop()
+        return await tracker.future
+
+    def _hand_over_from_loop(self) -> None:
+        # A send whose every record was refused by produce() has no report coming.
+        with self._lock:
+            done = [t for t in self._pending if t.left == 0 and not t.future.done()]
+            if not done:
+                return
+            self._pending = [t for t in self._pending if t not in done]
+        _resolve(done)
 
 
-def _bind(fn: Any, fut: Any) -> Any:
-    return lambda err, msg: fn(fut, err, msg)
+class _Tracker:
+    """The delivery reports of one `send`: one future for the lot, not one per record."""
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self, n: int, future: asyncio.Future[list[Delivery | KafkaError]]) -> None:
+        self.results: list[Delivery | KafkaError] = [KafkaError(KafkaError._MSG_TIMED_OUT)] * n
+        self.left = n
+        self.future = future
 
 
-def _resolve(batch: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for fut, result in batch:
-        if not fut.done():
-            fut.set_result(result)
+def _resolve(trackers: list[_Tracker]) -> None:
+    for t in trackers:
+        if not t.future.done():
+            t.future.set_result(t.results)

@@ -104,6 +104,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=not args.no_access_log,
+        workers=args.workers,
     )
     return 0
 
@@ -414,6 +415,7 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default=None, help="default: API_HOST")
     api.add_argument("--port", type=int, default=None, help="default: API_PORT")
     api.add_argument("--no-access-log", action="store_true", help="no line per request")
+    api.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
     api.set_defaults(func=_cmd_api)
 
     worker = sub.add_parser("worker", help="run one Faust worker of a role")

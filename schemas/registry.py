@@ -27,6 +27,10 @@ class SchemaRegistry:
         self.client = SchemaRegistryClient({"url": url, "timeout": timeout_s})
         self._ids: dict[str, int] = {}
 
+    def cached_id(self, event: EventType) -> int | None:
+        """The schema id if this client registered it already (no network)."""
+        return self._ids.get(event.name)
+
     def register(self, event: EventType) -> int:
         """The schema id of `event`'s schema, registering it under its subject if needed."""
         cached = self._ids.get(event.name)

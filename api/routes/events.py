@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from api.auth import Authenticator
-from api.deps import ApiKeyDep, IngestorDep, LimiterDep, SettingsDep
+from api.auth import Authenticator, RateLimiter
+from api.deps import ApiKeyDep, BearerDep
+from api.ingest import Ingestor
 from api.problems import PROBLEM_JSON, Problem
+from mohallamart.settings import Settings
 from schemas.catalog import EVENT_TYPES
 from schemas.validate import FieldError as _fe
 
-__all__ = ["router"]
+__all__ = ["IngestEndpoints", "read_limited", "router"]
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -24,29 +27,105 @@ def _json(body: Any, status: int) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise Problem(413, "body-too-large", f"the request body must be at most {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise Problem(413, "body-too-large", f"the request body must be at most {limit} bytes")
+Reader = Callable[[int], Awaitable[bytes]]
+
+
+def _parse(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Problem(400, "malformed-json", f"the request body is not valid JSON: {exc}") from None
 
 
-def _trace_id(request: Request) -> str:
-    explicit = request.headers.get("x-trace-id")
+def _trace_id(headers: Mapping[str, str]) -> str:
+    explicit = headers.get("x-trace-id")
     if explicit:
         return explicit[:200]
-    parent = request.headers.get("traceparent")  # W3C: version-traceid-parentid-flags
+    parent = headers.get("traceparent")  # W3C: version-traceid-parentid-flags
     if parent and parent.count("-") == 3:
         return parent.split("-")[1]
     return uuid.uuid4().hex
+
+
+class IngestEndpoints:
+    """The ingest routes' logic, free of any web framework: the FastAPI routes below and the
+    ASGI fast path (`api.fastpath`) both call it, so they cannot drift apart."""
+
+    def __init__(
+        self, auth: Authenticator, limiter: RateLimiter, ingestor: Ingestor, settings: Settings
+    ) -> None:
+        self.auth = auth
+        self.limiter = limiter
+        self.ingestor = ingestor
+        self.settings = settings
+
+    async def single(self, headers: Mapping[str, str], read: Reader) -> tuple[int, bytes]:
+        key = await self.auth.authenticate(headers.get("authorization"))
+        Authenticator.require(key, "ingest")
+        self.limiter.take(key, 1)
+        obj = _parse(await read(self.settings.ingest_max_body_bytes))
+        prepared = self.ingestor.validate(
+            [obj], batch=False, source=f"api:{key.name}", trace_id=_trace_id(headers)
+        )
+        (result,) = await self.ingestor.ingest(prepared, batch=False)
+        return (200 if result.duplicate else 202), orjson.dumps(result.as_dict())
+
+    async def batch(self, headers: Mapping[str, str], read: Reader) -> tuple[int, bytes]:
+        key = await self.auth.authenticate(headers.get("authorization"))
+        Authenticator.require(key, "ingest")
+        settings = self.settings
+        body = _parse(await read(settings.ingest_max_batch_body_bytes))
+        if not isinstance(body, dict):
+            raise Problem(
+                422,
+                "validation-error",
+                "the body must be an object with `events`",
+                errors=[_fe("(body)", "must be an object")],
+            )
+        unknown = [k for k in body if k != "events"]
+        events = body.get("events")
+        if unknown or not isinstance(events, list) or not events:
+            errs = [_fe(k, "unknown field") for k in unknown]
+            if events is None:
+                errs.append(_fe("events", "is required"))
+            elif not isinstance(events, list):
+                errs.append(_fe("events", "must be an array"))
+            elif not events:
+                errs.append(_fe("events", "must have at least 1 item"))
+            raise Problem(
+                422, "validation-error", "invalid batch; nothing was written", errors=errs
+            )
+        if len(events) > settings.ingest_max_batch:
+            raise Problem(
+                413,
+                "batch-too-large",
+                f"a batch holds at most {settings.ingest_max_batch} events (got {len(events)})",
+                errors=[_fe("events", f"must have at most {settings.ingest_max_batch} items")],
+            )
+        self.limiter.take(key, len(events))
+        prepared = self.ingestor.validate(
+            events, batch=True, source=f"api:{key.name}", trace_id=_trace_id(headers)
+        )
+        results = await self.ingestor.ingest(prepared, batch=True)
+        status = 200 if all(r.duplicate for r in results) else 202
+        return status, orjson.dumps({"results": [r.as_dict() for r in results]})
+
+
+def read_limited(request: Request) -> Reader:
+    async def read(limit: int) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise Problem(413, "body-too-large", f"the request body must be at most {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise Problem(
+                    413, "body-too-large", f"the request body must be at most {limit} bytes"
+                )
+        return bytes(body)
+
+    return read
 
 
 def _examples() -> dict[str, Any]:
@@ -118,21 +197,10 @@ _RESULT_EXAMPLE = {
         **_ERRORS,
     },
 )
-async def post_event(
-    request: Request,
-    key: ApiKeyDep,
-    ingestor: IngestorDep,
-    limiter: LimiterDep,
-    settings: SettingsDep,
-) -> Response:
-    Authenticator.require(key, "ingest")
-    limiter.take(key, 1)
-    obj = await _read_json(request, settings.ingest_max_body_bytes)
-    prepared = ingestor.validate(
-        [obj], batch=False, source=f"api:{key.name}", trace_id=_trace_id(request)
-    )
-    (result,) = await ingestor.ingest(prepared, batch=False)
-    return _json(result.as_dict(), 200 if result.duplicate else 202)
+async def post_event(request: Request, _: BearerDep) -> Response:
+    endpoints: IngestEndpoints = request.app.state.endpoints
+    status, body = await endpoints.single(request.headers, read_limited(request))
+    return Response(body, status_code=status, media_type="application/json")
 
 
 @router.post(
@@ -176,47 +244,10 @@ async def post_event(
         **_ERRORS,
     },
 )
-async def post_batch(
-    request: Request,
-    key: ApiKeyDep,
-    ingestor: IngestorDep,
-    limiter: LimiterDep,
-    settings: SettingsDep,
-) -> Response:
-    Authenticator.require(key, "ingest")
-    body = await _read_json(request, settings.ingest_max_batch_body_bytes)
-    if not isinstance(body, dict):
-        raise Problem(
-            422,
-            "validation-error",
-            "the body must be an object with `events`",
-            errors=[_fe("(body)", "must be an object")],
-        )
-    unknown = [k for k in body if k != "events"]
-    events = body.get("events")
-    if unknown or not isinstance(events, list) or not events:
-        errs = [_fe(k, "unknown field") for k in unknown]
-        if events is None:
-            errs.append(_fe("events", "is required"))
-        elif not isinstance(events, list):
-            errs.append(_fe("events", "must be an array"))
-        elif not events:
-            errs.append(_fe("events", "must have at least 1 item"))
-        raise Problem(422, "validation-error", "invalid batch; nothing was written", errors=errs)
-    if len(events) > settings.ingest_max_batch:
-        raise Problem(
-            413,
-            "batch-too-large",
-            f"a batch holds at most {settings.ingest_max_batch} events (got {len(events)})",
-            errors=[_fe("events", f"must have at most {settings.ingest_max_batch} items")],
-        )
-    limiter.take(key, len(events))
-    prepared = ingestor.validate(
-        events, batch=True, source=f"api:{key.name}", trace_id=_trace_id(request)
-    )
-    results = await ingestor.ingest(prepared, batch=True)
-    status = 200 if all(r.duplicate for r in results) else 202
-    return _json({"results": [r.as_dict() for r in results]}, status)
+async def post_batch(request: Request, _: BearerDep) -> Response:
+    endpoints: IngestEndpoints = request.app.state.endpoints
+    status, body = await endpoints.batch(request.headers, read_limited(request))
+    return Response(body, status_code=status, media_type="application/json")
 
 
 @router.get("/event-types", summary="Every event type: topic, key, schema, example, postable")

@@ -55,6 +55,14 @@ def test_up_twice_reuses_the_running_services(stack: Stack) -> None:
     assert {s["name"]: s["pid"] for s in _status()} == before
 
 
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for a parent (here PID 1) to reap it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,7 +109,7 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
             proc.kill()
         reader.join(10)
     for pid in children:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert not _alive(pid)
     # The stack was already up: `run` reused it and leaves it running.
     assert any("left running" in line for line in lines), lines
     assert all(s["healthy"] for s in _status())
@@ -129,7 +137,7 @@ def test_down_stops_everything_and_up_keeps_topics_and_schemas(
     res = mohallamart("stack", "down")
     assert res.returncode == 0, res.stderr
     for pid in pids:
-        assert not psutil.pid_exists(pid), f"pid {pid} still running after `stack down`"
+        assert not _alive(pid), f"pid {pid} still running after `stack down`"
     assert all(s["pid"] is None for s in _status())
 
     res = mohallamart("stack", "up")
