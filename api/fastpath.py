@@ -10,8 +10,8 @@ goes to FastAPI unchanged.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.metrics import REQUESTS
@@ -25,8 +25,11 @@ _ROUTES = {b"/v1/events": "single", b"/v1/events/batch": "batch"}
 
 
 class IngestFastPath:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    """Wraps the FastAPI app from outside, so the hot routes skip even its middleware stack."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app: ASGIApp = app
+        self.fastapi = app
         self._endpoints: IngestEndpoints | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -36,7 +39,7 @@ class IngestFastPath:
         which = _ROUTES.get(scope.get("raw_path") or scope["path"].encode())
         endpoints = self._endpoints
         if endpoints is None:
-            endpoints = self._endpoints = _endpoints(scope)
+            endpoints = self._endpoints = getattr(self.fastapi.state, "endpoints", None)
         if which is None or endpoints is None:
             await self.app(scope, receive, send)
             return
@@ -89,9 +92,3 @@ class IngestFastPath:
         )
         await send({"type": "http.response.body", "body": body})
         REQUESTS.labels(scope["path"], str(status)).inc()
-
-
-def _endpoints(scope: Scope) -> Any:
-    app = scope.get("app")
-    state = getattr(app, "state", None)
-    return getattr(state, "endpoints", None)

@@ -26,7 +26,7 @@ from schemas.catalog import EVENT_TYPES
 from schemas.registry import SchemaRegistry
 from schemas.topics import ensure_topics
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_asgi_app"]
 
 _log = logging.getLogger("mohallamart.api")
 
@@ -125,5 +125,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.add_middleware(RequestMetrics)
-    app.add_middleware(IngestFastPath)  # outermost: the hot POST routes skip the framework
     return app
+
+
+def create_asgi_app(settings: Settings | None = None) -> IngestFastPath:
+    """What uvicorn serves: the FastAPI app behind the ingest fast path (see api.fastpath)."""
+    return IngestFastPath(create_app(settings))

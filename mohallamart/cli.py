@@ -98,7 +98,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
     settings = _settings()
     uvicorn.run(
-        "api.main:create_app",
+        "api.main:create_asgi_app",
         factory=True,
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     stack_kafka_port: int = Field(19092, ge=1, le=65535)
     stack_kafka_controller_port: int = Field(19093, ge=1, le=65535)
     stack_registry_port: int = Field(18081, ge=1, le=65535)
+    stack_registry_management_port: int = Field(18082, ge=1, le=65535)
     stack_registry_db_port: int = Field(15433, ge=1, le=65535)
     stack_postgres_port: int = Field(15432, ge=1, le=65535)
     stack_redis_port: int = Field(16379, ge=1, le=65535)

@@ -406,7 +406,7 @@ class Registry(_JvmService):
     """Apicurio Registry, serving the Confluent Schema Registry API at /apis/ccompat/v7."""
 
     name = "registry"
-    port_settings = ("STACK_REGISTRY_PORT",)
+    port_settings = ("STACK_REGISTRY_PORT", "STACK_REGISTRY_MANAGEMENT_PORT")
     url_setting = "SCHEMA_REGISTRY_URL"
     depends_on = ("registry-db",)
     min_java = 21
@@ -429,6 +429,9 @@ class Registry(_JvmService):
         env = {
             "QUARKUS_HTTP_HOST": self.host,
             "QUARKUS_HTTP_PORT": str(self.port),
+            # Quarkus' management interface (health, metrics) defaults to 0.0.0.0:9000.
+            "QUARKUS_MANAGEMENT_HOST": self.host,
+            "QUARKUS_MANAGEMENT_PORT": str(s.stack_registry_management_port),
             "APICURIO_STORAGE_KIND": "sql",
             "APICURIO_STORAGE_SQL_KIND": "postgresql",
             "APICURIO_DATASOURCE_URL": (

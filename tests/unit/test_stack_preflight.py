@@ -39,6 +39,7 @@ def isolated(tmp_path: Path) -> dict[str, str]:
         "STACK_KAFKA_PORT",
         "STACK_KAFKA_CONTROLLER_PORT",
         "STACK_REGISTRY_PORT",
+        "STACK_REGISTRY_MANAGEMENT_PORT",
         "STACK_REGISTRY_DB_PORT",
         "STACK_POSTGRES_PORT",
         "STACK_REDIS_PORT",
