@@ -9,7 +9,6 @@ taken over by a retry with the same body.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -142,16 +141,16 @@ class ClaimStore:
     async def _claim_now(self, items: list[tuple[str, bytes, str]]) -> list[ClaimOutcome]:
         # The same id twice in one statement (two requests racing) would make the upsert touch
         # a row twice: the first goes in the statement, later ones answer as "in flight".
+        # Ids arrive normalised (lower-case canonical UUIDs), as PostgreSQL prints them back.
         first: dict[str, int] = {}
         for i, (event_id, _, _) in enumerate(items):
-            first.setdefault(str(uuid.UUID(event_id)), i)
+            first.setdefault(event_id, i)
         unique = [items[i] for i in sorted(first.values())]
         outcomes = await self._claim_rows(
             [u[0] for u in unique], [u[1] for u in unique], [u[2] for u in unique]
         )
         out = []
-        for i, (event_id, body_hash, _) in enumerate(items):
-            key = str(uuid.UUID(event_id))
+        for i, (key, body_hash, _) in enumerate(items):
             o = outcomes[key]
             if first[key] != i:
                 same = items[first[key]][1] == body_hash

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ PRODUCE_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _ENVELOPE_KEYS = frozenset({"type", "id", "occurred_at", "source", "trace_id", "data"})
 
 
@@ -140,10 +142,11 @@ class Ingestor:
         if event_id is None:
             event_id = str(uuid.uuid4())
         else:
-            try:
-                event_id = str(uuid.UUID(event_id)) if isinstance(event_id, str) else None
-            except ValueError:
-                event_id = None
+            if not (isinstance(event_id, str) and _CANONICAL_UUID.match(event_id)):
+                try:  # other spellings of a UUID (upper case, braces, no hyphens): normalise
+                    event_id = str(uuid.UUID(event_id)) if isinstance(event_id, str) else None
+                except ValueError:
+                    event_id = None
             if event_id is None:
                 errors.append(FieldError(at("id"), "must be a UUID"))
         occurred = obj.get("occurred_at")

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import fastavro
+
+from schemas.encoder import compile_encoder
 
 __all__ = ["MAGIC", "EventCodec", "frame", "unframe"]
 
@@ -34,8 +37,19 @@ class EventCodec:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.parsed = fastavro.parse_schema(schema)
+        try:
+            self._compiled: Callable[[dict[str, Any], bytes], bytes] | None = compile_encoder(
+                schema
+            )
+        except ValueError:
+            self._compiled = None  # fastavro handles what the compiled encoder does not
 
     def encode(self, schema_id: int, datum: dict[str, Any]) -> bytes:
+        if self._compiled is not None:
+            return self._compiled(datum, _HEADER.pack(MAGIC, schema_id))
+        return self.encode_fastavro(schema_id, datum)
+
+    def encode_fastavro(self, schema_id: int, datum: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
         buf.write(_HEADER.pack(MAGIC, schema_id))
         fastavro.schemaless_writer(buf, self.parsed, datum)
