@@ -11,6 +11,7 @@ import hashlib
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,9 @@ from api.claims import ClaimStore
 from api.problems import Problem
 from api.producer import Delivery, EventProducer, Record
 from schemas.catalog import EVENT_TYPES, EventType
-from schemas.codec import EventCodec
+from schemas.codec import frame
+from schemas.encoder import _long, _string, compile_encoder
+from schemas.fastpath import compile_fast
 from schemas.registry import RegistryError, SchemaRegistry
 from schemas.validate import FieldError, Validator
 
@@ -45,15 +48,17 @@ _ENVELOPE_KEYS = frozenset({"type", "id", "occurred_at", "source", "trace_id", "
 @dataclass(slots=True)
 class _Compiled:
     event: EventType
-    validator: Validator
-    codec: EventCodec
+    validator: Validator  # names every bad field (the slow path)
+    fast: Callable[[bytearray, Any], None]  # checks and writes valid data in one pass
+    data_encoder: Callable[[dict[str, Any], bytes], bytes]  # writes what the validator converted
+    type_bytes: bytes  # the Avro encoding of the `type` field
 
 
 @dataclass(slots=True)
 class _Prepared:
     event_id: str
     type: str
-    datum: dict[str, Any]
+    envelope_tail: bytes  # occurred_at, source, trace_id, data: all but the schema id and id
     key: bytes
     ts_ms: int
     body_hash: bytes
@@ -108,8 +113,14 @@ class Ingestor:
             data_schema, namespace = _data_schema(event)
             if isinstance(data_schema, dict) and "namespace" not in data_schema:
                 data_schema = {**data_schema, "namespace": namespace}
+            type_bytes = bytearray()
+            _string(type_bytes, name)
             self._compiled[name] = _Compiled(
-                event, Validator(data_schema), EventCodec(event.schema)
+                event,
+                Validator(data_schema),
+                compile_fast(data_schema),
+                compile_encoder(data_schema),
+                bytes(type_bytes),
             )
         postable = sorted(n for n, e in EVENT_TYPES.items() if e.postable)
         self._unknown_rule = "must be a known event type (GET /v1/event-types): " + ", ".join(
@@ -173,26 +184,35 @@ class Ingestor:
             errors.append(FieldError(at("data"), "is required"))
         if compiled is None or not compiled.event.postable or "data" not in obj:
             return None
-        data, data_errors = compiled.validator.convert(obj["data"], at("data"))
-        errors.extend(data_errors)
+        raw = obj["data"]
+        data_bytes = bytearray()
+        try:
+            compiled.fast(data_bytes, raw)
+            key = raw[compiled.event.key_field]
+        except Exception:  # noqa: BLE001 - Reject, or anything odd: the full validator explains
+            data, data_errors = compiled.validator.convert(raw, at("data"))
+            errors.extend(data_errors)
+            if data_errors:
+                return None
+            data_bytes = bytearray(compiled.data_encoder(data, b""))
+            key = data[compiled.event.key_field]
         if len(errors) > before or ts is None or event_id is None:
             return None
-        key = data[compiled.event.key_field]
-        datum = {
-            "id": event_id,
-            "type": type_name,
-            "occurred_at": ts,
-            "source": obj.get("source") or source,
-            "trace_id": obj.get("trace_id") or trace_id,
-            "data": data,
-        }
+        # Avro writes a record as its fields in order: the envelope is id, type, occurred_at,
+        # source, trace_id, data (tests/unit/test_schema_catalog.py holds every schema to it).
+        tail = bytearray(compiled.type_bytes)
+        ts_ms = int(ts.timestamp() * 1000)
+        _long(tail, ts_ms)
+        _string(tail, obj.get("source") or source)
+        _string(tail, obj.get("trace_id") or trace_id)
+        tail += data_bytes
         body_hash = hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).digest()
         return _Prepared(
             event_id=event_id,
             type=str(type_name),
-            datum=datum,
+            envelope_tail=bytes(tail),
             key=str(key).encode(),
-            ts_ms=int(ts.timestamp() * 1000),
+            ts_ms=ts_ms,
             body_hash=body_hash,
             compiled=compiled,
         )
@@ -253,7 +273,9 @@ class Ingestor:
             sid = ids.get(p.type)
             if sid is None:
                 sid = ids[p.type] = await self._schema_id(p.compiled.event)
-            value = p.compiled.codec.encode(sid, p.datum)
+            head = bytearray(frame(sid, b""))
+            _string(head, p.event_id)
+            value = bytes(head) + p.envelope_tail
             if len(value) > self.max_event_bytes:
                 too_big.append(
                     FieldError(
