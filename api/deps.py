@@ -7,22 +7,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import Authenticator, RateLimiter
-from api.ingest import Ingestor
+from api.auth import Authenticator
 from mohallamart.apikeys import ApiKey
 from mohallamart.settings import Settings, get_settings
 
-__all__ = ["ApiKeyDep", "BearerDep", "IngestorDep", "LimiterDep", "SettingsDep"]
+__all__ = ["ApiKeyDep", "BearerDep", "SettingsDep"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mm_...`")
-
-
-async def _ingestor(request: Request) -> Ingestor:
-    return request.app.state.ingestor  # type: ignore[no-any-return]
-
-
-async def _limiter(request: Request) -> RateLimiter:
-    return request.app.state.limiter  # type: ignore[no-any-return]
 
 
 async def _api_key(
@@ -41,8 +32,6 @@ async def _settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-IngestorDep = Annotated[Ingestor, Depends(_ingestor)]
-LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
 ApiKeyDep = Annotated[ApiKey, Depends(_api_key)]
 # Only declares the scheme in OpenAPI; the route authenticates with the raw header itself.
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

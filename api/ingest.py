@@ -93,6 +93,12 @@ def _data_schema(event: EventType) -> tuple[dict[str, Any], str]:
     raise ValueError(f"{event.schema_file} has no data field")
 
 
+def _unavailable(dependency: str, detail: str) -> Problem:
+    """503 with Retry-After: a dependency did not answer; the request may simply be retried."""
+    REJECTS.labels(f"{dependency}_unavailable").inc()
+    return Problem(503, f"{dependency}-unavailable", detail, headers={"Retry-After": "5"})
+
+
 class Ingestor:
     def __init__(
         self,
@@ -257,12 +263,8 @@ class Ingestor:
                 asyncio.to_thread(self.registry.register, event), timeout=5
             )
         except (RegistryError, TimeoutError) as exc:
-            REJECTS.labels("registry_unavailable").inc()
-            raise Problem(
-                503,
-                "registry-unavailable",
-                "the schema registry did not answer in time; retry later",
-                headers={"Retry-After": "5"},
+            raise _unavailable(
+                "registry", "the schema registry did not answer in time; retry later"
             ) from exc
 
     async def _encode(self, prepared: list[_Prepared], batch: bool) -> list[Record]:
@@ -303,12 +305,8 @@ class Ingestor:
                 [p.type for p in prepared],
             )
         except Exception as exc:  # psycopg errors: the database is unreachable
-            REJECTS.labels("database_unavailable").inc()
-            raise Problem(
-                503,
-                "database-unavailable",
-                "the ingest database did not answer; retry later",
-                headers={"Retry-After": "5"},
+            raise _unavailable(
+                "database", "the ingest database did not answer; retry later"
             ) from exc
         conflicts = [
             FieldError(
@@ -358,13 +356,10 @@ class Ingestor:
         if failed:
             await self.claims.release(failed)
         if failed:
-            REJECTS.labels("kafka_unavailable").inc()
-            raise Problem(
-                503,
-                "kafka-unavailable",
+            raise _unavailable(
+                "kafka",
                 f"Kafka did not acknowledge {len(failed)} of {len(mine)} event(s) in time; "
                 "retry the same request (events already accepted answer as duplicates)",
-                headers={"Retry-After": "5"},
             )
         results: list[Result] = []
         accepted: dict[str, int] = {}
