@@ -189,6 +189,18 @@ class _EmbeddedPostgres(Service):
             "unix_socket_directories=",  # TCP only: no socket path length limits, no /tmp files
             "-c",
             "max_connections=200",
+            # The ingest dedup table takes a write per event: with the defaults (1 GB of WAL,
+            # 128 MB of buffers) checkpoints ran every 5-20 s under load and stalled requests.
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "max_wal_size=4GB",
+            "-c",
+            "checkpoint_timeout=15min",
+            "-c",
+            "checkpoint_completion_target=0.9",
+            "-c",
+            "wal_compression=on",
         ]
         return spawn(self.state, argv, log=self.log, user=self._system_user())
 
