@@ -199,8 +199,6 @@ class _EmbeddedPostgres(Service):
             "checkpoint_timeout=15min",
             "-c",
             "checkpoint_completion_target=0.9",
-            "-c",
-            "wal_compression=on",
         ]
         return spawn(self.state, argv, log=self.log, user=self._system_user())
 
