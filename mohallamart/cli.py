@@ -200,11 +200,20 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_dsn() -> str:
+    """The database, migrated: a key can be made before the API has ever started."""
+    from mohallamart.db import migrate
+
+    dsn = _settings().postgres_dsn
+    migrate(dsn)
+    return dsn
+
+
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     from mohallamart.apikeys import create_key
 
     key, secret = create_key(
-        _settings().postgres_dsn,
+        _keys_dsn(),
         name=args.name,
         scopes=[s.strip() for s in args.scopes.split(",") if s.strip()],
         principal=args.principal,
@@ -225,7 +234,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 def _cmd_keys_list(args: argparse.Namespace) -> int:
     from mohallamart.apikeys import list_keys
 
-    keys = list_keys(_settings().postgres_dsn, include_revoked=args.all)
+    keys = list_keys(_keys_dsn(), include_revoked=args.all)
     if args.json:
         _out(json.dumps([k.as_dict() for k in keys], indent=2))
         return 0
@@ -242,7 +251,7 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from mohallamart.apikeys import revoke_key
 
-    key = revoke_key(_settings().postgres_dsn, args.key_id)
+    key = revoke_key(_keys_dsn(), args.key_id)
     _out(f"revoked {key.key_id} ({key.name})")
     return 0
 

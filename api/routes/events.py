@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api.auth import Authenticator, RateLimiter
-from api.deps import ApiKeyDep, BearerDep
+from api.deps import BearerDep
 from api.ingest import Ingestor
 from api.problems import PROBLEM_JSON, Problem
 from mohallamart.settings import Settings
@@ -250,8 +250,12 @@ async def post_batch(request: Request, _: BearerDep) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-@router.get("/event-types", summary="Every event type: topic, key, schema, example, postable")
-async def event_types(key: ApiKeyDep) -> Response:
+@router.get(
+    "/event-types",
+    summary="Every event type: topic, key, schema, example, postable",
+    description="Public, like the OpenAPI document: it is the contract, not data.",
+)
+async def event_types() -> Response:
     return _json(
         {
             "event_types": [

@@ -43,13 +43,15 @@ def test_key_is_printed_once_stored_as_a_hash_and_revocable(api: str, settings: 
     assert dump is not None and secret not in dump[0]
 
     headers = {"Authorization": f"Bearer {secret}"}
-    assert httpx.get(f"{api}/v1/event-types", headers=headers).status_code == 200
+
+    def post() -> int:
+        data = dict(EVENT_TYPES["analytics.tracked"].example, session_id=f"s-{uuid.uuid4().hex}")
+        body = {"type": "analytics.tracked", "data": data}
+        return httpx.post(f"{api}/v1/events", json=body, headers=headers).status_code
+
+    assert post() == 202
     assert mohallamart("keys", "revoke", key_id).returncode == 0
-    poll(
-        lambda: httpx.get(f"{api}/v1/event-types", headers=headers).status_code == 401,
-        timeout=15,
-        what="the revoked key to be refused",
-    )
+    poll(lambda: post() == 401, timeout=15, what="the revoked key to be refused")
     assert mohallamart("keys", "create", "--name", "x", "--scopes", "fly").returncode == 1
 
 
