@@ -30,10 +30,6 @@ class ClaimOutcome:
     offset: int | None
 
 
-# _NO_GENERIC_PLAN: these statements join against ingest_claims. A server-side prepared
-# statement (psycopg prepares after 5 runs) keeps the plan made while the table was empty - a
-# hash join over a sequential scan - until an ANALYZE comes along: on a fresh database the first
-# minute ran at a fifth of the speed. Planning each run costs far less than that.
 # Rows travel as one JSON document: psycopg adapts a 1,000-element Python list element by
 # element, which cost more CPU than everything else in a batch's database work.
 _CLAIM = """
@@ -174,7 +170,6 @@ class ClaimStore:
                     ).decode(),
                     "stale": self.stale,
                 },
-                prepare=False,  # see _NO_GENERIC_PLAN
             )
             rows = await cur.fetchall()
         return {
@@ -186,7 +181,7 @@ class ClaimStore:
 
     async def _done_now(self, delivered: list[tuple[str, str, int, int]]) -> list[None]:
         async with self.pool.connection() as conn:
-            await conn.execute(_DONE, {"rows": orjson.dumps(delivered).decode()}, prepare=False)
+            await conn.execute(_DONE, {"rows": orjson.dumps(delivered).decode()})
         return [None] * len(delivered)
 
     async def release(self, ids: Sequence[str]) -> None:
