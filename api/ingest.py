@@ -112,6 +112,9 @@ class Ingestor:
         self.registry = registry
         self.producer = producer
         self.claims = claims
+        #: set once the event topics exist with their settings: producing before that would let
+        #: Kafka auto-create them with the broker's defaults (wrong partition count, retention).
+        self.topics_ready = asyncio.Event()
         self.max_event_bytes = max_event_bytes
         self.request_timeout_s = request_timeout_s
         self._compiled: dict[str, _Compiled] = {}
@@ -297,6 +300,10 @@ class Ingestor:
         return records
 
     async def ingest(self, prepared: list[_Prepared], *, batch: bool) -> list[Result]:
+        if not self.topics_ready.is_set():
+            raise _unavailable(
+                "kafka", "the event topics are not created yet (Kafka unreachable); retry later"
+            )
         records = await self._encode(prepared, batch)
         try:
             outcomes = await self.claims.claim(

@@ -32,12 +32,16 @@ __all__ = ["create_app", "create_asgi_app"]
 _log = logging.getLogger("mohallamart.api")
 
 
-async def _keep_trying(what: str, fn: object, *args: object, every_s: float = 5.0) -> None:
+async def _keep_trying(
+    what: str, fn: object, *args: object, every_s: float = 5.0, done: asyncio.Event | None = None
+) -> None:
     """Run a start-up task until it succeeds; the API serves meanwhile (readyz says not ready)."""
     while True:
         try:
             await asyncio.to_thread(fn, *args)  # type: ignore[arg-type]
             _log.info("%s: done", what)
+            if done is not None:
+                done.set()
             return
         except Exception as exc:  # noqa: BLE001 - retried; the type is enough (no secrets)
             _log.warning("%s failed (%s); retrying in %.0f s", what, type(exc).__name__, every_s)
@@ -98,9 +102,19 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.endpoints = IngestEndpoints(
             app.state.auth, app.state.limiter, app.state.ingestor, settings
         )
+        topics = app.state.ingestor.topics_ready
+        try:  # usually done here, before the first request; else retried in the background
+            await asyncio.wait_for(
+                asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, timeout_s=3.0), 5.0
+            )
+            topics.set()
+        except Exception as exc:  # noqa: BLE001 - retried below; the type is enough
+            _log.warning("creating topics at start failed (%s); retrying", type(exc).__name__)
         tasks = [
             asyncio.create_task(
-                _keep_trying("creating topics", ensure_topics, settings.kafka_bootstrap)
+                _keep_trying(
+                    "creating topics", ensure_topics, settings.kafka_bootstrap, done=topics
+                )
             ),
             asyncio.create_task(
                 _keep_trying(
