@@ -10,13 +10,14 @@ goes to FastAPI unchanged.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.metrics import REQUESTS
 from api.problems import PROBLEM_JSON, Problem, problem_body
-from api.routes.events import IngestEndpoints
+from api.routes.events import IngestEndpoints, read_capped
 
 __all__ = ["IngestFastPath"]
 
@@ -45,25 +46,15 @@ class IngestFastPath:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
-        async def read(limit: int) -> bytes:
-            length = headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise Problem(
-                    413, "body-too-large", f"the request body must be at most {limit} bytes"
-                )
-            chunks: list[bytes] = []
-            size = 0
+        async def chunks() -> AsyncIterator[bytes]:
             while True:
                 message = await receive()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise Problem(
-                        413, "body-too-large", f"the request body must be at most {limit} bytes"
-                    )
-                chunks.append(chunk)
+                yield message.get("body", b"")
                 if not message.get("more_body", False):
-                    return b"".join(chunks)
+                    return
+
+        async def read(limit: int) -> bytes:
+            return await read_capped(chunks(), headers.get("content-length"), limit)
 
         extra: list[tuple[bytes, bytes]] = []
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-__all__ = ["Delivery", "EventProducer", "Record"]
+__all__ = ["Delivery", "EventProducer", "Record", "producer_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,31 @@ class Delivery:
     offset: int
 
 
+def producer_config(
+    bootstrap: str, *, delivery_timeout_ms: int, linger_ms: float, max_message_bytes: int
+) -> dict[str, Any]:
+    """librdkafka settings of every producer of events (the API, and the benchmark's baseline)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "max.in.flight.requests.per.connection": 5,
+        # Java-compatible murmur2 for keyed records: the same partition as aiokafka/Faust.
+        "partitioner": "murmur2_random",
+        "linger.ms": linger_ms,
+        "batch.num.messages": 10000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "message.max.bytes": max_message_bytes + 1024,
+        # The whole life of a record, retries included: shorter than a request's timeout.
+        "delivery.timeout.ms": delivery_timeout_ms,
+        "request.timeout.ms": min(30_000, max(1000, delivery_timeout_ms // 2)),
+        "socket.keepalive.enable": True,
+        "log_level": 3,
+    }
+
+
 class EventProducer:
     def __init__(
         self,
@@ -43,25 +68,12 @@ class EventProducer:
         max_message_bytes: int = 1_000_000,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "max.in.flight.requests.per.connection": 5,
-            # Java-compatible murmur2 for keyed records: the same partition as aiokafka/Faust.
-            "partitioner": "murmur2_random",
-            "linger.ms": linger_ms,
-            "batch.num.messages": 10000,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 1_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-            "message.max.bytes": max_message_bytes + 1024,
-            # The whole life of a record, retries included: shorter than a request's timeout.
-            "delivery.timeout.ms": delivery_timeout_ms,
-            "request.timeout.ms": min(30_000, max(1000, delivery_timeout_ms // 2)),
-            "socket.keepalive.enable": True,
-            "log_level": 3,
-        }
+        conf = producer_config(
+            bootstrap,
+            delivery_timeout_ms=delivery_timeout_ms,
+            linger_ms=linger_ms,
+            max_message_bytes=max_message_bytes,
+        )
         conf.update(extra or {})
         self._producer = Producer(conf)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,9 +122,6 @@ class EventProducer:
             tracker.left -= 1
             if tracker.left == 0:
                 self._pending.append(tracker)
-
-    def outstanding(self) -> int:
-        return len(self._producer)
 
     async def send(self, records: Sequence[Record]) -> list[Delivery | KafkaError]:
         """Produce every record; return, in order, where each landed or why it failed."""

@@ -125,17 +125,16 @@ class _Api:
 
 
 def _raw_producer(settings: Settings) -> Producer:
+    """The same librdkafka settings as the API's producer: the baseline differs only in code."""
+    from api.producer import producer_config
+
     return Producer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "partitioner": "murmur2_random",
-            "linger.ms": settings.ingest_linger_ms,
-            "batch.num.messages": 10000,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 1_000_000,
-        }
+        producer_config(
+            settings.kafka_bootstrap,
+            delivery_timeout_ms=settings.ingest_delivery_timeout_ms,
+            linger_ms=settings.ingest_linger_ms,
+            max_message_bytes=settings.ingest_max_event_bytes,
+        )
     )
 
 

@@ -13,7 +13,7 @@ import psycopg
 
 from mohallamart.errors import PipelineError
 
-__all__ = ["DatabaseError", "MIGRATIONS_DIR", "migrate", "pending_migrations"]
+__all__ = ["DatabaseError", "MIGRATIONS_DIR", "migrate"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 0x6D6D6967  # "mmig"
@@ -41,12 +41,6 @@ def _applied(conn: psycopg.Connection) -> set[int]:
         " applied_at timestamptz NOT NULL DEFAULT now())"
     )
     return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-
-
-def pending_migrations(dsn: str) -> list[str]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        done = _applied(conn)
-    return [f"{v:04d}_{n}" for v, n, _ in _migrations() if v not in done]
 
 
 def migrate(dsn: str) -> list[str]:

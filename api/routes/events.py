@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ from mohallamart.settings import Settings
 from schemas.catalog import EVENT_TYPES
 from schemas.validate import FieldError as _fe
 
-__all__ = ["IngestEndpoints", "read_limited", "router"]
+__all__ = ["IngestEndpoints", "read_capped", "read_limited", "router"]
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -111,19 +111,24 @@ class IngestEndpoints:
         return status, orjson.dumps({"results": [r.as_dict() for r in results]})
 
 
+async def read_capped(
+    chunks: AsyncIterator[bytes], content_length: str | None, limit: int
+) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
+    too_large = Problem(413, "body-too-large", f"the request body must be at most {limit} bytes")
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
 def read_limited(request: Request) -> Reader:
     async def read(limit: int) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise Problem(413, "body-too-large", f"the request body must be at most {limit} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise Problem(
-                    413, "body-too-large", f"the request body must be at most {limit} bytes"
-                )
-        return bytes(body)
+        return await read_capped(request.stream(), request.headers.get("content-length"), limit)
 
     return read
 
