@@ -114,7 +114,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     # faust parses sys.argv itself: give it the worker command only.
     sys.argv = [sys.argv[0], "worker"]
-    run_worker(args.role, _settings())
+    run_worker(args.role, _settings(), web_port=args.web_port)
     return 0
 
 
@@ -253,6 +253,40 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
 
     key = revoke_key(_keys_dsn(), args.key_id)
     _out(f"revoked {key.key_id} ({key.name})")
+    return 0
+
+
+def _cmd_dlq_list(args: argparse.Namespace) -> int:
+    from mohallamart.db import migrate
+    from streams.dlq import list_dead_letters
+
+    settings = _settings()
+    migrate(settings.postgres_dsn)
+    letters = [dl.as_dict() for dl in list_dead_letters(settings, args.topic)]
+    if args.pending:
+        letters = [dl for dl in letters if dl["status"] == "pending"]
+    if args.json:
+        _out(json.dumps(letters, indent=2))
+        return 0
+    _out(f"{len(letters)} dead-letter record(s)")
+    for dl in letters:
+        _out(
+            f"{dl['dlq']}  {dl['status']:<10} {dl['event_type']:<24} {dl['event_id']:<36} "
+            f"{dl['stage']:<32} {dl['error']}"
+        )
+    return 0
+
+
+def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from mohallamart.db import migrate
+    from streams.dlq import redrive
+
+    settings = _settings()
+    migrate(settings.postgres_dsn)
+    counts = redrive(
+        settings, event_ids=None if args.all else set(args.id), topic=args.topic, echo=_out
+    )
+    _out(f"redriven {counts['redriven']}, superseded {counts['superseded']}")
     return 0
 
 
@@ -429,6 +463,13 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one Faust worker of a role")
     worker.add_argument("--role", required=True, choices=sorted(ROLES))
+    worker.add_argument(
+        "--web-port",
+        type=int,
+        default=None,
+        help="the worker's web port (/metrics); default: WORKER_WEB_PORT + the role's index, so "
+        "one worker per role runs without settings; give each further process its own",
+    )
     worker.set_defaults(func=_cmd_worker)
 
     db = sub.add_parser("db", help="the application database")
@@ -456,6 +497,20 @@ def _parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by its id")
     kr.add_argument("key_id")
     kr.set_defaults(func=_cmd_keys_revoke)
+
+    dlq = sub.add_parser("dlq", help="dead-letter records: list them, redrive them")
+    dlsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dl = dlsub.add_parser("list", help="every dead-letter record, with its headers and status")
+    dl.add_argument("--topic", default=None, help="one event topic (default: all)")
+    dl.add_argument("--pending", action="store_true", help="only those not redriven yet")
+    dl.add_argument("--json", action="store_true")
+    dl.set_defaults(func=_cmd_dlq_list)
+    dr = dlsub.add_parser("redrive", help="send records back to the stage that failed them")
+    which = dr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every pending record")
+    which.add_argument("--id", action="append", default=[], help="an event id (repeatable)")
+    dr.add_argument("--topic", default=None, help="one event topic (default: all)")
+    dr.set_defaults(func=_cmd_dlq_redrive)
 
     topics = sub.add_parser("topics", help="the event topics")
     tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     worker_data_dir: Path = PROJECT_ROOT / ".stack" / "workers"
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = Field(6066, ge=1, le=65535)
+    #: seconds between the attempts of a record that fails (then: the dead-letter topic)
+    worker_retry_delays_s: tuple[float, ...] = (1.0, 5.0, 15.0)
+    #: cap of the backoff while a dependency (PostgreSQL, the registry) is down
+    worker_down_backoff_cap_s: float = Field(5.0, gt=0)
+    worker_batch_size: int = Field(1000, ge=1)
+    #: the longest a record waits for its batch to fill (latency at low rates)
+    worker_batch_window_s: float = Field(0.05, gt=0)
+    #: partitions of the stock role's by-shop topic (and its table's changelog)
+    stock_partitions: int = Field(6, ge=1)
+    #: how long an order waits for a product the stock role does not know yet, then: rejected
+    stock_wait_unknown_product_s: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

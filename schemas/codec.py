@@ -12,7 +12,7 @@ import fastavro
 
 from schemas.encoder import compile_encoder
 
-__all__ = ["MAGIC", "EventCodec", "frame", "unframe"]
+__all__ = ["MAGIC", "EventCodec", "RegistryDecoder", "UndecodableRecord", "frame", "unframe"]
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
@@ -58,3 +58,52 @@ class EventCodec:
     def decode(self, payload: bytes) -> dict[str, Any]:
         _, body = unframe(payload)
         return fastavro.schemaless_reader(io.BytesIO(body), self.parsed)  # type: ignore[return-value]
+
+
+class UndecodableRecord(ValueError):
+    """Bytes that are not a Confluent-framed Avro record of a known schema."""
+
+
+class RegistryDecoder:
+    """Reads Confluent-framed Avro records of any schema, by the id in their frame.
+
+    The writer's schema is fetched from the registry once per id (`fetch`, blocking: call
+    `load` off the event loop for ids `needs` reports), so a record is read exactly as written,
+    whichever version of its type produced it."""
+
+    def __init__(self, fetch: Callable[[int], dict[str, Any]]) -> None:
+        self._fetch = fetch
+        self._parsed: dict[int, Any] = {}
+
+    def schema_id(self, payload: bytes | None) -> int:
+        if payload is None:
+            raise UndecodableRecord("empty record (no value)")
+        try:
+            return unframe(payload)[0]
+        except ValueError as exc:
+            raise UndecodableRecord(str(exc)) from exc
+
+    def needs(self, schema_id: int) -> bool:
+        return schema_id not in self._parsed
+
+    def load(self, schema_id: int) -> None:
+        """Fetch and parse a writer's schema (blocking; raises what `fetch` raises)."""
+        if schema_id not in self._parsed:
+            self._parsed[schema_id] = fastavro.parse_schema(self._fetch(schema_id))
+
+    def decode(self, payload: bytes | None) -> dict[str, Any]:
+        schema_id = self.schema_id(payload)
+        assert payload is not None
+        parsed = self._parsed.get(schema_id)
+        if parsed is None:
+            self.load(schema_id)
+            parsed = self._parsed[schema_id]
+        try:
+            datum = fastavro.schemaless_reader(io.BytesIO(payload[_HEADER.size :]), parsed)
+        except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError...
+            raise UndecodableRecord(
+                f"not an Avro record of schema {schema_id}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(datum, dict) or "type" not in datum or "data" not in datum:
+            raise UndecodableRecord(f"schema {schema_id} is not an event envelope")
+        return datum

@@ -12,11 +12,19 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from mohallamart.errors import PipelineError
 from schemas.catalog import EventType
 
-__all__ = ["RegistryError", "SchemaRegistry"]
+__all__ = ["RegistryError", "RegistryUnavailable", "SchemaRegistry", "UnknownSchema"]
 
 
 class RegistryError(PipelineError):
     """The schema registry refused a schema or could not be reached."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry did not answer (refused, timed out): worth retrying."""
+
+
+class UnknownSchema(RegistryError):
+    """A schema id the registry does not know: the record can never be decoded."""
 
 
 class SchemaRegistry:
@@ -53,6 +61,23 @@ class SchemaRegistry:
 
     def register_all(self, events: Iterable[EventType]) -> dict[str, int]:
         return {e.name: self.register(e) for e in events}
+
+    def schema_by_id(self, schema_id: int) -> dict[str, Any]:
+        """The schema registered under `schema_id` (any subject, any version).
+
+        Raises UnknownSchema if the registry has no such id, RegistryUnavailable if it does not
+        answer."""
+        try:
+            schema = self.client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise UnknownSchema(f"the registry has no schema with id {schema_id}") from exc
+            raise RegistryError(f"registry: schema {schema_id}: {exc.error_message}") from exc
+        except Exception as exc:  # requests/httpx errors: unreachable, timeout
+            raise RegistryUnavailable(
+                f"registry at {self.url} not reachable: {type(exc).__name__}"
+            ) from exc
+        return json.loads(schema.schema_str or "null")  # type: ignore[no-any-return]
 
     def latest(self, subject: str) -> dict[str, Any] | None:
         """The latest registered schema of `subject`, or None if the subject is unknown."""

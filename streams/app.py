@@ -1,30 +1,112 @@
 """Build the Faust app of one worker role.
 
-Each role (projections, stock, cache+search, notifications, analytics, ...) is its own consumer
-group and process, so a dependency that is down pauses only the role that needs it. Every role
-runs `at_least_once`; its agents make their effects idempotent.
+Each role (projections, stock; later cache+search, notifications, analytics) is its own consumer
+group and process, so a dependency that is down pauses only the role that needs it. Several
+processes of one role share its partitions (give each its own WORKER_DATA_DIR and web port).
+Every role runs `at_least_once`; its agents make their effects idempotent and go through the one
+reliability mechanism (`streams.reliability.Guard`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mohallamart.settings import Settings
+from schemas.catalog import EVENT_TYPES, TOPICS, Topic
+from schemas.codec import EventCodec, RegistryDecoder
+from schemas.registry import SchemaRegistry
+from schemas.topics import ensure_topics
+from streams.reliability import Guard, RetryPolicy, dead_letter_topic, redrive_topic
 
-__all__ = ["ROLES", "create_app"]
+__all__ = ["ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
 
-#: role -> the agent modules it runs (imported for their side effect of registering agents).
-#: Later issues fill these in; a role with no agents still joins Kafka and serves its web port.
+log = logging.getLogger(__name__)
+
+#: role -> the agent modules it runs; each module has `install(runtime)`.
 ROLES: dict[str, tuple[str, ...]] = {
-    "projections": (),
+    "projections": ("streams.agents.persist",),
+    "stock": ("streams.agents.reserve_stock",),
 }
+
+#: The stock role's topic: stock-affecting events re-keyed by shop id.
+STOCK_BY_SHOP_TOPIC = "mohallamart.stock.by-shop"
+
+
+def worker_topics(settings: Settings) -> list[Topic]:
+    """The topics the workers need besides the event topics: per event topic a dead-letter and a
+    redrive topic, and the stock role's by-shop topic."""
+    out: list[Topic] = []
+    for t in TOPICS.values():
+        out.append(Topic(t.category, dead_letter_topic(t.name), t.partitions, t.key))
+        out.append(Topic(t.category, redrive_topic(t.name), t.partitions, t.key))
+    out.append(Topic("stock", STOCK_BY_SHOP_TOPIC, settings.stock_partitions, "shop id"))
+    return out
+
+
+class _IdempotentProducer(faust_aiokafka.Producer):
+    """faust's aiokafka producer asks for idempotence only inside transactions: always here."""
+
+    def _settings_extra(self) -> dict[str, Any]:
+        return {"acks": "all", "enable_idempotence": True}
+
+
+@dataclass
+class Runtime:
+    """What every agent of a worker shares."""
+
+    app: faust.App
+    role: str
+    settings: Settings
+    registry: SchemaRegistry
+    decoder: RegistryDecoder
+    policy: RetryPolicy
+    _codecs: dict[str, tuple[int, EventCodec]] = field(default_factory=dict)
+
+    def guard(self, stage: str, *, owns_decode: bool = True) -> Guard:
+        return Guard(
+            self.app,
+            role=self.role,
+            stage=stage,
+            decoder=self.decoder,
+            policy=self.policy,
+            owns_decode=owns_decode,
+        )
+
+    async def encode(
+        self, type_: str, event_id: str, occurred_at: datetime, trace_id: str, data: dict[str, Any]
+    ) -> tuple[str, bytes]:
+        """(topic, Confluent-framed Avro value) of a derived event."""
+        et = EVENT_TYPES[type_]
+        known = self._codecs.get(type_)
+        if known is None:
+            sid = await asyncio.to_thread(self.registry.register, et)
+            known = self._codecs[type_] = (sid, EventCodec(et.schema))
+        sid, codec = known
+        value = codec.encode(
+            sid,
+            {
+                "id": event_id,
+                "type": type_,
+                "occurred_at": occurred_at,
+                "source": f"mohallamart-{self.role}",
+                "trace_id": trace_id,
+                "data": data,
+            },
+        )
+        return et.topic.name, value
 
 
 def create_app(role: str, settings: Settings) -> faust.App:
-    """The Faust app for `role`, configured from `settings`."""
+    """The Faust app for `role`, configured from `settings`, its agents installed."""
     if role not in ROLES:
         raise ValueError(f"unknown worker role {role!r}; roles are: {', '.join(ROLES)}")
     datadir = settings.worker_data_dir / role
@@ -37,23 +119,54 @@ def create_app(role: str, settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
         topic_replication_factor=1,
         topic_allow_declare=True,
+        topic_partitions=settings.stock_partitions,
         datadir=str(datadir),
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
         broker_rebalance_timeout=settings.kafka_rebalance_timeout_ms / 1000,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger_ms=5,
         web_host=settings.worker_web_host,
-        web_port=settings.worker_web_port,
+        web_port=settings.worker_web_port + list(ROLES).index(role),
         web_enabled=True,
         autodiscover=False,
     )
+    app.transport.Producer = _IdempotentProducer  # type: ignore[misc]  # before it is built
+    registry = SchemaRegistry(settings.registry_url)
+    runtime = Runtime(
+        app=app,
+        role=role,
+        settings=settings,
+        registry=registry,
+        decoder=RegistryDecoder(registry.schema_by_id),
+        policy=RetryPolicy(
+            delays=tuple(settings.worker_retry_delays_s),
+            down_cap_s=settings.worker_down_backoff_cap_s,
+        ),
+    )
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
     for module in ROLES[role]:
-        importlib.import_module(module)
+        importlib.import_module(module).install(runtime)
     return app
 
 
-def run_worker(role: str, settings: Settings) -> None:
+def run_worker(role: str, settings: Settings, web_port: int | None = None) -> None:
     """Run one worker of `role` in the foreground until SIGINT/SIGTERM."""
+    from mohallamart.db import migrate
+
+    if role == "projections":
+        migrate(settings.postgres_dsn)  # the projections' tables, before the first batch
+    ensure_topics(settings.kafka_bootstrap, [*TOPICS.values(), *worker_topics(settings)])
+    if web_port is not None:
+        settings = settings.model_copy(
+            update={"worker_web_port": web_port - list(ROLES).index(role)}
+        )
     app = create_app(role, settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     # faust leaves the root logger at DEBUG when started at its default level (~23% CPU at low

@@ -199,6 +199,9 @@ class _EmbeddedPostgres(Service):
             "checkpoint_timeout=15min",
             "-c",
             "checkpoint_completion_target=0.9",
+            # commit times of rows: the worker benchmark measures "row visible" with them
+            "-c",
+            "track_commit_timestamp=on",
         ]
         return spawn(self.state, argv, log=self.log, user=self._system_user())
 

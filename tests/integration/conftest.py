@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,29 @@ def ingest_key(stack: Stack, settings: Settings) -> str:
 @pytest.fixture(scope="session")
 def read_key(stack: Stack, settings: Settings) -> str:
     return _key(settings, "tests-read-only", ["read"], principal="user:u_test")
+
+
+@pytest.fixture(scope="session")
+def pipeline(api: str, ingest_key: str, settings: Settings) -> Iterator[Any]:
+    """The API and the workers: one projections worker and two stock workers (they share the
+    stock role's partitions), ready once a probe product's first stock movement is a row."""
+    from tests.integration._pipeline import Pipeline, Workers, example, uid
+
+    workers = Workers(settings, settings.stack_dir / "tests")
+    workers.logdir.mkdir(parents=True, exist_ok=True)
+    workers.start("projections", "projections")
+    workers.start("stock-1", "stock")
+    workers.start("stock-2", "stock")
+    p = Pipeline(api, ingest_key, settings, workers)
+    try:
+        probe = uid("prd_probe")
+        p.post("product.created", example("product.created", product_id=probe, initial_stock=1))
+        p.wait_row(
+            "SELECT 1 FROM inventory_movements WHERE product_id = %s",
+            probe,
+            timeout=120,
+            what=f"the workers to be ready (logs: {workers.logdir})",
+        )
+        yield p
+    finally:
+        workers.stop_all()

@@ -1,0 +1,46 @@
+"""How agents read their stream: raw records in batches, settled by a Guard before Faust acks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import faust
+
+from streams.reliability import Record
+
+__all__ = ["hold_unsettled", "raw_batches", "raw_topic"]
+
+
+def raw_topic(app: faust.App, *names: str, **kw: Any) -> faust.TopicT:
+    """A topic read as bytes: the agent decodes, so undecodable bytes reach the dead-letter topic
+    instead of being dropped by the framework."""
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw
+    )
+
+
+async def raw_batches(
+    stream: faust.StreamT[Any], size: int, within: float
+) -> AsyncIterator[tuple[Sequence[faust.EventT[Any]], list[Record]]]:
+    # take_events is on faust's Stream, not (yet) on its StreamT protocol
+    async for events in stream.take_events(size, within=within):  # type: ignore[attr-defined]
+        yield events, [Record.from_event(e) for e in events]
+
+
+def hold_unsettled(events: Sequence[faust.EventT[Any]]) -> None:
+    """Keep Faust from committing `events` (its take() acks in a finally, even when the agent is
+    cancelled mid-batch at shutdown): marked as acked without recording their offsets, they are
+    delivered again after a restart, and applied idempotently."""
+    for e in events:
+        e.message.acked = True
+
+
+async def settle(events: Sequence[faust.EventT[Any]], work: Any) -> None:
+    """Await `work`; if the agent is cancelled first, hold the batch's offsets back."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        hold_unsettled(events)
+        raise

@@ -1,0 +1,45 @@
+"""persist: the projections role's agents, one per entity topic, writing PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from connectors.postgres import PostgresProjections
+from schemas.catalog import TOPICS
+from streams.agents._batches import raw_batches, raw_topic, settle
+from streams.reliability import Record, Rejection, redrive_topic
+
+__all__ = ["install"]
+
+#: the topics the projections read (analytics, notification, search, cleanup have other roles)
+CATEGORIES = ("user", "shop", "shopkeeper", "product", "order")
+
+
+def install(rt: Any) -> None:
+    app: faust.App = rt.app
+    size, within = rt.settings.worker_batch_size, rt.settings.worker_batch_window_s
+
+    for category in CATEGORIES:
+        name = TOPICS[category].name
+        guard = rt.guard(f"persist_{category}s")
+        # a connection per agent: the agents run concurrently, each batch one transaction
+        sink = PostgresProjections(rt.settings.postgres_dsn)
+
+        async def write(records: list[Record], sink: PostgresProjections = sink) -> list[Rejection]:
+            events = []
+            for r in records:
+                ev = r.event
+                ev["_offset"] = r.offset if not r.topic.endswith(".redrive") else -1
+                events.append(ev)
+            refused = await sink.write_batch(events)
+            return [Rejection(records[f.index], f.reason) for f in refused]
+
+        async def persist(
+            stream: faust.StreamT[Any], guard: Any = guard, write: Any = write
+        ) -> None:
+            async for events, records in raw_batches(stream, size, within):
+                await settle(events, guard.process(records, write))
+
+        app.agent(raw_topic(app, name, redrive_topic(name)), name=f"persist_{category}s")(persist)

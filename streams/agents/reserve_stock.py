@@ -1,0 +1,210 @@
+"""reserve_stock: the stock role. Stock-affecting events are re-keyed by shop id, so one worker
+owns every product of an order; a changelog-backed table (RocksDB) holds the stock.
+
+Exactly once under at-least-once delivery, per batch of the by-shop topic:
+1. every record is decided in order against the table plus the batch's pending writes (nothing is
+   written yet); a record at or below its partition's applied-offset marker is skipped (it was
+   applied before a crash);
+2. the derived events (deterministic ids) are produced and their delivery awaited;
+3. only then the table entries are written, each to its record's partition, and the partition's
+   applied-offset marker last. Faust flushes the changelog before it commits the offsets.
+A crash before 3 redoes the same decisions (same ids: downstream stores dedupe by id); a crash
+after 3 finds the marker and skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+from schemas.catalog import TOPICS
+from streams.agents._batches import raw_batches, raw_topic, settle
+from streams.reliability import (
+    SOURCE_HEADERS,
+    Permanent,
+    Record,
+    Rejection,
+    redrive_topic,
+)
+from streams.stock import Derived, StockBook
+
+__all__ = ["ROUTED", "install"]
+
+#: what the stock role reads (its own derived events are not routed back)
+ROUTED = frozenset(
+    {
+        "product.created",
+        "product.stock_set",
+        "product.stock_adjusted",
+        "order.created",
+        "order.cancelled",
+        "order.status_changed",
+        "order.refunded",
+    }
+)
+TICK = "x-tick"
+
+
+class _Pending(MutableMapping[str, Any]):
+    """The table as one record sees it: its own writes, then the batch's, then the table."""
+
+    def __init__(self, table: Any, batch: dict[str, Any], event: faust.EventT[Any]) -> None:
+        self.table, self.batch, self.event = table, batch, event
+        self.writes: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        for layer in (self.writes, self.batch):
+            if key in layer:
+                return layer[key]
+        _current_event.set(weakref.ref(self.event))  # read this record's partition
+        return self.table[key]
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[str(key)]
+        except KeyError:
+            return False
+        return True
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+def install(rt: Any) -> None:
+    from streams.app import STOCK_BY_SHOP_TOPIC
+
+    app: faust.App = rt.app
+    s = rt.settings
+    size, within = s.worker_batch_size, s.worker_batch_window_s
+    wait_ms = int(s.stock_wait_unknown_product_s * 1000)
+    table = app.Table(
+        "stock",
+        default=None,
+        partitions=s.stock_partitions,
+        schema=faust.Schema(
+            key_type=str, value_type=None, key_serializer="json", value_serializer="json"
+        ),
+    )
+    by_shop = raw_topic(app, STOCK_BY_SHOP_TOPIC, partitions=s.stock_partitions)
+    # the projections read (and dead-letter) undecodable bytes of these topics
+    route_guard = rt.guard("route_stock_events", owns_decode=False)
+    reserve_guard = rt.guard("reserve_stock")
+
+    # --- 1. re-key by shop id -----------------------------------------------------------------
+    async def forward(records: list[Record]) -> list[Rejection]:
+        futures = []
+        for r in records:
+            ev = r.event
+            if ev["type"] not in ROUTED:
+                continue
+            topic, partition, offset = r.origin
+            headers = [(k, v) for k, v in r.headers.items() if k not in SOURCE_HEADERS]
+            headers += [
+                ("x-source-topic", topic.encode()),
+                ("x-source-partition", str(partition).encode()),
+                ("x-source-offset", str(offset).encode()),
+            ]
+            futures.append(
+                await app.producer.send(
+                    STOCK_BY_SHOP_TOPIC,
+                    str(ev["data"]["shop_id"]).encode(),
+                    r.value,
+                    partition=None,
+                    timestamp=r.timestamp_ms / 1000,
+                    headers=headers,
+                )
+            )
+        await asyncio.gather(*futures)
+        return []
+
+    sources = [TOPICS["product"].name, TOPICS["order"].name]
+
+    @app.agent(raw_topic(app, *sources, *map(redrive_topic, sources)), name="route_stock_events")
+    async def route_stock_events(stream: faust.StreamT[Any]) -> None:
+        async for events, records in raw_batches(stream, size, within):
+            await settle(events, route_guard.process(records, forward))
+
+    # --- 2. decide, emit, then record ---------------------------------------------------------
+    async def reserve(records: list[Record]) -> list[Rejection]:
+        now_ms = int(time.time() * 1000)
+        batch: dict[str, Any] = {}
+        writes: list[tuple[faust.EventT[Any], dict[str, Any]]] = []
+        derived: list[Derived] = []
+        rejected: list[Rejection] = []
+        for r in records:
+            event = r.source
+            view = _Pending(table, batch, event)
+            marker = view.get(f"@:{r.partition}")
+            if marker is not None and r.offset <= marker:
+                continue  # applied before a crash: nothing again
+            book = StockBook(view, wait_unknown_ms=wait_ms)
+            try:
+                if r.event.get("type") == "~tick":
+                    out = book.expire(r.partition, now_ms)
+                else:
+                    out = book.apply(r.event, r.partition, now_ms)
+            except Permanent as exc:
+                rejected.append(Rejection(r, str(exc), "StockRuleViolation"))
+                view.writes.clear()
+                out = []
+            view.writes[f"@:{r.partition}"] = r.offset  # the marker: written after the change
+            batch.update(view.writes)
+            writes.append((event, view.writes))
+            derived.extend(out)
+        futures = []
+        for d in derived:
+            topic, value = await rt.encode(d.type, d.id, d.occurred_at, d.trace_id, d.data)
+            futures.append(
+                await app.producer.send(
+                    topic,
+                    d.key.encode(),
+                    value,
+                    partition=None,
+                    timestamp=d.occurred_at.timestamp(),
+                    headers=[("x-trace-id", d.trace_id.encode())],
+                )
+            )
+        await asyncio.gather(*futures)  # delivered before the table says "applied"
+        for event, entries in writes:
+            _current_event.set(weakref.ref(event))  # the changelog partition of this record
+            marker_key = f"@:{event.message.partition}"
+            for key, value in entries.items():
+                if key != marker_key:
+                    table[key] = value
+            table[marker_key] = entries[marker_key]
+        return rejected
+
+    @app.agent(by_shop, name="reserve_stock")
+    async def reserve_stock(stream: faust.StreamT[Any]) -> None:
+        async for events, records in raw_batches(stream, size, within):
+            await settle(events, reserve_guard.process(records, reserve))
+
+    # --- 3. orders waiting for an unknown product: a tick per partition that has some ---------
+    @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def expire_waiting_orders() -> None:
+        book = StockBook(table, wait_unknown_ms=wait_ms)
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == STOCK_BY_SHOP_TOPIC and book.has_waiting(tp.partition):
+                await app.producer.send(
+                    STOCK_BY_SHOP_TOPIC,
+                    b"~tick",
+                    b"",
+                    partition=tp.partition,
+                    timestamp=None,
+                    headers=[(TICK, b"1")],
+                )

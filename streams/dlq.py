@@ -1,0 +1,252 @@
+"""`mohallamart dlq list | redrive`: the dead-letter records of every event topic, and sending
+them back once their cause is fixed.
+
+A redrive sends the record's original bytes to `<topic>.redrive`, with headers naming the stage
+that should run it again (only that role's agents take it) and its original coordinates. Each
+dead-letter record is redriven at most once (recorded in `dlq_redrives`); a redriven copy that
+fails again becomes a new dead-letter record (`x-redrive-count` 1), listed again, never looped.
+A record older than what its entity's row now holds is reported as superseded and not sent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from api.producer import producer_config
+from connectors.postgres import entity_of
+from mohallamart.errors import PipelineError
+from mohallamart.settings import Settings
+from schemas.catalog import TOPICS
+from schemas.codec import RegistryDecoder, UndecodableRecord
+from schemas.registry import RegistryError, SchemaRegistry
+from streams.reliability import REDRIVE_COUNT, REDRIVE_STAGE, dead_letter_topic, redrive_topic
+
+__all__ = ["DeadLetter", "DlqError", "list_dead_letters", "redrive"]
+
+
+class DlqError(PipelineError):
+    """The dead-letter topics could not be read or a record could not be redriven."""
+
+
+@dataclass
+class DeadLetter:
+    """One dead-letter record and what became of it."""
+
+    dlq_topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    status: str = "pending"  # pending | redriven | superseded
+    detail: str = ""
+    event: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def event_id(self) -> str:
+        return self.headers.get("x-event-id", "")
+
+    def as_dict(self) -> dict[str, Any]:
+        h = self.headers
+        return {
+            "dlq": f"{self.dlq_topic}/{self.partition}@{self.offset}",
+            "event_id": self.event_id,
+            "event_type": h.get("x-event-type", ""),
+            "original": f"{h.get('x-original-topic')}/{h.get('x-original-partition')}"
+            f"@{h.get('x-original-offset')}",
+            "stage": h.get("x-stage", ""),
+            "error": f"{h.get('x-error-class', '')}: {h.get('x-error-message', '')}",
+            "attempts": int(h.get("x-attempts", "0") or 0),
+            "first_failure": h.get("x-first-failure-time", ""),
+            "redrive_count": int(h.get(REDRIVE_COUNT, "0") or 0),
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+def _read(settings: Settings, topics: Iterable[str]) -> list[DeadLetter]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"mohallamart-dlq-reader-{uuid.uuid4()}",  # never commits
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    out: list[DeadLetter] = []
+    try:
+        meta = consumer.list_topics(timeout=10)
+        assign: list[TopicPartition] = []
+        for t in topics:
+            if t not in meta.topics:
+                continue
+            for p in meta.topics[t].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                if high > low:
+                    assign.append(TopicPartition(t, p, low))
+        ends = {(tp.topic, tp.partition) for tp in assign}
+        if not assign:
+            return out
+        highs = {
+            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1]
+            for tp in assign
+        }
+        consumer.assign(assign)
+        while ends:
+            msg = consumer.poll(5.0)
+            if msg is None:
+                raise DlqError("timed out reading the dead-letter topics")
+            err = msg.error()
+            topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), msg.offset()
+            tp = (topic, partition)
+            if err is not None:
+                if err.code() == -191:  # _PARTITION_EOF
+                    ends.discard(tp)
+                    continue
+                raise DlqError(f"reading {topic}: {err}")
+            offset = int(offset or 0)
+            if offset >= highs[tp] - 1:
+                ends.discard(tp)
+            raw_headers: list[tuple[str, Any]] = list(msg.headers() or [])  # type: ignore[arg-type]
+            headers = {
+                k: (v.encode() if isinstance(v, str) else v or b"").decode("utf-8", "replace")
+                for k, v in raw_headers
+            }
+            key, value = msg.key(), msg.value()
+            out.append(
+                DeadLetter(
+                    topic,
+                    partition,
+                    offset,
+                    key.encode() if isinstance(key, str) else key,
+                    value.encode() if isinstance(value, str) else value,
+                    headers,
+                )
+            )
+    except KafkaException as exc:
+        raise DlqError(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        consumer.close()
+    return out
+
+
+def list_dead_letters(settings: Settings, topic: str | None = None) -> list[DeadLetter]:
+    """Every dead-letter record (of one event topic, or all), with its redrive status."""
+    names = [dead_letter_topic(t.name) for t in TOPICS.values() if topic in (None, t.name)]
+    letters = _read(settings, names)
+    if letters:
+        with psycopg.connect(settings.postgres_dsn) as conn:
+            done = {
+                (t, p, o): (outcome, detail or "")
+                for t, p, o, outcome, detail in conn.execute(
+                    'SELECT dlq_topic, "partition", "offset", outcome, detail FROM dlq_redrives'
+                )
+            }
+        for dl in letters:
+            dl.status, dl.detail = done.get(
+                (dl.dlq_topic, dl.partition, dl.offset), ("pending", "")
+            )
+    return letters
+
+
+def _superseded(conn: psycopg.Connection[Any], event: dict[str, Any]) -> str | None:
+    """Why the event is out of date, if the row it targets already holds a newer version."""
+    ent = entity_of(event)
+    if ent is None:
+        return None
+    table, key_col, key = ent
+    row = conn.execute(
+        f"SELECT version_at, version_id FROM {table} WHERE {key_col} = %s",  # noqa: S608
+        (key,),
+    ).fetchone()
+    if row is None:
+        return None
+    eid = event["id"] if isinstance(event["id"], uuid.UUID) else uuid.UUID(str(event["id"]))
+    if (event["occurred_at"], eid) <= (row[0], row[1]):
+        return (
+            f"{table} {key} is at version ({row[0].isoformat()}, {row[1]}), "
+            f"newer than this event's ({event['occurred_at'].isoformat()}, {eid})"
+        )
+    return None
+
+
+def redrive(
+    settings: Settings,
+    *,
+    event_ids: set[str] | None,
+    topic: str | None = None,
+    echo: Callable[[str], None] = lambda _line: None,
+) -> dict[str, int]:
+    """Redrive the pending dead-letter records (all, or those of `event_ids`): counts by outcome."""
+    letters = [
+        dl
+        for dl in list_dead_letters(settings, topic)
+        if dl.status == "pending" and (event_ids is None or dl.event_id in event_ids)
+    ]
+    counts = {"redriven": 0, "superseded": 0}
+    if not letters:
+        return counts
+    registry = SchemaRegistry(settings.registry_url)
+    decoder = RegistryDecoder(registry.schema_by_id)
+    producer = Producer(
+        producer_config(
+            settings.kafka_bootstrap,
+            delivery_timeout_ms=10_000,
+            linger_ms=0,
+            max_message_bytes=1 << 20,
+        )
+    )
+    errors: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        for n, dl in enumerate(letters, start=1):
+            h = dl.headers
+            stage = h.get("x-stage", "")
+            detail = None
+            try:
+                # the rows are the projections' view of each entity; the stock role applies
+                # order events under the same version rule, so the rows judge both stages
+                detail = _superseded(conn, decoder.decode(dl.value))
+            except (UndecodableRecord, RegistryError):
+                pass  # sent back as it is: its stage will dead-letter it again, once
+            original = h.get("x-original-topic", "")
+            if detail is not None:
+                outcome = "superseded"
+                echo(f"[dlq] {dl.event_id} superseded: {detail}")
+            else:
+                outcome = "redriven"
+                producer.produce(
+                    redrive_topic(original),
+                    key=dl.key,
+                    value=dl.value,
+                    headers=[
+                        (REDRIVE_STAGE, stage.encode()),
+                        (REDRIVE_COUNT, str(int(h.get(REDRIVE_COUNT, "0") or 0) + 1).encode()),
+                        ("x-source-topic", original.encode()),
+                        ("x-source-partition", h.get("x-original-partition", "0").encode()),
+                        ("x-source-offset", h.get("x-original-offset", "0").encode()),
+                    ],
+                    on_delivery=delivered,
+                )
+                if producer.flush(15) or errors:
+                    raise DlqError(f"redriving {dl.event_id} failed: {errors or 'timed out'}")
+                echo(f"[dlq] {dl.event_id} redriven to {redrive_topic(original)} ({stage})")
+            conn.execute(
+                'INSERT INTO dlq_redrives (dlq_topic, "partition", "offset", event_id, outcome, '
+                "detail) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (dl.dlq_topic, dl.partition, dl.offset, dl.event_id, outcome, detail),
+            )
+            counts[outcome] += 1
+            if n % 100 == 0:
+                echo(f"[dlq] {n}/{len(letters)} done")
+    return counts

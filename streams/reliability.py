@@ -1,0 +1,394 @@
+"""The one reliability mechanism every agent uses.
+
+Agents receive raw bytes; `Guard.process` decodes them, hands the batch to the agent's handler and
+holds the line that Faust does not (an agent that raises has its messages acked anyway):
+
+- a dependency that is down (`DependencyDown`, connection refused, timeout, registry unreachable)
+  is retried with capped backoff for as long as it is down, the batch's partitions paused and the
+  `mohallamart_worker_dependency_down` gauge raised; it never reaches the dead-letter topic;
+- any other error fails the batch: it is split in halves until the record at fault is alone, so one
+  bad record never fails the good ones; that record is retried after each of the policy's delays
+  (1 s, 5 s, 15 s by default) and then dead-lettered;
+- a permanent failure (bytes that do not decode, a `Permanent` error, a record the handler rejects,
+  such as an illegal transition) is dead-lettered at once;
+- a dead-lettered record goes to `<original topic>.dlq` with headers naming the original topic,
+  partition and offset, the error's class and message, the stage, the attempts and the first
+  failure time; the partition keeps flowing.
+
+Handlers must be idempotent (a batch may be applied again after a crash) and all-or-nothing per
+call (the batch is retried and split).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.types import TP
+from prometheus_client import Counter, Gauge, Histogram
+
+from connectors.base import DependencyDown
+from mohallamart.errors import PipelineError
+from schemas.codec import RegistryDecoder, UndecodableRecord
+from schemas.registry import RegistryUnavailable, UnknownSchema
+
+__all__ = [
+    "DLQ_HEADERS",
+    "Guard",
+    "Permanent",
+    "Record",
+    "Rejection",
+    "RetryPolicy",
+    "dead_letter_topic",
+    "redrive_topic",
+]
+
+log = logging.getLogger(__name__)
+
+#: The headers of a dead-letter record (values UTF-8).
+DLQ_HEADERS = (
+    "x-original-topic",
+    "x-original-partition",
+    "x-original-offset",
+    "x-error-class",
+    "x-error-message",
+    "x-stage",
+    "x-attempts",
+    "x-first-failure-time",
+)
+#: Set on a record forwarded from another topic (the stock role's by-shop topic): its origin.
+SOURCE_HEADERS = ("x-source-topic", "x-source-partition", "x-source-offset")
+#: Set by `mohallamart dlq redrive` on the copy it sends back: the stage that should run it again.
+REDRIVE_STAGE = "x-redrive-stage"
+REDRIVE_COUNT = "x-redrive-count"
+
+EVENTS = Counter(
+    "mohallamart_worker_records_total", "Records handled, by outcome", ["role", "stage", "outcome"]
+)
+DEAD_LETTERS = Counter(
+    "mohallamart_worker_dead_letters_total",
+    "Records sent to a dead-letter topic",
+    ["role", "stage", "error"],
+)
+RETRIES = Counter("mohallamart_worker_retries_total", "Record retries", ["role", "stage"])
+DOWN = Gauge(
+    "mohallamart_worker_dependency_down",
+    "1 while a stage waits for a dependency that is down (its partitions paused)",
+    ["role", "stage"],
+)
+DOWN_RETRIES = Counter(
+    "mohallamart_worker_dependency_retries_total",
+    "Attempts made while a dependency was down",
+    ["role", "stage"],
+)
+BATCH_SECONDS = Histogram(
+    "mohallamart_worker_batch_seconds",
+    "Time to apply one batch",
+    ["role", "stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def redrive_topic(topic: str) -> str:
+    return f"{topic}.redrive"
+
+
+class Permanent(PipelineError):
+    """A record that can never succeed as it is (it breaks a rule): dead-lettered at once."""
+
+
+@dataclass
+class Record:
+    """One Kafka record as the agent received it, and its event once decoded."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    timestamp_ms: int
+    event: dict[str, Any] = field(default_factory=dict)
+    #: the Faust event it came from (table writes need it as their context)
+    source: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_event(cls, ev: faust.EventT[Any]) -> Record:
+        m = ev.message
+        headers = m.headers
+        hdrs = dict(headers) if isinstance(headers, Sequence) else dict(headers or {})
+        return cls(
+            topic=m.topic,
+            partition=m.partition,
+            offset=m.offset,
+            key=m.key,
+            value=m.value,
+            headers={k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in hdrs.items()},
+            timestamp_ms=int(m.timestamp * 1000),
+            source=ev,
+        )
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+    @property
+    def origin(self) -> tuple[str, int, int]:
+        """The (topic, partition, offset) the record was first written at."""
+        h = self.headers
+        if "x-source-topic" in h:
+            return (
+                h["x-source-topic"].decode(),
+                int(h["x-source-partition"]),
+                int(h["x-source-offset"]),
+            )
+        topic = self.topic
+        if topic.endswith(".redrive"):
+            topic = topic[: -len(".redrive")]
+        return topic, self.partition, self.offset
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record the handler refuses for good (e.g. an illegal transition), with the reason."""
+
+    record: Record
+    reason: str
+    error_class: str = "IllegalTransition"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Delays between the attempts of a failing record, and the backoff while a dependency is
+    down (doubling from `down_initial_s` up to `down_cap_s`, for as long as it takes)."""
+
+    delays: tuple[float, ...] = (1.0, 5.0, 15.0)
+    down_initial_s: float = 0.5
+    down_cap_s: float = 10.0
+
+
+Handler = Callable[[list[Record]], Awaitable[Sequence[Rejection]]]
+
+
+def is_dependency_down(exc: BaseException) -> bool:
+    return isinstance(
+        exc, DependencyDown | RegistryUnavailable | ConnectionError | TimeoutError | OSError
+    )
+
+
+class Guard:
+    """Runs one stage's handler over batches of raw records, as the module docstring says."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        *,
+        role: str,
+        stage: str,
+        decoder: RegistryDecoder,
+        policy: RetryPolicy,
+        owns_decode: bool = True,
+    ) -> None:
+        self.app = app
+        # Undecodable bytes are a fault of the record, not of a stage: the first role that reads
+        # a topic dead-letters them (one record), the others skip them (counted).
+        self.owns_decode = owns_decode
+        self.role = role
+        self.stage = f"{role}/{stage}"
+        self.decoder = decoder
+        self.policy = policy
+        self._labels = (role, self.stage)
+
+    # --- entry point --------------------------------------------------------------------------
+    async def process(self, records: list[Record], handler: Handler) -> None:
+        """Decode, apply, retry, split, dead-letter: returns once every record is settled."""
+        records = [r for r in records if self._mine(r)]
+        if not records:
+            return
+        good = await self._decode(records)
+        if good:
+            with BATCH_SECONDS.labels(*self._labels).time():
+                await self._run(good, handler)
+
+    def _mine(self, record: Record) -> bool:
+        """A redriven copy is for the role that dead-lettered it, not for every consumer."""
+        if record.topic.endswith(".redrive") or REDRIVE_STAGE in record.headers:
+            wanted = record.headers.get(REDRIVE_STAGE, b"").decode()
+            return wanted.split("/", 1)[0] == self.role
+        return True
+
+    async def _decode(self, records: list[Record]) -> list[Record]:
+        good: list[Record] = []
+        for r in records:
+            if "x-tick" in r.headers:  # the stock role's own timer record: nothing to decode
+                r.event = {"type": "~tick"}
+                good.append(r)
+                continue
+            try:
+                sid = self.decoder.schema_id(r.value)
+                if self.decoder.needs(sid):
+                    await self._until_up(
+                        [r],
+                        lambda sid=sid: asyncio.to_thread(  # type: ignore[misc]
+                            self.decoder.load, sid
+                        ),
+                    )
+                r.event = self.decoder.decode(r.value)
+            except (UndecodableRecord, UnknownSchema) as exc:
+                if not self.owns_decode:
+                    EVENTS.labels(*self._labels, "undecodable_skipped").inc()
+                    continue
+                await self.dead_letter(
+                    r, exc, attempts=1, first_failure=time.time(), stage="decode"
+                )
+                continue
+            good.append(r)
+        return good
+
+    # --- the mechanism ------------------------------------------------------------------------
+    async def _run(self, batch: list[Record], handler: Handler) -> None:
+        try:
+            rejected = await self._until_up(batch, lambda: handler(batch))
+        except Exception as exc:  # noqa: BLE001 - any error of the batch: find the record at fault
+            if len(batch) > 1:
+                mid = len(batch) // 2
+                await self._run(batch[:mid], handler)
+                await self._run(batch[mid:], handler)
+            else:
+                await self._retry_one(batch[0], handler, exc)
+            return
+        await self._settle(batch, rejected)
+
+    async def _retry_one(self, record: Record, handler: Handler, exc: Exception) -> None:
+        first = time.time()
+        attempts = 1
+        last: Exception = exc
+        if not isinstance(exc, Permanent):
+            for delay in self.policy.delays:
+                RETRIES.labels(*self._labels).inc()
+                log.warning(
+                    "%s: %s at %s/%d@%d failed (%s: %s); retrying in %.1f s",
+                    self.stage,
+                    record.event.get("type"),
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    type(last).__name__,
+                    last,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempts += 1
+                try:
+                    rejected = await self._until_up([record], lambda: handler([record]))
+                except Permanent as again:
+                    last = again
+                    break
+                except Exception as again:  # noqa: BLE001 - counted, then dead-lettered
+                    last = again
+                    continue
+                await self._settle([record], rejected)
+                return
+        await self.dead_letter(record, last, attempts=attempts, first_failure=first)
+
+    async def _until_up(self, batch: list[Record], call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()`, retried with capped backoff while a dependency is down; partitions paused."""
+        delay = self.policy.down_initial_s
+        paused: set[TP] = set()
+        try:
+            while True:
+                try:
+                    return await call()
+                except Exception as exc:
+                    if not is_dependency_down(exc):
+                        raise
+                    if not paused:
+                        paused = {r.tp for r in batch}
+                        self.app.consumer.pause_partitions(paused)
+                        DOWN.labels(*self._labels).set(1)
+                        log.warning(
+                            "%s: dependency down (%s: %s); partitions %s paused, retrying",
+                            self.stage,
+                            type(exc).__name__,
+                            exc,
+                            ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(paused)),
+                        )
+                    DOWN_RETRIES.labels(*self._labels).inc()
+                    await asyncio.sleep(delay)
+                    delay = min(self.policy.down_cap_s, delay * 2)
+        finally:
+            if paused:
+                self.app.consumer.resume_partitions(paused)
+                DOWN.labels(*self._labels).set(0)
+                log.warning("%s: dependency back; partitions resumed", self.stage)
+
+    async def _settle(self, batch: list[Record], rejected: Sequence[Rejection]) -> None:
+        for rej in rejected:
+            await self.dead_letter(
+                rej.record,
+                None,
+                attempts=1,
+                first_failure=time.time(),
+                error=(rej.error_class, rej.reason),
+            )
+        EVENTS.labels(*self._labels, "applied").inc(len(batch) - len(rejected))
+
+    # --- dead letters -------------------------------------------------------------------------
+    async def dead_letter(
+        self,
+        record: Record,
+        exc: BaseException | None,
+        *,
+        attempts: int,
+        first_failure: float,
+        stage: str | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        """Send `record` to its original topic's dead-letter topic, with its context."""
+        topic, partition, offset = record.origin
+        cls, message = error if error else (type(exc).__name__, str(exc))
+        stage_name = f"{self.role}/{stage}" if stage else self.stage
+        redrives = int(record.headers.get(REDRIVE_COUNT, b"0"))
+        headers = {
+            "x-original-topic": topic,
+            "x-original-partition": str(partition),
+            "x-original-offset": str(offset),
+            "x-error-class": cls,
+            "x-error-message": message[:2000],
+            "x-stage": stage_name,
+            "x-attempts": str(attempts),
+            "x-first-failure-time": datetime.fromtimestamp(first_failure, UTC).isoformat(),
+            "x-event-id": str(record.event.get("id", "")),
+            "x-event-type": str(record.event.get("type", "")),
+            REDRIVE_COUNT: str(redrives),
+        }
+        DEAD_LETTERS.labels(self.role, stage_name, cls).inc()
+        EVENTS.labels(*self._labels, "dead_lettered").inc()
+        log.error(
+            "%s: %s/%d@%d dead-lettered after %d attempt(s): %s: %s",
+            stage_name,
+            topic,
+            partition,
+            offset,
+            attempts,
+            cls,
+            message,
+        )
+        await self.app.producer.send_and_wait(
+            dead_letter_topic(topic),
+            record.key,
+            record.value,
+            partition=None,
+            timestamp=record.timestamp_ms / 1000,
+            headers=[(k, v.encode()) for k, v in headers.items()],
+        )

@@ -1,0 +1,235 @@
+"""Helpers for the processors' tests: worker processes, posting events, reading rows and topics."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+
+from mohallamart.settings import Settings
+from schemas.catalog import EVENT_TYPES
+from schemas.codec import RegistryDecoder
+from schemas.registry import SchemaRegistry
+from tests.integration._support import free_port, poll
+
+__all__ = ["Pipeline", "Workers", "example", "uid"]
+
+#: the test profile of the workers: short retries, a short wait for unknown products
+WORKER_ENV = {
+    "WORKER_RETRY_DELAYS_S": "[0.3,0.6,1.2]",
+    "WORKER_DOWN_BACKOFF_CAP_S": "1",
+    "STOCK_WAIT_UNKNOWN_PRODUCT_S": "4",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def example(type_: str, **over: Any) -> dict[str, Any]:
+    data = copy.deepcopy(EVENT_TYPES[type_].example)
+    data.update(over)
+    return data
+
+
+@dataclass
+class _Proc:
+    role: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Workers:
+    """Worker processes this test session started (stopped by PID, never by name)."""
+
+    settings: Settings
+    logdir: Path
+    procs: dict[str, _Proc] = field(default_factory=dict)
+
+    def start(self, name: str, role: str) -> None:
+        datadir = self.logdir / "worker-data" / name
+        datadir.mkdir(parents=True, exist_ok=True)
+        log = self.logdir / f"worker-{name}.log"
+        env = {**os.environ, **WORKER_ENV, "WORKER_DATA_DIR": str(datadir)}
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(  # noqa: S603
+                [
+                    sys.executable,
+                    "-m",
+                    "mohallamart.cli",
+                    "worker",
+                    "--role",
+                    role,
+                    "--web-port",
+                    str(free_port()),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self.procs[name] = _Proc(role, proc, log)
+
+    def alive(self, name: str) -> bool:
+        return self.procs[name].proc.poll() is None
+
+    def kill9(self, name: str) -> None:
+        p = self.procs[name].proc
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+    def stop(self, name: str) -> None:
+        p = self.procs[name].proc
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+class Pipeline:
+    """The API, the workers, PostgreSQL and Kafka, as a test sees them."""
+
+    def __init__(self, api: str, key: str, settings: Settings, workers: Workers) -> None:
+        self.api, self.key, self.settings, self.workers = api, key, settings, workers
+        self.http = httpx.Client(
+            base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        self.registry = SchemaRegistry(settings.registry_url)
+        self.decoder = RegistryDecoder(self.registry.schema_by_id)
+
+    # --- posting ------------------------------------------------------------------------------
+    @staticmethod
+    def event(
+        type_: str, data: dict[str, Any], *, at: datetime | None = None, id: str | None = None
+    ) -> dict[str, Any]:
+        at = at or datetime.now(UTC)
+        return {
+            "id": id or str(uuid.uuid4()),
+            "type": type_,
+            "occurred_at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "source": "tests",
+            "data": data,
+        }
+
+    def post(self, type_: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        ev = self.event(type_, data, **kw)
+        r = self.http.post("/v1/events", json=ev)
+        assert r.status_code == 202, r.text
+        return ev
+
+    def post_batch(self, events: list[dict[str, Any]]) -> None:
+        for i in range(0, len(events), 1000):
+            r = self.http.post("/v1/events/batch", json={"events": events[i : i + 1000]})
+            assert r.status_code == 202, r.text
+
+    # --- PostgreSQL ---------------------------------------------------------------------------
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def execute(self, sql: str, *params: Any) -> None:
+        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+            conn.execute(sql, params or None)  # type: ignore[arg-type]
+
+    def row(self, sql: str, *params: Any) -> tuple[Any, ...] | None:
+        rows = self.rows(sql, *params)
+        return rows[0] if rows else None
+
+    def wait_row(
+        self,
+        sql: str,
+        *params: Any,
+        until: Callable[[Any], bool] = bool,
+        timeout: float = 30,
+        what: str = "",
+    ) -> Any:
+        def probe() -> Any:
+            r = self.row(sql, *params)
+            return r if r is not None and until(r) else None
+
+        return poll(probe, timeout=timeout, interval=0.2, what=what or sql)
+
+    # --- Kafka --------------------------------------------------------------------------------
+    def records(
+        self, topic: str, *, keys: Iterable[str] | None = None
+    ) -> list[tuple[dict[str, str], bytes | None, Any]]:
+        """Every record of `topic` (with one of `keys`): (headers, value, decoded event or None)."""
+        wanted = None if keys is None else {k.encode() for k in keys}
+        c = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"tests-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+            }
+        )
+        out: list[tuple[dict[str, str], bytes | None, Any]] = []
+        try:
+            meta = c.list_topics(topic, timeout=10).topics[topic]
+            highs: dict[int, int] = {}
+            assign = []
+            for p in meta.partitions:
+                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > low:
+                    highs[p] = high
+                    assign.append(TopicPartition(topic, p, low))
+            if not assign:
+                return out
+            c.assign(assign)
+            while highs:
+                msg = c.poll(10)
+                assert msg is not None, f"timed out reading {topic}"
+                if msg.error():
+                    continue
+                p, off = msg.partition(), msg.offset()
+                if p in highs and off is not None and off >= highs[p] - 1:
+                    del highs[p]
+                if wanted is not None and msg.key() not in wanted:
+                    continue
+                headers = {k: (v or b"").decode() for k, v in (msg.headers() or [])}
+                value = msg.value()
+                try:
+                    decoded = self.decoder.decode(value)
+                except Exception:  # noqa: BLE001 - undecodable: returned as None
+                    decoded = None
+                out.append((headers, value, decoded))
+        finally:
+            c.close()
+        return out
+
+    def dead_letters(self, topic: str, event_id: str | None = None) -> list[dict[str, str]]:
+        """Headers of the dead-letter records of `topic` (for one event id)."""
+        found = [h for h, _, _ in self.records(f"{topic}.dlq")]
+        return [h for h in found if event_id is None or h.get("x-event-id") == event_id]
+
+    def events_of(self, topic: str, type_: str, keys: Iterable[str]) -> list[dict[str, Any]]:
+        return [ev for _, _, ev in self.records(topic, keys=keys) if ev and ev["type"] == type_]
+
+
+def later(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def as_json(x: Any) -> str:
+    return json.dumps(x, default=str)
