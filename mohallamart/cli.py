@@ -374,6 +374,38 @@ def _cmd_schemas_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_bench_workers(args: argparse.Namespace) -> int:
+    from mohallamart.bench_workers import run_workers_bench
+
+    res = run_workers_bench(
+        _settings(),
+        events=args.events,
+        runs=args.runs,
+        rate=args.rate,
+        duration_s=args.duration,
+        echo=_out,
+    )
+    _out("")
+    _out(f"== projections worker, topic -> PostgreSQL ({res['machine']}, medians of {res['runs']})")
+    _out(
+        f"throughput: worker {res['worker_events_per_s']:,.0f} events/s, plain confluent-kafka "
+        f"{res['baseline_events_per_s']:,.0f} events/s: {res['worker_vs_baseline']:.2f}x"
+    )
+    _out(
+        f"  runs: worker {', '.join(f'{r:,.0f}' for r in res['worker_runs'])}; baseline "
+        f"{', '.join(f'{r:,.0f}' for r in res['baseline_runs'])}"
+    )
+    _out(
+        f"latency at {res['latency_rate_per_s']:,} events/s, API ack -> row committed "
+        f"({res['latency_events']:,} events): worker p50 {res['worker_latency_p50_ms']:.1f} ms, "
+        f"p99 {res['worker_latency_p99_ms']:.1f} ms; baseline p50 "
+        f"{res['baseline_latency_p50_ms']:.1f} ms, p99 {res['baseline_latency_p99_ms']:.1f} ms"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from mohallamart.bench import run_ingest_bench
 
@@ -545,6 +577,15 @@ def _parser() -> argparse.ArgumentParser:
     bi.add_argument("--saturation-workers", type=int, default=64, help="connections at saturation")
     bi.add_argument("--json", default=None, help="also write the figures to this file")
     bi.set_defaults(func=_cmd_bench_ingest)
+    bw = bsub.add_parser(
+        "workers", help="the projections worker (topic -> PostgreSQL) beside plain confluent-kafka"
+    )
+    bw.add_argument("--events", type=int, default=100_000, help="events per throughput run")
+    bw.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
+    bw.add_argument("--rate", type=int, default=1000, help="events/s for the latency phase")
+    bw.add_argument("--duration", type=int, default=15, help="seconds of the latency phase")
+    bw.add_argument("--json", default=None, help="also write the figures to this file")
+    bw.set_defaults(func=_cmd_bench_workers)
 
     smtpd = sub.add_parser("smtpd", help="run the local SMTP server that stores mail in a Maildir")
     smtpd.add_argument("--host", default="127.0.0.1")

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     worker_data_dir: Path = PROJECT_ROOT / ".stack" / "workers"
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = Field(6066, ge=1, le=65535)
+    #: Faust app ids are `<prefix>-<role>`: the roles' consumer groups and changelog topics
+    worker_app_prefix: str = "mohallamart"
+    #: where a role's consumer group starts when it has no committed offsets
+    worker_offset_reset: Literal["earliest", "latest"] = "earliest"
     #: seconds between the attempts of a record that fails (then: the dead-letter topic)
     worker_retry_delays_s: tuple[float, ...] = (1.0, 5.0, 15.0)
     #: cap of the backoff while a dependency (PostgreSQL, the registry) is down

@@ -51,6 +51,7 @@ class _Proc:
     role: str
     proc: subprocess.Popen[bytes]
     log: Path
+    web_port: int
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Workers:
         datadir.mkdir(parents=True, exist_ok=True)
         log = self.logdir / f"worker-{name}.log"
         env = {**os.environ, **WORKER_ENV, "WORKER_DATA_DIR": str(datadir)}
+        port = free_port()
         with open(log, "ab") as out:
             proc = subprocess.Popen(  # noqa: S603
                 [
@@ -76,14 +78,18 @@ class Workers:
                     "--role",
                     role,
                     "--web-port",
-                    str(free_port()),
+                    str(port),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
-        self.procs[name] = _Proc(role, proc, log)
+        self.procs[name] = _Proc(role, proc, log, port)
+
+    def metrics(self, name: str) -> str:
+        """The worker's /metrics page."""
+        return httpx.get(f"http://127.0.0.1:{self.procs[name].web_port}/metrics", timeout=5).text
 
     def alive(self, name: str) -> bool:
         return self.procs[name].proc.poll() is None
@@ -217,6 +223,38 @@ class Pipeline:
         finally:
             c.close()
         return out
+
+    def produce(self, events: list[dict[str, Any]]) -> None:
+        """Write events straight to their topics (Avro, Confluent framing), as a producer that
+        does not go through the API would."""
+        from confluent_kafka import Producer
+
+        from api.producer import producer_config
+        from schemas.codec import EventCodec
+
+        prod = Producer(
+            producer_config(
+                self.settings.kafka_bootstrap,
+                delivery_timeout_ms=10_000,
+                linger_ms=5,
+                max_message_bytes=1 << 20,
+            )
+        )
+        for ev in events:
+            et = EVENT_TYPES[ev["type"]]
+            sid = self.registry.register(et)
+            datum = {
+                **ev,
+                "occurred_at": datetime.fromisoformat(ev["occurred_at"]),
+                "trace_id": ev["id"],
+            }
+            key = str(ev["data"][et.key_field])
+            prod.produce(
+                et.topic.name,
+                key=key.encode(),
+                value=EventCodec(et.schema).encode_fastavro(sid, datum),
+            )
+        assert prod.flush(15) == 0
 
     def dead_letters(self, topic: str, event_id: str | None = None) -> list[dict[str, str]]:
         """Headers of the dead-letter records of `topic` (for one event id)."""

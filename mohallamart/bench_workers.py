@@ -1,0 +1,608 @@
+"""`mohallamart bench workers`: the projections worker, topic -> PostgreSQL, beside a plain
+confluent-kafka consumer doing the same upserts at the same batch size, in the same run.
+
+Both write scratch databases of their own on the stack's PostgreSQL (`bench_worker`,
+`bench_baseline`, recreated by each run), so the figures do not depend on what the main database
+holds. The worker is a real `mohallamart worker --role projections` process with a consumer group
+of its own that starts at the end of the topics.
+
+1. throughput (`--runs` times, medians): `--events` events of a realistic mix (per 10: a user
+   registered; a product created, updated, published; two orders created, accepted, completed),
+   produced straight to the event topics; events/s until every row is visible. The baseline then
+   reads the same records (same offsets) with confluent-kafka, `consume(batch)` -> the same
+   `PostgresProjections.write_batch`, and is timed the same way;
+2. latency: `user.registered` events posted to the API at `--rate` (vegeta) for `--duration` s;
+   per event, from the API's acknowledgement (vegeta's timestamp + latency) to the commit time of
+   its row (`pg_xact_commit_timestamp`, PostgreSQL runs with track_commit_timestamp=on), for the
+   worker and, consuming the same records at the same time, the baseline.
+Everything runs on the machine it measures (2 cores here): the generator takes CPU too.
+Events go to the local stack's real topics, with ids prefixed `bench-`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from mohallamart.errors import PipelineError
+from mohallamart.settings import Settings
+
+__all__ = ["run_workers_bench"]
+
+_DBS = ("bench_worker", "bench_baseline")
+_TABLES = (
+    "users",
+    "sessions",
+    "shops",
+    "shopkeepers",
+    "categories",
+    "products",
+    "orders",
+    "order_items",
+    "inventory_movements",
+    "audit_log",
+)
+
+
+def _dsn(settings: Settings, db: str) -> str:
+    base = settings.postgres_dsn
+    return base.rsplit("/", 1)[0] + f"/{db}"
+
+
+def _fresh_databases(settings: Settings) -> None:
+    from mohallamart.db import migrate
+
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        for db in _DBS:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone()
+            if not exists:
+                conn.execute(f"CREATE DATABASE {db}")
+    for db in _DBS:
+        migrate(_dsn(settings, db))
+        with psycopg.connect(_dsn(settings, db), autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {', '.join(_TABLES)}")
+
+
+def _mix(n: int, tag: str) -> list[dict[str, Any]]:
+    """`n` events (a multiple of 10), in an order every lifecycle accepts."""
+    from schemas.catalog import EVENT_TYPES
+
+    def ex(t: str, **over: Any) -> dict[str, Any]:
+        return {**EVENT_TYPES[t].example, **over}
+
+    t0 = datetime.now(UTC)
+    out: list[dict[str, Any]] = []
+
+    def add(t: str, at_ms: int, data: dict[str, Any]) -> None:
+        eid = str(uuid.uuid4())
+        out.append(
+            {
+                "id": eid,
+                "type": t,
+                "occurred_at": t0 + timedelta(milliseconds=at_ms),
+                "source": "bench",
+                "trace_id": eid,
+                "data": data,
+            }
+        )
+
+    for u in range(n // 10):
+        user, shop, prd = f"bench-{tag}-u{u}", f"bench-{tag}-s{u % 50}", f"bench-{tag}-p{u}"
+        add("user.registered", u, ex("user.registered", user_id=user))
+        add("product.created", u, ex("product.created", product_id=prd, shop_id=shop))
+        add(
+            "product.updated",
+            u + 1,
+            ex("product.updated", product_id=prd, shop_id=shop, price_paise=2700 + u % 100),
+        )
+        add("product.published", u + 2, ex("product.published", product_id=prd, shop_id=shop))
+        for k in range(2):
+            oid = f"bench-{tag}-o{u}-{k}"
+            items = [
+                {
+                    "product_id": prd,
+                    "quantity": 1 + k,
+                    "unit_price_paise": 2600,
+                    "name": "Nandini Toned Milk",
+                }
+            ]
+            add(
+                "order.created",
+                u,
+                ex(
+                    "order.created",
+                    order_id=oid,
+                    shop_id=shop,
+                    user_id=user,
+                    items=items,
+                    total_paise=2600 * (1 + k),
+                    delivery_fee_paise=0,
+                ),
+            )
+            add(
+                "order.accepted",
+                u + 1,
+                ex(
+                    "order.accepted",
+                    order_id=oid,
+                    shop_id=shop,
+                    user_id=user,
+                    total_paise=2600 * (1 + k),
+                    cause_event_id=out[-1]["id"],
+                    items=[{"product_id": prd, "quantity": 1 + k, "stock_after": 10}],
+                ),
+            )
+            add(
+                "order.status_changed",
+                u + 2,
+                ex(
+                    "order.status_changed",
+                    order_id=oid,
+                    shop_id=shop,
+                    user_id=user,
+                    from_status="PROCESSING",
+                    to_status="COMPLETED",
+                ),
+            )
+    return out
+
+
+def _encode(settings: Settings, events: list[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    from schemas.catalog import EVENT_TYPES
+    from schemas.codec import EventCodec
+    from schemas.registry import SchemaRegistry
+
+    registry = SchemaRegistry(settings.registry_url)
+    codecs: dict[str, tuple[int, EventCodec]] = {}
+    out = []
+    for ev in events:
+        et = EVENT_TYPES[ev["type"]]
+        if et.name not in codecs:
+            codecs[et.name] = (registry.register(et), EventCodec(et.schema))
+        sid, codec = codecs[et.name]
+        out.append(
+            (et.topic.name, str(ev["data"][et.key_field]).encode(), codec.encode_fastavro(sid, ev))
+        )
+    return out
+
+
+def _producer(settings: Settings) -> Producer:
+    from api.producer import producer_config
+
+    return Producer(
+        producer_config(
+            settings.kafka_bootstrap,
+            delivery_timeout_ms=30_000,
+            linger_ms=5,
+            max_message_bytes=1 << 20,
+        )
+    )
+
+
+def _produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> None:
+    p = _producer(settings)
+    for topic, key, value in records:
+        while True:
+            try:
+                p.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                p.poll(0.05)
+    if p.flush(60):
+        raise PipelineError("the benchmark's producer could not deliver every event")
+
+
+def _high_watermarks(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-probe"})
+    try:
+        out = {}
+        meta = c.list_topics(timeout=10)
+        for t in topics:
+            for p in meta.topics[t].partitions:
+                out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+        return out
+    finally:
+        c.close()
+
+
+def _counts(dsn: str, tag: str) -> tuple[int, int, int]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM users WHERE user_id LIKE %(p)s), "
+            "(SELECT count(*) FROM products WHERE product_id LIKE %(p)s AND status = 'PUBLISHED'), "
+            "(SELECT count(*) FROM orders WHERE order_id LIKE %(p)s AND status = 'COMPLETED')",
+            {"p": f"bench-{tag}-%"},
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _wait_rows(
+    dsn: str, tag: str, units: int, timeout_s: float, echo: Callable[[str], None]
+) -> float:
+    want = (units, units, 2 * units)
+    deadline = time.monotonic() + timeout_s
+    last_echo = time.monotonic()
+    while time.monotonic() < deadline:
+        got = _counts(dsn, tag)
+        if got == want:
+            return time.monotonic()
+        if time.monotonic() - last_echo > 5:
+            echo(f"  ... {sum(got):,} of {sum(want):,} rows")
+            last_echo = time.monotonic()
+        time.sleep(0.02)
+    raise PipelineError(f"rows did not all appear within {timeout_s} s: {_counts(dsn, tag)}")
+
+
+class _Worker:
+    """A projections worker of the benchmark's own: own group, own database, starts at the end."""
+
+    def __init__(self, settings: Settings, echo: Callable[[str], None]) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.tmp = tempfile.TemporaryDirectory()
+        self.log = settings.stack_dir / "worker-bench.log"
+        self._out = open(self.log, "ab")  # noqa: SIM115
+        env = {
+            **os.environ,
+            "DATABASE_URL": _dsn(settings, "bench_worker"),
+            "WORKER_APP_PREFIX": f"mohallamart-bench-{uuid.uuid4().hex[:8]}",
+            "WORKER_OFFSET_RESET": "latest",
+            "WORKER_DATA_DIR": self.tmp.name,
+            "LOG_LEVEL": "WARNING",
+        }
+        self.proc = subprocess.Popen(  # noqa: S603
+            [
+                sys.executable,
+                "-m",
+                "mohallamart.cli",
+                "worker",
+                "--role",
+                "projections",
+                "--web-port",
+                str(port),
+            ],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        echo(f"projections worker started (pid {self.proc.pid}, log {self.log})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        self.tmp.cleanup()
+
+
+def _wait_ready(settings: Settings, echo: Callable[[str], None]) -> None:
+    """The worker starts at the end of the topics: send probes until one becomes a row."""
+    deadline = time.monotonic() + 120
+    tag = f"probe{uuid.uuid4().hex[:6]}"
+    n = 0
+    while time.monotonic() < deadline:
+        probe = _mix(10, f"{tag}{n}")[:1]
+        _produce(settings, _encode(settings, probe))
+        t_end = time.monotonic() + 2
+        while time.monotonic() < t_end:
+            with psycopg.connect(_dsn(settings, "bench_worker")) as conn:
+                if conn.execute(
+                    "SELECT 1 FROM users WHERE user_id LIKE %s", (f"bench-{tag}%",)
+                ).fetchone():
+                    echo("the worker is consuming")
+                    return
+            time.sleep(0.1)
+        n += 1
+    raise PipelineError("the benchmark's worker did not start consuming within 120 s")
+
+
+def _baseline(
+    settings: Settings,
+    starts: dict[tuple[str, int], int],
+    ends: dict[tuple[str, int], int] | None,
+    batch: int,
+    within_s: float,
+    done: Callable[[], bool] | None = None,
+) -> float:
+    """A plain confluent-kafka consumer: decode, `PostgresProjections.write_batch` per topic's
+    share of each `consume(batch)`; until `ends` (or `done()`). Returns the seconds it took."""
+    from connectors.postgres import PostgresProjections
+    from schemas.codec import RegistryDecoder
+    from schemas.registry import SchemaRegistry
+
+    registry = SchemaRegistry(settings.registry_url)
+    decoder = RegistryDecoder(registry.schema_by_id)
+    sink = PostgresProjections(_dsn(settings, "bench_baseline"))
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"bench-baseline-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": int(within_s * 1000),
+        }
+    )
+    remaining = (
+        {tp for tp, end in ends.items() if end > starts.get(tp, 0)} if ends is not None else set()
+    )
+
+    async def run() -> float:
+        started = time.monotonic()
+        c.assign([TopicPartition(t, p, off) for (t, p), off in starts.items()])
+        while True:
+            if ends is not None and not remaining:
+                break
+            if done is not None and done():
+                break
+            msgs = c.consume(batch, timeout=within_s)
+            by_topic: dict[str, list[dict[str, Any]]] = {}
+            for m in msgs:
+                if m.error():
+                    continue
+                topic, part, off = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
+                ev = decoder.decode(m.value())
+                ev["_offset"] = off
+                by_topic.setdefault(topic, []).append(ev)
+                if ends is not None and off >= ends[(topic, part)] - 1:
+                    remaining.discard((topic, part))
+            for events in by_topic.values():
+                await sink.write_batch(events)
+            if msgs:
+                c.commit(asynchronous=True)
+        await sink.close()
+        return time.monotonic() - started
+
+    try:
+        return asyncio.run(run())
+    finally:
+        c.close()
+
+
+def _parse_ts(text: str) -> float:
+    """vegeta's RFC 3339 timestamp (nanoseconds) as epoch seconds."""
+    m = re.match(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if m is None:
+        raise PipelineError(f"unexpected vegeta timestamp {text!r}")
+    base, frac, tz = m.groups()
+    frac = (frac or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{base}.{frac}{'+00:00' if tz == 'Z' else tz}").timestamp()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def _latencies(dsn: str, acks: dict[str, float]) -> list[float]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT user_id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM users "
+            "WHERE user_id = ANY(%s)",
+            (list(acks),),
+        ).fetchall()
+    return [(float(ts) - acks[uid]) * 1000 for uid, ts in rows]
+
+
+def run_workers_bench(
+    settings: Settings,
+    *,
+    events: int,
+    runs: int,
+    rate: int,
+    duration_s: int,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    import logging
+
+    from mohallamart.apikeys import create_key, revoke_key
+    from mohallamart.bench import _Api, _targets, _vegeta
+    from schemas.catalog import TOPICS
+    from schemas.topics import ensure_topics
+    from streams.app import worker_topics
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry request
+    events = max(10, events - events % 10)
+    batch, within = settings.worker_batch_size, settings.worker_batch_window_s
+    topics = [TOPICS[c].name for c in ("user", "shop", "shopkeeper", "product", "order")]
+    ensure_topics(settings.kafka_bootstrap, [*TOPICS.values(), *worker_topics(settings)])
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        tct = conn.execute("SHOW track_commit_timestamp").fetchone()
+    if not tct or tct[0] != "on":
+        raise PipelineError(
+            "PostgreSQL runs without track_commit_timestamp=on (the latency phase reads commit "
+            "times): restart the stack's PostgreSQL (`mohallamart stack stop postgres && "
+            "mohallamart stack start postgres`) or set it on your server"
+        )
+    _fresh_databases(settings)
+    worker = _Worker(settings, echo)
+    results: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores",
+        "runs": runs,
+        "events": events,
+        "batch": batch,
+        "within_s": within,
+    }
+    w_rates: list[float] = []
+    b_rates: list[float] = []
+    try:
+        _wait_ready(settings, echo)
+        for run in range(1, runs + 1):
+            tag = f"{uuid.uuid4().hex[:6]}"
+            mix = _mix(events, tag)
+            records = _encode(settings, mix)
+            starts = _high_watermarks(settings, topics)
+            echo(f"run {run}/{runs}: {events:,} events -> projections worker ...")
+            t0 = time.monotonic()
+            _produce(settings, records)
+            t1 = _wait_rows(_dsn(settings, "bench_worker"), tag, events // 10, 600, echo)
+            w_rates.append(events / (t1 - t0))
+            echo(f"  worker: {w_rates[-1]:,.0f} events/s ({t1 - t0:.1f} s)")
+            ends = _high_watermarks(settings, topics)
+            echo(f"run {run}/{runs}: the same records -> plain confluent-kafka consumer ...")
+            took = _baseline(settings, starts, ends, batch, within)
+            if _counts(_dsn(settings, "bench_baseline"), tag) != (
+                events // 10,
+                events // 10,
+                events // 5,
+            ):
+                raise PipelineError("the baseline did not write every row")
+            b_rates.append(events / took)
+            echo(f"  baseline: {b_rates[-1]:,.0f} events/s ({took:.1f} s)")
+
+        # --- latency at a fixed rate, through the API ------------------------------------------
+        vegeta = _vegeta(settings, echo)
+        key_rec, key = create_key(
+            settings.postgres_dsn,
+            name="bench-workers",
+            scopes=["ingest"],
+            principal="admin",
+            rate_per_s=10_000_000,
+        )
+        api = _Api(settings, echo)
+        try:
+            n = rate * duration_s
+            tag = uuid.uuid4().hex[:6]
+            users = [f"bench-{tag}-lat{i}" for i in range(n + 100)]
+            user_data = _mix(10, "x")[0]["data"]
+            evs: list[dict[str, Any]] = [
+                {
+                    "id": str(uuid.uuid4()),
+                    "type": "user.registered",
+                    "source": "bench",
+                    "data": {**user_data, "user_id": u},
+                }
+                for u in users
+            ]
+            by_id = {e["id"]: e["data"]["user_id"] for e in evs}
+            user_starts = _high_watermarks(settings, [TOPICS["user"].name])
+            seen_base = threading.Event()
+
+            def base_done() -> bool:
+                return seen_base.is_set()
+
+            base = threading.Thread(
+                target=_baseline,
+                args=(settings, user_starts, None, batch, within, base_done),
+                daemon=True,
+            )
+            base.start()
+            with tempfile.TemporaryDirectory() as tmp:
+                # warm the API's producer and connections, and the path to the rows: not measured
+                warm = Path(tmp) / "warm.jsonl"
+                _targets(
+                    warm,
+                    api.url,
+                    key,
+                    [
+                        {
+                            **e,
+                            "id": str(uuid.uuid4()),
+                            "data": {**e["data"], "user_id": f"w{i}-{tag}"},
+                        }
+                        for i, e in enumerate(evs[: rate * 3])
+                    ],
+                )
+                echo("warming up the API at the same rate for 3 s; not measured ...")
+                subprocess.run(  # noqa: S603
+                    [
+                        vegeta,
+                        "attack",
+                        "-format=json",
+                        f"-targets={warm}",
+                        "-timeout=30s",
+                        f"-rate={rate}/s",
+                        "-duration=3s",
+                        "-output=/dev/null",
+                    ],
+                    check=True,
+                    stdin=subprocess.DEVNULL,
+                )
+            time.sleep(2)
+            echo(f"latency: {rate} user.registered/s to the API for {duration_s} s ...")
+            with tempfile.TemporaryDirectory() as tmp:
+                targets = Path(tmp) / "targets.jsonl"
+                out = Path(tmp) / "results.bin"
+                _targets(targets, api.url, key, evs)
+                subprocess.run(  # noqa: S603
+                    [
+                        vegeta,
+                        "attack",
+                        "-format=json",
+                        f"-targets={targets}",
+                        "-timeout=30s",
+                        f"-rate={rate}/s",
+                        f"-duration={duration_s}s",
+                        f"-output={out}",
+                    ],
+                    check=True,
+                    stdin=subprocess.DEVNULL,
+                )
+                encoded = subprocess.run(  # noqa: S603
+                    [vegeta, "encode", "--to=json", str(out)], check=True, capture_output=True
+                ).stdout
+            acks: dict[str, float] = {}
+            for line in encoded.splitlines():
+                r = json.loads(line)
+                if r.get("code") != 202:
+                    continue
+                body = json.loads(base64.b64decode(r["body"]))
+                sent = _parse_ts(r["timestamp"])
+                acks[by_id[body["id"]]] = sent + r["latency"] / 1e9
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                lw = _latencies(_dsn(settings, "bench_worker"), acks)
+                lb = _latencies(_dsn(settings, "bench_baseline"), acks)
+                if len(lw) == len(acks) and len(lb) == len(acks):
+                    break
+                time.sleep(0.5)
+            seen_base.set()
+            base.join(30)
+            if len(lw) != len(acks):
+                raise PipelineError(f"only {len(lw)} of {len(acks)} users became rows")
+        finally:
+            api.stop()
+            revoke_key(settings.postgres_dsn, key_rec.key_id)
+    finally:
+        worker.stop()
+
+    med = statistics.median
+    results.update(
+        {
+            "worker_events_per_s": med(w_rates),
+            "baseline_events_per_s": med(b_rates),
+            "worker_vs_baseline": med(w_rates) / med(b_rates),
+            "worker_runs": w_rates,
+            "baseline_runs": b_rates,
+            "latency_rate_per_s": rate,
+            "latency_events": len(acks),
+            "worker_latency_p50_ms": _percentile(lw, 0.5),
+            "worker_latency_p99_ms": _percentile(lw, 0.99),
+            "baseline_latency_p50_ms": _percentile(lb, 0.5) if lb else None,
+            "baseline_latency_p99_ms": _percentile(lb, 0.99) if lb else None,
+        }
+    )
+    return results
