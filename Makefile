@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration lint check-schemas bench lock up down status clean-stack
+.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers lock up down status clean-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ check-schemas: install ## the schema compatibility gate (git baseline; and the r
 
 bench: install ## the ingestion benchmark (needs the stack up: make up)
 	$(BIN)/mohallamart bench ingest
+
+bench-workers: install ## the workers' benchmark, topic -> PostgreSQL (needs the stack up)
+	$(BIN)/mohallamart bench workers
 
 lock: ## re-pin requirements.lock from pyproject.toml (needs network)
 	$(BIN)/python -m pip install --quiet uv

@@ -12,13 +12,13 @@ dead-letters it) and touches nothing.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 
@@ -91,7 +91,8 @@ def _version(event: dict[str, Any]) -> tuple[datetime, uuid.UUID]:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
+    # orjson writes datetimes as RFC 3339 and UUIDs as strings, both as PostgreSQL reads them
+    return orjson.dumps(value, default=str).decode()
 
 
 @dataclass
@@ -242,7 +243,9 @@ class PostgresProjections:
                 )
             rows[key] = new
             dirty.setdefault(table, {})[key] = new
-        await self._write(conn, dirty, out)
+        # one round trip for every write of the batch
+        async with conn.pipeline():
+            await self._write(conn, dirty, out)
         return refused
 
     @staticmethod

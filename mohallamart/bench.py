@@ -75,7 +75,12 @@ def _vegeta(settings: Settings, echo: Callable[[str], None]) -> str:
 class _Api:
     """An API process of our own, on a free port, for the benchmark's lifetime."""
 
-    def __init__(self, settings: Settings, echo: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        echo: Callable[[str], None],
+        env: dict[str, str] | None = None,
+    ) -> None:
         import socket
 
         with socket.socket() as s:
@@ -84,7 +89,7 @@ class _Api:
         self.log = settings.stack_dir / "api-bench.log"
         self.url = f"http://127.0.0.1:{self.port}"
         self._out = open(self.log, "ab")  # noqa: SIM115
-        env = {**os.environ, "LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "LOG_LEVEL": "WARNING", **(env or {})}
         self.proc = subprocess.Popen(  # noqa: S603
             [
                 sys.executable,

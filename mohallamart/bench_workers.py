@@ -13,10 +13,12 @@ of its own that starts at the end of the topics.
    `PostgresProjections.write_batch`, and is timed the same way;
 2. latency: `user.registered` events posted to the API at `--rate` (vegeta) for `--duration` s;
    per event, from the API's acknowledgement (vegeta's timestamp + latency) to the commit time of
-   its row (`pg_xact_commit_timestamp`, PostgreSQL runs with track_commit_timestamp=on), for the
-   worker and, consuming the same records at the same time, the baseline.
+   its row (`pg_xact_commit_timestamp`, PostgreSQL runs with track_commit_timestamp=on): first
+   the worker alone, then (the worker stopped) the baseline consuming live, each after a 3 s
+   warm-up, so neither takes CPU from the other's measurement.
 Everything runs on the machine it measures (2 cores here): the generator takes CPU too.
-Events go to the local stack's real topics, with ids prefixed `bench-`.
+The benchmark's worker and API run in a topic namespace of their own (`mohallamart-bench.*`):
+the pipeline's topics, groups and database never see its events.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from mohallamart.settings import Settings
 __all__ = ["run_workers_bench"]
 
 _DBS = ("bench_worker", "bench_baseline")
+BENCH_NAMESPACE = "mohallamart-bench"
 _TABLES = (
     "users",
     "sessions",
@@ -69,6 +72,7 @@ def _dsn(settings: Settings, db: str) -> str:
 def _fresh_databases(settings: Settings) -> None:
     from mohallamart.db import migrate
 
+    migrate(settings.postgres_dsn)  # the API keys of the latency phase live there
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         for db in _DBS:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone()
@@ -76,8 +80,17 @@ def _fresh_databases(settings: Settings) -> None:
                 conn.execute(f"CREATE DATABASE {db}")
     for db in _DBS:
         migrate(_dsn(settings, db))
+    _empty_databases(settings)
+
+
+def _empty_databases(settings: Settings) -> None:
+    """Every run starts from empty tables, then a checkpoint: runs comparable, and no
+    checkpoint of the previous run's writes in the middle of the next measurement."""
+    for db in _DBS:
         with psycopg.connect(_dsn(settings, db), autocommit=True) as conn:
             conn.execute(f"TRUNCATE {', '.join(_TABLES)}")
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
 
 
 def _mix(n: int, tag: str) -> list[dict[str, Any]]:
@@ -165,12 +178,13 @@ def _mix(n: int, tag: str) -> list[dict[str, Any]]:
 
 
 def _encode(settings: Settings, events: list[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
-    from schemas.catalog import EVENT_TYPES
+    from schemas.catalog import EVENT_TYPES, topics_in
     from schemas.codec import EventCodec
     from schemas.registry import SchemaRegistry
 
     registry = SchemaRegistry(settings.registry_url)
     codecs: dict[str, tuple[int, EventCodec]] = {}
+    topics = topics_in(BENCH_NAMESPACE)
     out = []
     for ev in events:
         et = EVENT_TYPES[ev["type"]]
@@ -178,7 +192,11 @@ def _encode(settings: Settings, events: list[dict[str, Any]]) -> list[tuple[str,
             codecs[et.name] = (registry.register(et), EventCodec(et.schema))
         sid, codec = codecs[et.name]
         out.append(
-            (et.topic.name, str(ev["data"][et.key_field]).encode(), codec.encode_fastavro(sid, ev))
+            (
+                topics[et.category].name,
+                str(ev["data"][et.key_field]).encode(),
+                codec.encode_fastavro(sid, ev),
+            )
         )
     return out
 
@@ -268,6 +286,7 @@ class _Worker:
             "DATABASE_URL": _dsn(settings, "bench_worker"),
             "WORKER_APP_PREFIX": f"mohallamart-bench-{uuid.uuid4().hex[:8]}",
             "WORKER_OFFSET_RESET": "latest",
+            "TOPIC_NAMESPACE": BENCH_NAMESPACE,
             "WORKER_DATA_DIR": self.tmp.name,
             "LOG_LEVEL": "WARNING",
         }
@@ -407,6 +426,95 @@ def _latencies(dsn: str, acks: dict[str, float]) -> list[float]:
     return [(float(ts) - acks[uid]) * 1000 for uid, ts in rows]
 
 
+def _attack(
+    vegeta: str,
+    url: str,
+    key: str,
+    rate: int,
+    duration_s: int,
+    echo: Callable[[str], None],
+    measured: bool = True,
+) -> dict[str, float]:
+    """`user.registered` events at `rate` for `duration_s` through the API: user id -> the
+    time the API acknowledged it (vegeta's send time + latency)."""
+    from mohallamart.bench import _targets
+
+    tag = uuid.uuid4().hex[:6]
+    user_data = _mix(10, "x")[0]["data"]
+    evs: list[dict[str, Any]] = [
+        {
+            "id": str(uuid.uuid4()),
+            "type": "user.registered",
+            "source": "bench",
+            "data": {**user_data, "user_id": f"bench-{tag}-lat{i}"},
+        }
+        for i in range(rate * duration_s + 100)
+    ]
+    by_id = {e["id"]: e["data"]["user_id"] for e in evs}
+    if not measured:
+        echo(f"warming up at {rate}/s for {duration_s} s; not measured ...")
+    with tempfile.TemporaryDirectory() as tmp:
+        targets = Path(tmp) / "targets.jsonl"
+        out = Path(tmp) / "results.bin"
+        _targets(targets, url, key, evs)
+        subprocess.run(  # noqa: S603
+            [
+                vegeta,
+                "attack",
+                "-format=json",
+                f"-targets={targets}",
+                "-timeout=30s",
+                f"-rate={rate}/s",
+                f"-duration={duration_s}s",
+                f"-output={out}",
+            ],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
+        encoded = subprocess.run(  # noqa: S603
+            [vegeta, "encode", "--to=json", str(out)], check=True, capture_output=True
+        ).stdout
+    acks: dict[str, float] = {}
+    for line in encoded.splitlines():
+        r = json.loads(line)
+        if r.get("code") != 202:
+            continue
+        body = json.loads(base64.b64decode(r["body"]))
+        acks[by_id[body["id"]]] = _parse_ts(r["timestamp"]) + r["latency"] / 1e9
+    return acks
+
+
+def _latencies_by_ack(dsn: str, acks: dict[str, float]) -> list[tuple[float, float]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT user_id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM users "
+            "WHERE user_id = ANY(%s)",
+            (list(acks),),
+        ).fetchall()
+    return sorted((acks[uid], (float(ts) - acks[uid]) * 1000) for uid, ts in rows)
+
+
+def _by_second(pairs: list[tuple[float, float]]) -> list[float]:
+    if not pairs:
+        return []
+    t0 = pairs[0][0]
+    buckets: dict[int, list[float]] = {}
+    for at, ms in pairs:
+        buckets.setdefault(int(at - t0), []).append(ms)
+    return [round(_percentile(v, 0.99), 1) for _, v in sorted(buckets.items())]
+
+
+def _wait_latencies(dsn: str, acks: dict[str, float]) -> list[float]:
+    deadline = time.monotonic() + 120
+    while True:
+        lat = _latencies(dsn, acks)
+        if len(lat) == len(acks):
+            return lat
+        if time.monotonic() > deadline:
+            raise PipelineError(f"only {len(lat)} of {len(acks)} events became rows in 120 s")
+        time.sleep(0.5)
+
+
 def run_workers_bench(
     settings: Settings,
     *,
@@ -419,16 +527,16 @@ def run_workers_bench(
     import logging
 
     from mohallamart.apikeys import create_key, revoke_key
-    from mohallamart.bench import _Api, _targets, _vegeta
-    from schemas.catalog import TOPICS
+    from mohallamart.bench import _Api, _vegeta
+    from schemas.catalog import topics_in
     from schemas.topics import ensure_topics
-    from streams.app import worker_topics
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry request
     events = max(10, events - events % 10)
     batch, within = settings.worker_batch_size, settings.worker_batch_window_s
-    topics = [TOPICS[c].name for c in ("user", "shop", "shopkeeper", "product", "order")]
-    ensure_topics(settings.kafka_bootstrap, [*TOPICS.values(), *worker_topics(settings)])
+    bench_topics = topics_in(BENCH_NAMESPACE)
+    topics = [bench_topics[c].name for c in ("user", "shop", "shopkeeper", "product", "order")]
+    ensure_topics(settings.kafka_bootstrap, list(bench_topics.values()))
     with psycopg.connect(settings.postgres_dsn) as conn:
         tct = conn.execute("SHOW track_commit_timestamp").fetchone()
     if not tct or tct[0] != "on":
@@ -451,6 +559,7 @@ def run_workers_bench(
     try:
         _wait_ready(settings, echo)
         for run in range(1, runs + 1):
+            _empty_databases(settings)
             tag = f"{uuid.uuid4().hex[:6]}"
             mix = _mix(events, tag)
             records = _encode(settings, mix)
@@ -473,7 +582,8 @@ def run_workers_bench(
             b_rates.append(events / took)
             echo(f"  baseline: {b_rates[-1]:,.0f} events/s ({took:.1f} s)")
 
-        # --- latency at a fixed rate, through the API ------------------------------------------
+        # --- latency at a fixed rate, through the API: the worker alone, then the baseline
+        # alone (the worker stopped), so neither takes CPU from the other's measurement -------
         vegeta = _vegeta(settings, echo)
         key_rec, key = create_key(
             settings.postgres_dsn,
@@ -482,107 +592,38 @@ def run_workers_bench(
             principal="admin",
             rate_per_s=10_000_000,
         )
-        api = _Api(settings, echo)
+        _empty_databases(settings)
+        api = _Api(settings, echo, env={"TOPIC_NAMESPACE": BENCH_NAMESPACE})
         try:
-            n = rate * duration_s
-            tag = uuid.uuid4().hex[:6]
-            users = [f"bench-{tag}-lat{i}" for i in range(n + 100)]
-            user_data = _mix(10, "x")[0]["data"]
-            evs: list[dict[str, Any]] = [
-                {
-                    "id": str(uuid.uuid4()),
-                    "type": "user.registered",
-                    "source": "bench",
-                    "data": {**user_data, "user_id": u},
-                }
-                for u in users
-            ]
-            by_id = {e["id"]: e["data"]["user_id"] for e in evs}
-            user_starts = _high_watermarks(settings, [TOPICS["user"].name])
-            seen_base = threading.Event()
-
-            def base_done() -> bool:
-                return seen_base.is_set()
-
+            _attack(vegeta, api.url, key, rate, 3, echo, measured=False)
+            time.sleep(2)
+            echo(f"latency, worker: {rate} user.registered/s to the API for {duration_s} s ...")
+            acks = _attack(vegeta, api.url, key, rate, duration_s, echo)
+            lw = _wait_latencies(_dsn(settings, "bench_worker"), acks)
+            lw_seconds = _latencies_by_ack(_dsn(settings, "bench_worker"), acks)
+            worker.stop()
+            user_topic = bench_topics["user"].name
+            stop_base = threading.Event()
             base = threading.Thread(
                 target=_baseline,
-                args=(settings, user_starts, None, batch, within, base_done),
+                args=(
+                    settings,
+                    _high_watermarks(settings, [user_topic]),
+                    None,
+                    batch,
+                    within,
+                    stop_base.is_set,
+                ),
                 daemon=True,
             )
             base.start()
-            with tempfile.TemporaryDirectory() as tmp:
-                # warm the API's producer and connections, and the path to the rows: not measured
-                warm = Path(tmp) / "warm.jsonl"
-                _targets(
-                    warm,
-                    api.url,
-                    key,
-                    [
-                        {
-                            **e,
-                            "id": str(uuid.uuid4()),
-                            "data": {**e["data"], "user_id": f"w{i}-{tag}"},
-                        }
-                        for i, e in enumerate(evs[: rate * 3])
-                    ],
-                )
-                echo("warming up the API at the same rate for 3 s; not measured ...")
-                subprocess.run(  # noqa: S603
-                    [
-                        vegeta,
-                        "attack",
-                        "-format=json",
-                        f"-targets={warm}",
-                        "-timeout=30s",
-                        f"-rate={rate}/s",
-                        "-duration=3s",
-                        "-output=/dev/null",
-                    ],
-                    check=True,
-                    stdin=subprocess.DEVNULL,
-                )
+            _attack(vegeta, api.url, key, rate, 3, echo, measured=False)
             time.sleep(2)
-            echo(f"latency: {rate} user.registered/s to the API for {duration_s} s ...")
-            with tempfile.TemporaryDirectory() as tmp:
-                targets = Path(tmp) / "targets.jsonl"
-                out = Path(tmp) / "results.bin"
-                _targets(targets, api.url, key, evs)
-                subprocess.run(  # noqa: S603
-                    [
-                        vegeta,
-                        "attack",
-                        "-format=json",
-                        f"-targets={targets}",
-                        "-timeout=30s",
-                        f"-rate={rate}/s",
-                        f"-duration={duration_s}s",
-                        f"-output={out}",
-                    ],
-                    check=True,
-                    stdin=subprocess.DEVNULL,
-                )
-                encoded = subprocess.run(  # noqa: S603
-                    [vegeta, "encode", "--to=json", str(out)], check=True, capture_output=True
-                ).stdout
-            acks: dict[str, float] = {}
-            for line in encoded.splitlines():
-                r = json.loads(line)
-                if r.get("code") != 202:
-                    continue
-                body = json.loads(base64.b64decode(r["body"]))
-                sent = _parse_ts(r["timestamp"])
-                acks[by_id[body["id"]]] = sent + r["latency"] / 1e9
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                lw = _latencies(_dsn(settings, "bench_worker"), acks)
-                lb = _latencies(_dsn(settings, "bench_baseline"), acks)
-                if len(lw) == len(acks) and len(lb) == len(acks):
-                    break
-                time.sleep(0.5)
-            seen_base.set()
+            echo(f"latency, baseline: {rate} user.registered/s for {duration_s} s ...")
+            base_acks = _attack(vegeta, api.url, key, rate, duration_s, echo)
+            lb = _wait_latencies(_dsn(settings, "bench_baseline"), base_acks)
+            stop_base.set()
             base.join(30)
-            if len(lw) != len(acks):
-                raise PipelineError(f"only {len(lw)} of {len(acks)} users became rows")
         finally:
             api.stop()
             revoke_key(settings.postgres_dsn, key_rec.key_id)
@@ -598,9 +639,13 @@ def run_workers_bench(
             "worker_runs": w_rates,
             "baseline_runs": b_rates,
             "latency_rate_per_s": rate,
-            "latency_events": len(acks),
+            "latency_events": len(lw),
             "worker_latency_p50_ms": _percentile(lw, 0.5),
+            "worker_latency_p90_ms": _percentile(lw, 0.9),
             "worker_latency_p99_ms": _percentile(lw, 0.99),
+            "worker_latency_max_ms": max(lw),
+            # p99 of each second of the run: a steady tail, or one pause?
+            "worker_latency_p99_by_second_ms": _by_second(lw_seconds),
             "baseline_latency_p50_ms": _percentile(lb, 0.5) if lb else None,
             "baseline_latency_p99_ms": _percentile(lb, 0.99) if lb else None,
         }

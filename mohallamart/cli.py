@@ -374,9 +374,17 @@ def _cmd_schemas_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _stop_on_sigterm() -> None:
+    def _raise(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def _cmd_bench_workers(args: argparse.Namespace) -> int:
     from mohallamart.bench_workers import run_workers_bench
 
+    _stop_on_sigterm()  # so the benchmark's own worker and API are stopped on the way out
     res = run_workers_bench(
         _settings(),
         events=args.events,
@@ -408,6 +416,8 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
 
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from mohallamart.bench import run_ingest_bench
+
+    _stop_on_sigterm()
 
     res = run_ingest_bench(
         _settings(),

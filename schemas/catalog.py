@@ -29,6 +29,7 @@ __all__ = [
     "event_type",
     "load_schema",
     "subject_for",
+    "topics_in",
 ]
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "avro"
@@ -104,20 +105,32 @@ def _example(name: str) -> dict[str, Any]:
     return json.loads((EXAMPLE_DIR / f"{name}.json").read_text())  # type: ignore[no-any-return]
 
 
-TOPICS: dict[str, Topic] = {
-    t.category: t
-    for t in (
-        Topic("user", "mohallamart.user.events", 6, "user id"),
-        Topic("shop", "mohallamart.shop.events", 3, "shop id"),
-        Topic("shopkeeper", "mohallamart.shopkeeper.events", 3, "shop id"),
-        Topic("product", "mohallamart.product.events", 6, "product id"),
-        Topic("order", "mohallamart.order.events", 6, "order id"),
-        Topic("notification", "mohallamart.notification.events", 3, "user id"),
-        Topic("analytics", "mohallamart.analytics.events", 6, "session id"),
-        Topic("search", "mohallamart.search.events", 1, "collection name"),
-        Topic("cleanup", "mohallamart.cleanup.events", 1, "job name"),
-    )
-}
+def topics_in(namespace: str) -> dict[str, Topic]:
+    """The event topics, named `<namespace>.<category>.events`."""
+    return {
+        t.category: t
+        for t in (
+            Topic("user", f"{namespace}.user.events", 6, "user id"),
+            Topic("shop", f"{namespace}.shop.events", 3, "shop id"),
+            Topic("shopkeeper", f"{namespace}.shopkeeper.events", 3, "shop id"),
+            Topic("product", f"{namespace}.product.events", 6, "product id"),
+            Topic("order", f"{namespace}.order.events", 6, "order id"),
+            Topic("notification", f"{namespace}.notification.events", 3, "user id"),
+            Topic("analytics", f"{namespace}.analytics.events", 6, "session id"),
+            Topic("search", f"{namespace}.search.events", 1, "collection name"),
+            Topic("cleanup", f"{namespace}.cleanup.events", 1, "job name"),
+        )
+    }
+
+
+def _namespace() -> str:
+    from mohallamart.settings import get_settings
+
+    return get_settings().topic_namespace
+
+
+#: The event topics of this process's namespace (TOPIC_NAMESPACE, "mohallamart" by default).
+TOPICS: dict[str, Topic] = topics_in(_namespace())
 
 # (type, key field of data, postable, description). The schema file is
 # avro/<category>/<name with dots after the category turned to underscores>.avsc

@@ -88,8 +88,8 @@ DOWN_RETRIES = Counter(
     ["role", "stage"],
 )
 LAG_SECONDS = Histogram(
-    "mohallamart_worker_record_age_seconds",
-    "Age of a record (its Kafka timestamp, the event's occurred_at) when its batch starts",
+    "mohallamart_worker_batch_age_seconds",
+    "Age of a batch's oldest record (its Kafka timestamp: the event's occurred_at) as it starts",
     ["role", "stage"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600),
 )
@@ -221,10 +221,8 @@ class Guard:
         records = [r for r in records if self._mine(r)]
         if not records:
             return
-        now_ms = time.time() * 1000
-        observe = LAG_SECONDS.labels(*self._labels).observe
-        for r in records:
-            observe(max(0.0, now_ms - r.timestamp_ms) / 1000)
+        oldest = min(r.timestamp_ms for r in records)
+        LAG_SECONDS.labels(*self._labels).observe(max(0.0, time.time() * 1000 - oldest) / 1000)
         good = await self._decode(records)
         if good:
             with BATCH_SECONDS.labels(*self._labels).time():

@@ -6,10 +6,13 @@ Exactly once under at-least-once delivery, per batch of the by-shop topic:
    written yet); a record at or below its partition's applied-offset marker is skipped (it was
    applied before a crash);
 2. the derived events (deterministic ids) are produced and their delivery awaited;
-3. only then the table entries are written, each to its record's partition, and the partition's
-   applied-offset marker last. Faust flushes the changelog before it commits the offsets.
+3. only then, per partition: the marker carrying the offset and every entry ("not done"), the
+   entries, the marker "done". The changelog keeps a prefix of these after a crash (one partition,
+   an idempotent producer); a marker "not done" is completed from its own copy of the entries
+   before the partition's next record is decided. Faust flushes the changelog before it commits
+   the offsets.
 A crash before 3 redoes the same decisions (same ids: downstream stores dedupe by id); a crash
-after 3 finds the marker and skips.
+during or after 3 finds the marker and skips.
 """
 
 from __future__ import annotations
@@ -86,11 +89,12 @@ class _Pending(MutableMapping[str, Any]):
 
 
 def install(rt: Any) -> None:
-    from streams.app import STOCK_BY_SHOP_TOPIC
+    from streams.app import stock_by_shop_topic
 
     app: faust.App = rt.app
     s = rt.settings
     size, within = s.worker_batch_size, s.worker_batch_window_s
+    by_shop_name = stock_by_shop_topic(s)
     wait_ms = int(s.stock_wait_unknown_product_s * 1000)
     table = app.Table(
         "stock",
@@ -100,7 +104,7 @@ def install(rt: Any) -> None:
             key_type=str, value_type=None, key_serializer="json", value_serializer="json"
         ),
     )
-    by_shop = raw_topic(app, STOCK_BY_SHOP_TOPIC, partitions=s.stock_partitions)
+    by_shop = raw_topic(app, by_shop_name, partitions=s.stock_partitions)
     # the projections read (and dead-letter) undecodable bytes of these topics
     route_guard = rt.guard("route_stock_events", owns_decode=False)
     reserve_guard = rt.guard("reserve_stock")
@@ -121,7 +125,7 @@ def install(rt: Any) -> None:
             ]
             futures.append(
                 await app.producer.send(
-                    STOCK_BY_SHOP_TOPIC,
+                    by_shop_name,
                     str(ev["data"]["shop_id"]).encode(),
                     r.value,
                     partition=None,
@@ -140,31 +144,53 @@ def install(rt: Any) -> None:
             await settle(events, route_guard.process(records, forward))
 
     # --- 2. decide, emit, then record ---------------------------------------------------------
+    def _in(event: faust.EventT[Any]) -> None:
+        """Table reads and writes go to `event`'s partition (its changelog partition too)."""
+        _current_event.set(weakref.ref(event))
+
+    def _heal(p: int, event: faust.EventT[Any]) -> dict[str, Any]:
+        """The partition's marker; if its batch's entries were not all written (a crash in the
+        middle: the changelog kept a prefix of them), write them now."""
+        _in(event)
+        marker = table.get(f"@:{p}")
+        if not isinstance(marker, dict):  # none yet (or a bare offset)
+            marker = {"offset": -1 if marker is None else int(marker), "done": True}
+        if not marker["done"]:
+            for key, value in marker["writes"].items():
+                table[key] = value
+            marker = {"offset": marker["offset"], "done": True}
+            table[f"@:{p}"] = marker
+        return marker
+
     async def reserve(records: list[Record]) -> list[Rejection]:
         now_ms = int(time.time() * 1000)
         batch: dict[str, Any] = {}
-        writes: list[tuple[faust.EventT[Any], dict[str, Any]]] = []
+        markers: dict[int, dict[str, Any]] = {}
+        # partition -> (its last event in the batch, its last offset, its entries)
+        writes: dict[int, tuple[faust.EventT[Any], int, dict[str, Any]]] = {}
         derived: list[Derived] = []
         rejected: list[Rejection] = []
         for r in records:
-            event = r.source
-            view = _Pending(table, batch, event)
-            marker = view.get(f"@:{r.partition}")
-            if marker is not None and r.offset <= marker:
+            p = r.partition
+            if p not in markers:
+                markers[p] = _heal(p, r.source)
+            if r.offset <= markers[p]["offset"]:
                 continue  # applied before a crash: nothing again
+            view = _Pending(table, batch, r.source)
             book = StockBook(view, wait_unknown_ms=wait_ms)
             try:
                 if r.event.get("type") == "~tick":
-                    out = book.expire(r.partition, now_ms)
+                    out = book.expire(p, now_ms)
                 else:
-                    out = book.apply(r.event, r.partition, now_ms)
+                    out = book.apply(r.event, p, now_ms)
             except Permanent as exc:
                 rejected.append(Rejection(r, str(exc), "StockRuleViolation"))
                 view.writes.clear()
                 out = []
-            view.writes[f"@:{r.partition}"] = r.offset  # the marker: written after the change
             batch.update(view.writes)
-            writes.append((event, view.writes))
+            entries = writes[p][2] if p in writes else {}
+            entries.update(view.writes)
+            writes[p] = (r.source, r.offset, entries)
             derived.extend(out)
         futures = []
         for d in derived:
@@ -180,18 +206,21 @@ def install(rt: Any) -> None:
                 )
             )
         await asyncio.gather(*futures)  # delivered before the table says "applied"
-        for event, entries in writes:
-            _current_event.set(weakref.ref(event))  # the changelog partition of this record
-            marker_key = f"@:{event.message.partition}"
+        # Per partition, three steps in its changelog partition (kept in order by the idempotent
+        # producer, so a crash leaves a prefix): the marker with every entry ("not done"), the
+        # entries, the marker "done". A prefix without "done" is healed from the marker.
+        for p, (event, offset, entries) in writes.items():
+            _in(event)
+            table[f"@:{p}"] = {"offset": offset, "done": False, "writes": entries}
             for key, value in entries.items():
-                if key != marker_key:
-                    table[key] = value
-            table[marker_key] = entries[marker_key]
+                table[key] = value
+            table[f"@:{p}"] = {"offset": offset, "done": True}
         return rejected
 
     @app.agent(by_shop, name="reserve_stock")
     async def reserve_stock(stream: faust.StreamT[Any]) -> None:
-        async for events, records in raw_batches(stream, size, within):
+        # at most 500: a partition's marker carries its batch's entries in one changelog record
+        async for events, records in raw_batches(stream, min(size, 500), within):
             await settle(events, reserve_guard.process(records, reserve))
 
     # --- 3. orders waiting for an unknown product: a tick per partition that has some ---------
@@ -199,9 +228,9 @@ def install(rt: Any) -> None:
     async def expire_waiting_orders() -> None:
         book = StockBook(table, wait_unknown_ms=wait_ms)
         for tp in app.assignor.assigned_actives():
-            if tp.topic == STOCK_BY_SHOP_TOPIC and book.has_waiting(tp.partition):
+            if tp.topic == by_shop_name and book.has_waiting(tp.partition):
                 await app.producer.send(
-                    STOCK_BY_SHOP_TOPIC,
+                    by_shop_name,
                     b"~tick",
                     b"",
                     partition=tp.partition,
