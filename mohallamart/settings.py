@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     worker_offset_reset: Literal["earliest", "latest"] = "earliest"
     #: seconds between the attempts of a record that fails (then: the dead-letter topic)
     worker_retry_delays_s: tuple[float, ...] = (1.0, 5.0, 15.0)
+    #: per stage (`<role>/<agent>`), e.g. {"stock/reserve_stock": [0.5, 2]}; others: the above
+    worker_retry_delays_by_stage: dict[str, tuple[float, ...]] = Field(default_factory=dict)
     #: cap of the backoff while a dependency (PostgreSQL, the registry) is down
     worker_down_backoff_cap_s: float = Field(5.0, gt=0)
     worker_batch_size: int = Field(1000, ge=1)

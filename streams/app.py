@@ -13,7 +13,7 @@ import asyncio
 import gc
 import importlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -92,12 +92,15 @@ class Runtime:
     _codecs: dict[str, tuple[int, EventCodec]] = field(default_factory=dict)
 
     def guard(self, stage: str, *, owns_decode: bool = True) -> Guard:
+        """The reliability mechanism for one agent; its retry delays can be set per stage."""
+        delays = self.settings.worker_retry_delays_by_stage.get(f"{self.role}/{stage}")
+        policy = self.policy if delays is None else replace(self.policy, delays=tuple(delays))
         return Guard(
             self.app,
             role=self.role,
             stage=stage,
             decoder=self.decoder,
-            policy=self.policy,
+            policy=policy,
             owns_decode=owns_decode,
         )
 
