@@ -21,6 +21,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from mohallamart.settings import Settings
 from mohallamart.stack import Stack
+from streams.app import ROLES
 from tests.integration._cli import mohallamart
 from tests.integration._support import poll
 
@@ -92,16 +93,16 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
         assert body["status"] == "ok"
         assert all(check["ok"] for check in body["checks"].values())  # type: ignore[attr-defined]
         poll(
-            lambda: any("Worker]: Ready" in line for line in lines),
+            lambda: sum("Worker]: Ready" in line for line in lines) == len(ROLES),
             timeout=90,
-            what="the projections worker to be ready",
+            what="a worker of every role to be ready",
         )
         children = [
             int(line.rsplit("(pid ", 1)[1].rstrip(")\n"))
             for line in lines
             if line.startswith("[run] ") and " started (pid " in line
         ]
-        assert len(children) == 2, lines
+        assert len(children) == 1 + len(ROLES), lines  # the API and one worker per role
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(60) == 0
     finally:
