@@ -83,6 +83,7 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
     reader.start()
+    children: list[int] = []
     try:
 
         def healthy() -> dict[str, object] | None:
@@ -106,8 +107,16 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed assertion: stop it as Ctrl-C would, then harder
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for pid in children:  # what `run` could not stop (never by name)
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
         reader.join(10)
     for pid in children:
         assert not _alive(pid)
