@@ -417,13 +417,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _latencies(dsn: str, acks: dict[str, float]) -> list[float]:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT user_id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM users "
-            "WHERE user_id = ANY(%s)",
-            (list(acks),),
-        ).fetchall()
-    return [(float(ts) - acks[uid]) * 1000 for uid, ts in rows]
+    return [ms for _, ms in _latencies_by_ack(dsn, acks)]
 
 
 def _attack(
@@ -485,6 +479,7 @@ def _attack(
 
 
 def _latencies_by_ack(dsn: str, acks: dict[str, float]) -> list[tuple[float, float]]:
+    """(ack time, ms from ack to the row's commit) of each user that is a row."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
             "SELECT user_id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM users "

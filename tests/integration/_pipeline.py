@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from schemas.codec import RegistryDecoder
 from schemas.registry import SchemaRegistry
 from tests.integration._support import free_port, poll
 
-__all__ = ["Pipeline", "Workers", "example", "uid"]
+__all__ = ["Pipeline", "Workers", "example", "order_created", "uid"]
 
 #: the test profile of the workers: short retries, a short wait for unknown products
 WORKER_ENV = {
@@ -140,7 +139,9 @@ class Pipeline:
         }
 
     def post(self, type_: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        ev = self.event(type_, data, **kw)
+        return self.post_event(self.event(type_, data, **kw))
+
+    def post_event(self, ev: dict[str, Any]) -> dict[str, Any]:
         r = self.http.post("/v1/events", json=ev)
         assert r.status_code == 202, r.text
         return ev
@@ -265,9 +266,27 @@ class Pipeline:
         return [ev for _, _, ev in self.records(topic, keys=keys) if ev and ev["type"] == type_]
 
 
-def later(seconds: float) -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=seconds)
-
-
-def as_json(x: Any) -> str:
-    return json.dumps(x, default=str)
+def order_created(
+    oid: str,
+    shop: str,
+    items: dict[str, int],
+    unit_paise: int = 1000,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """An `order.created` event of `items` (product -> quantity) from one shop."""
+    lines = [
+        {"product_id": pid, "quantity": q, "unit_price_paise": unit_paise, "name": pid}
+        for pid, q in items.items()
+    ]
+    return Pipeline.event(
+        "order.created",
+        example(
+            "order.created",
+            order_id=oid,
+            shop_id=shop,
+            items=lines,
+            total_paise=unit_paise * sum(items.values()),
+            delivery_fee_paise=0,
+        ),
+        at=at,
+    )

@@ -12,8 +12,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from schemas.catalog import TOPICS
+from streams.reliability import DLQ_HEADERS
 from tests.integration._cli import mohallamart
-from tests.integration._pipeline import Pipeline, example, uid
+from tests.integration._pipeline import Pipeline, example, order_created, uid
 from tests.integration._support import poll
 
 ORDERS, PRODUCTS, USERS = (TOPICS[c].name for c in ("order", "product", "user"))
@@ -42,23 +43,20 @@ def _order(
     at: datetime | None = None,
 ) -> str:
     oid = oid or uid("ord")
-    lines = [
-        {"product_id": pid, "quantity": q, "unit_price_paise": 1000, "name": pid}
-        for pid, q in items
-    ]
-    p.post(
-        "order.created",
-        example(
-            "order.created",
-            order_id=oid,
-            shop_id=shop,
-            items=lines,
-            total_paise=1000 * sum(q for _, q in items),
-            delivery_fee_paise=0,
-        ),
-        at=at,
-    )
+    p.post_event(order_created(oid, shop, dict(items), at=at))
     return oid
+
+
+def _refused_by_both_roles(p: Pipeline, event_id: str) -> None:
+    """The rows and the stock both refuse an order event outside the lifecycle."""
+    poll(
+        lambda: (
+            {h["x-stage"] for h in p.dead_letters(ORDERS, event_id)}
+            == {"projections/persist_orders", "stock/reserve_stock"}
+        ),
+        timeout=30,
+        what=f"both roles' refusals of {event_id}",
+    )
 
 
 def _status(p: Pipeline, oid: str, want: str, timeout: float = 30) -> tuple[Any, ...]:
@@ -299,27 +297,11 @@ def test_illegal_order_transitions_are_dead_lettered(pipeline: Pipeline) -> None
         ),
     )
     headers = _dlq(p, ORDERS, refund["id"])
-    # refused by both roles that read it: the rows and the stock
-    poll(
-        lambda: (
-            {h["x-stage"] for h in p.dead_letters(ORDERS, refund["id"])}
-            == {"projections/persist_orders", "stock/reserve_stock"}
-        ),
-        timeout=30,
-        what="two refusals",
-    )
+    _refused_by_both_roles(p, refund["id"])
     assert headers["x-error-message"] == (
         "order.refunded is not allowed when the entity is PROCESSING (allowed from: COMPLETED)"
     )
-    for name in (
-        "x-original-topic",
-        "x-original-partition",
-        "x-original-offset",
-        "x-error-class",
-        "x-stage",
-        "x-attempts",
-        "x-first-failure-time",
-    ):
+    for name in DLQ_HEADERS:
         assert headers[name], name
     assert headers["x-original-topic"] == ORDERS
     # the record at those coordinates is the event that was refused
@@ -533,14 +515,7 @@ def test_dead_letters_are_listed_and_redriven_once(pipeline: Pipeline) -> None:
         example("product.stock_adjusted", product_id=a, shop_id=shop, delta=-100),
     )
     _dlq(p, PRODUCTS, stale["id"])
-    poll(
-        lambda: (
-            {h["x-stage"] for h in p.dead_letters(ORDERS, early["id"])}
-            == {"projections/persist_orders", "stock/reserve_stock"}
-        ),
-        timeout=30,
-        what="two refusals",
-    )
+    _refused_by_both_roles(p, early["id"])
     neg_headers = _dlq(p, PRODUCTS, neg["id"])
     assert neg_headers["x-stage"] == "stock/reserve_stock"
     assert "negative" in neg_headers["x-error-message"]

@@ -12,28 +12,14 @@ import pytest
 
 from schemas.catalog import TOPICS
 from tests.integration._cli import mohallamart
-from tests.integration._pipeline import Pipeline, example, uid
+from tests.integration._pipeline import Pipeline, example, order_created, uid
 from tests.integration._support import poll
 
 ORDERS, PRODUCTS = TOPICS["order"].name, TOPICS["product"].name
 
 
 def _order_event(oid: str, shop: str, items: dict[str, int]) -> dict[str, Any]:
-    lines = [
-        {"product_id": pid, "quantity": q, "unit_price_paise": 500, "name": pid}
-        for pid, q in items.items()
-    ]
-    return Pipeline.event(
-        "order.created",
-        example(
-            "order.created",
-            order_id=oid,
-            shop_id=shop,
-            items=lines,
-            total_paise=500 * sum(items.values()),
-            delivery_fee_paise=0,
-        ),
-    )
+    return order_created(oid, shop, items, unit_paise=500)
 
 
 def _products(p: Pipeline, shops: int, per_shop: int, stock: int) -> dict[str, list[str]]:
