@@ -36,7 +36,7 @@ from confluent_kafka import Producer
 from mohallamart.errors import PipelineError
 from mohallamart.settings import Settings
 
-__all__ = ["run_ingest_bench"]
+__all__ = ["run_ingest_bench", "stop_child"]
 
 _TYPE = "analytics.tracked"
 _VEGETA = "github.com/tsenart/vegeta/v12@v12.12.0"
@@ -119,14 +119,19 @@ class _Api:
         raise PipelineError(f"the API did not become ready; see {self.log}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc, 20)
         self._out.close()
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop a process the benchmark started: SIGTERM, then SIGKILL after `timeout_s`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _raw_producer(settings: Settings) -> Producer:

@@ -308,13 +308,9 @@ class _Worker:
         echo(f"projections worker started (pid {self.proc.pid}, log {self.log})")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from mohallamart.bench import stop_child
+
+        stop_child(self.proc, 30)
         self._out.close()
         self.tmp.cleanup()
 
