@@ -153,7 +153,7 @@ class PostgresProjections:
                 raise DependencyDown(f"table {table} missing: run `mohallamart db migrate`")
             guard = "(t.version_at, t.version_id) <= (EXCLUDED.version_at, EXCLUDED.version_id)"
             if table == "products":
-                guard += " AND t.stock_offset <= EXCLUDED.stock_offset"
+                guard += " AND t.stock_seq <= EXCLUDED.stock_seq"
             self._upserts[table] = (
                 f"INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, "
                 f"%s::jsonb) ON CONFLICT ({key}) DO UPDATE SET ({', '.join(cols)}) = "
@@ -252,10 +252,10 @@ class PostgresProjections:
     def _stock_changed(ev: dict[str, Any], current: Row | None, out: _Batch) -> None:
         d = ev["data"]
         at, vid = _version(ev)
-        offset = int(ev.get("_offset", -1))
+        seq = int(d.get("sequence") or 0)
         out.movements.append(
             {
-                "source_offset": offset,
+                "sequence": seq,
                 "event_id": vid,
                 "product_id": d["product_id"],
                 "shop_id": d["shop_id"],
@@ -268,9 +268,9 @@ class PostgresProjections:
                 "occurred_at": at,
             }
         )
-        if current is not None and offset > current["stock_offset"]:
+        if current is not None and seq > current["stock_seq"]:
             current["stock"] = d["stock_after"]
-            current["stock_offset"] = offset
+            current["stock_seq"] = seq
 
     async def _write(
         self, conn: psycopg.AsyncConnection[Row], dirty: dict[str, dict[str, Row]], out: _Batch
@@ -303,11 +303,11 @@ class PostgresProjections:
             # movements that arrived before their product's row (its creation was dead-lettered
             # and redriven later): the row takes the latest stock they recorded
             await conn.execute(
-                "UPDATE products p SET stock = m.stock_after, stock_offset = m.source_offset "
-                "FROM (SELECT DISTINCT ON (product_id) product_id, stock_after, source_offset "
+                "UPDATE products p SET stock = m.stock_after, stock_seq = m.sequence "
+                "FROM (SELECT DISTINCT ON (product_id) product_id, stock_after, sequence "
                 "FROM inventory_movements WHERE product_id = ANY(%s) "
-                "ORDER BY product_id, source_offset DESC) m "
-                "WHERE p.product_id = m.product_id AND m.source_offset > p.stock_offset",
+                "ORDER BY product_id, sequence DESC) m "
+                "WHERE p.product_id = m.product_id AND m.sequence > p.stock_seq",
                 (out.created_products,),
             )
         if out.audit:
@@ -492,7 +492,7 @@ def _product_created(ev: dict[str, Any], cur: Row | None, out: _Batch) -> Row:
         **_product_fields(ev["data"], out, ev["occurred_at"]),
         "status": status,
         "stock": 0,
-        "stock_offset": -1,
+        "stock_seq": 0,
         "created_at": ev["occurred_at"],
     }
 

@@ -380,7 +380,6 @@ def _baseline(
                     continue
                 topic, part, off = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
                 ev = decoder.decode(m.value())
-                ev["_offset"] = off
                 by_topic.setdefault(topic, []).append(ev)
                 if ends is not None and off >= ends[(topic, part)] - 1:
                     remaining.discard((topic, part))

@@ -377,6 +377,12 @@ class StockBook:
         reason: str,
         order_id: str | None = None,
     ) -> Derived:
+        """One `product.stock_changed`, carrying the product's next stock version (`sequence`):
+        stores apply the highest, wherever a copy re-sent after a crash lands in the topic."""
+        key = f"p:{pid}"
+        product = self.table[key]
+        seq = int(product.get("seq", 0)) + 1
+        self.table[key] = {**product, "seq": seq}
         return self._derive(
             cause,
             "product.stock_changed",
@@ -390,6 +396,7 @@ class StockBook:
                 "order_id": order_id,
                 "cause_event_id": str(cause["id"]),
                 "cause_type": cause["type"],
+                "sequence": seq,
             },
             discriminator=pid,
         )

@@ -90,9 +90,9 @@ CREATE TABLE products (
     image_url     text,
     status        text NOT NULL CHECK (status IN ('DRAFT', 'PUBLISHED', 'ARCHIVED')),
     -- stock is written only from product.stock_changed (the stock role's decisions), guarded by
-    -- that event's offset in its partition, not by the entity version
+    -- that event's `sequence` (the product's stock version), not by the entity version
     stock         integer NOT NULL DEFAULT 0 CHECK (stock >= 0),
-    stock_offset  bigint NOT NULL DEFAULT -1,
+    stock_seq     bigint NOT NULL DEFAULT 0,
     created_at    timestamptz NOT NULL,
     updated_at    timestamptz NOT NULL,
     version_at    timestamptz NOT NULL,
@@ -145,7 +145,7 @@ CREATE TABLE inventory_movements (
     cause_event_id  uuid NOT NULL,
     cause_type      text NOT NULL,
     occurred_at     timestamptz NOT NULL,
-    source_offset   bigint NOT NULL DEFAULT -1  -- of the product.stock_changed record
+    sequence        bigint NOT NULL DEFAULT 0   -- the product's stock version after this change
 );
 CREATE INDEX inventory_movements_product ON inventory_movements (product_id, occurred_at);
 

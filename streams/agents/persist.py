@@ -28,12 +28,7 @@ def install(rt: Any) -> None:
         sink = PostgresProjections(rt.settings.postgres_dsn)
 
         async def write(records: list[Record], sink: PostgresProjections = sink) -> list[Rejection]:
-            events = []
-            for r in records:
-                ev = r.event
-                ev["_offset"] = r.offset if not r.topic.endswith(".redrive") else -1
-                events.append(ev)
-            refused = await sink.write_batch(events)
+            refused = await sink.write_batch([r.event for r in records])
             return [Rejection(records[f.index], f.reason) for f in refused]
 
         async def persist(

@@ -146,8 +146,16 @@ def test_kill_9_of_workers_during_a_20000_event_load(pipeline: Pipeline) -> None
         what="every movement",
     )
     settled = time.monotonic() - started
-    stock = dict(p.rows("SELECT product_id, stock FROM products WHERE product_id = ANY(%s)", pids))
-    assert stock == expected
+    # every movement is a row; the stock column follows each product's highest stock version
+    poll(
+        lambda: (
+            dict(p.rows("SELECT product_id, stock FROM products WHERE product_id = ANY(%s)", pids))
+            == expected
+        ),
+        timeout=30,
+        interval=1,
+        what="every product's stock",
+    )
     sums = dict(
         p.rows(
             "SELECT product_id, sum(delta) FROM inventory_movements "
@@ -248,8 +256,13 @@ def test_postgres_down_for_20_s_during_a_load(pipeline: Pipeline) -> None:
     reserved = Counter(pid for _, pid in orders.values())
     for pids in catalogue.values():
         for pid in pids:
-            assert p.row("SELECT stock FROM products WHERE product_id = %s", pid) == (
-                100_000 - reserved[pid],
+            # the orders' rows and the products' stock are written by two agents: wait for both
+            p.wait_row(
+                "SELECT stock FROM products WHERE product_id = %s",
+                pid,
+                until=lambda r, pid=pid: r[0] == 100_000 - reserved[pid],
+                timeout=60,
+                what=f"{pid}'s stock",
             )
             assert p.row(
                 "SELECT count(*) FROM inventory_movements WHERE product_id = %s AND "

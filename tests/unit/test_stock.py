@@ -69,6 +69,8 @@ def test_an_order_reserves_every_item_or_none(book: StockBook) -> None:
         "order.accepted",
     ]
     assert book.table["p:a"]["stock"] == 3 and book.table["p:b"]["stock"] == 0
+    # each product's stock version: 1 for its initial stock, 2 for this reservation
+    assert [d.data["sequence"] for d in out if d.type == "product.stock_changed"] == [2, 2]
 
 
 def test_cancel_returns_stock_and_back_in_stock_is_derived(book: StockBook) -> None:
