@@ -427,28 +427,30 @@ def test_hundred_concurrent_orders_for_ten_units_with_two_stock_workers(
 
 # --- the reliability mechanism ---------------------------------------------------------------
 def test_undecodable_bytes_are_dead_lettered_and_the_partition_flows(pipeline: Pipeline) -> None:
-    # the user topic: the README's analytics consumer reads the order topic from its start, and
-    # our topics hold only valid Avro unless someone writes around the API, as this test does
+    # the product topic, read by both roles (the README's analytics consumer reads the order
+    # topic from its start, and our topics hold only valid Avro unless someone writes around
+    # the API, as this test does)
     p = pipeline
-    user = uid("usr")
+    shop, pid = uid("shop"), uid("prd")
     prod = Producer(
         {"bootstrap.servers": p.settings.kafka_bootstrap, "partitioner": "murmur2_random"}
     )
     garbage = b"\x00\x00\x00\x00\x07not avro at all " + uuid.uuid4().bytes
-    prod.produce(USERS, key=user.encode(), value=garbage)
+    prod.produce(PRODUCTS, key=pid.encode(), value=garbage)
     assert prod.flush(10) == 0
-    p.post("user.registered", example("user.registered", user_id=user))  # same key, after it
-    p.wait_row("SELECT status FROM users WHERE user_id = %s", user, what="the user after it")
+    # after it, the same key: both roles go on (the row, and the stock role's first movement)
+    p.post("product.created", example("product.created", product_id=pid, shop_id=shop))
+    p.wait_row("SELECT 1 FROM inventory_movements WHERE product_id = %s", pid, what="movement")
     letters = poll(
         lambda: (
-            [(h, v) for h, v, _ in p.records(f"{USERS}.dlq", keys=[user]) if v == garbage] or None
+            [(h, v) for h, v, _ in p.records(f"{PRODUCTS}.dlq", keys=[pid]) if v == garbage] or None
         ),
         timeout=30,
         what="the garbage's letter",
     )
-    assert len(letters) == 1
+    assert len(letters) == 1, "one dead letter, not one per role"
     headers = letters[0][0]
-    assert headers["x-original-topic"] == USERS
+    assert headers["x-original-topic"] == PRODUCTS
     assert headers["x-stage"] == "projections/decode"
     assert headers["x-error-class"] in ("UndecodableRecord", "UnknownSchema")
     assert headers["x-attempts"] == "1"
