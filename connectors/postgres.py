@@ -30,7 +30,7 @@ from schemas.lifecycle import (
     transition,
 )
 
-__all__ = ["PostgresProjections", "entity_of"]
+__all__ = ["PostgresProjections", "entity_of", "version_of"]
 
 Row = dict[str, Any]
 
@@ -85,7 +85,8 @@ def entity_of(event: dict[str, Any]) -> tuple[str, str, str] | None:
     return table, _TABLES[table], str(event["data"][field])
 
 
-def _version(event: dict[str, Any]) -> tuple[datetime, uuid.UUID]:
+def version_of(event: dict[str, Any]) -> tuple[datetime, uuid.UUID]:
+    """An event's version: its (`occurred_at`, id), as the rows keep theirs."""
     eid = event["id"]
     return event["occurred_at"], eid if isinstance(eid, uuid.UUID) else uuid.UUID(str(eid))
 
@@ -215,7 +216,7 @@ class PostgresProjections:
                 if current is not None and current is rows.get(key):
                     dirty.setdefault(table, {})[key] = current
                 continue
-            if current is not None and _version(ev) <= (
+            if current is not None and version_of(ev) <= (
                 current["version_at"],
                 current["version_id"],
             ):
@@ -225,7 +226,7 @@ class PostgresProjections:
             except _Illegal as exc:
                 refused.append(Refusal(i, str(exc)))
                 continue
-            at, vid = _version(ev)
+            at, vid = version_of(ev)
             new["version_at"], new["version_id"] = at, vid
             new["updated_at"] = at
             old_status = current.get("status") if current else None
@@ -251,7 +252,7 @@ class PostgresProjections:
     @staticmethod
     def _stock_changed(ev: dict[str, Any], current: Row | None, out: _Batch) -> None:
         d = ev["data"]
-        at, vid = _version(ev)
+        at, vid = version_of(ev)
         seq = int(d.get("sequence") or 0)
         out.movements.append(
             {

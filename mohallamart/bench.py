@@ -36,7 +36,7 @@ from confluent_kafka import Producer
 from mohallamart.errors import PipelineError
 from mohallamart.settings import Settings
 
-__all__ = ["run_ingest_bench", "stop_child"]
+__all__ = ["bench_key", "run_ingest_bench", "stop_child"]
 
 _TYPE = "analytics.tracked"
 _VEGETA = "github.com/tsenart/vegeta/v12@v12.12.0"
@@ -121,6 +121,20 @@ class _Api:
     def stop(self) -> None:
         stop_child(self.proc, 20)
         self._out.close()
+
+
+def bench_key(settings: Settings, name: str) -> tuple[str, str]:
+    """(key id, secret) of an ingest key for a benchmark, its rate unlimited; revoke it after."""
+    from mohallamart.apikeys import create_key
+
+    rec, secret = create_key(
+        settings.postgres_dsn,
+        name=name,
+        scopes=["ingest"],
+        principal="admin",
+        rate_per_s=10_000_000,
+    )
+    return rec.key_id, secret
 
 
 def stop_child(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -314,7 +328,7 @@ def run_ingest_bench(
     echo: Callable[[str], None],
     settle_s: float = 10.0,
 ) -> dict[str, Any]:
-    from mohallamart.apikeys import create_key, revoke_key
+    from mohallamart.apikeys import revoke_key
     from mohallamart.db import migrate
     from schemas.catalog import EVENT_TYPES
     from schemas.topics import ensure_topics
@@ -323,13 +337,7 @@ def run_ingest_bench(
     vegeta = _vegeta(settings, echo)
     migrate(settings.postgres_dsn)
     ensure_topics(settings.kafka_bootstrap)
-    key_rec, key = create_key(
-        settings.postgres_dsn,
-        name="bench",
-        scopes=["ingest"],
-        principal="admin",
-        rate_per_s=10_000_000,
-    )
+    key_id, key = bench_key(settings, "bench")
     api = _Api(settings, echo)
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "runs": runs}
     try:
@@ -419,7 +427,7 @@ def run_ingest_bench(
             )
     finally:
         api.stop()
-        revoke_key(settings.postgres_dsn, key_rec.key_id)
+        revoke_key(settings.postgres_dsn, key_id)
 
     med = statistics.median
     results.update(

@@ -516,8 +516,8 @@ def run_workers_bench(
 ) -> dict[str, Any]:
     import logging
 
-    from mohallamart.apikeys import create_key, revoke_key
-    from mohallamart.bench import _Api, _vegeta
+    from mohallamart.apikeys import revoke_key
+    from mohallamart.bench import _Api, _vegeta, bench_key
     from schemas.catalog import topics_in
     from schemas.topics import ensure_topics
 
@@ -575,13 +575,7 @@ def run_workers_bench(
         # --- latency at a fixed rate, through the API: the worker alone, then the baseline
         # alone (the worker stopped), so neither takes CPU from the other's measurement -------
         vegeta = _vegeta(settings, echo)
-        key_rec, key = create_key(
-            settings.postgres_dsn,
-            name="bench-workers",
-            scopes=["ingest"],
-            principal="admin",
-            rate_per_s=10_000_000,
-        )
+        key_id, key = bench_key(settings, "bench-workers")
         _empty_databases(settings)
         api = _Api(settings, echo, env={"TOPIC_NAMESPACE": BENCH_NAMESPACE})
         try:
@@ -616,7 +610,7 @@ def run_workers_bench(
             base.join(30)
         finally:
             api.stop()
-            revoke_key(settings.postgres_dsn, key_rec.key_id)
+            revoke_key(settings.postgres_dsn, key_id)
     finally:
         worker.stop()
 

@@ -19,7 +19,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from api.producer import producer_config
-from connectors.postgres import entity_of
+from connectors.postgres import entity_of, version_of
 from mohallamart.errors import PipelineError
 from mohallamart.settings import Settings
 from schemas.catalog import TOPICS
@@ -167,11 +167,11 @@ def _superseded(conn: psycopg.Connection[Any], event: dict[str, Any]) -> str | N
     ).fetchone()
     if row is None:
         return None
-    eid = event["id"] if isinstance(event["id"], uuid.UUID) else uuid.UUID(str(event["id"]))
-    if (event["occurred_at"], eid) <= (row[0], row[1]):
+    at, eid = version_of(event)
+    if (at, eid) <= (row[0], row[1]):
         return (
             f"{table} {key} is at version ({row[0].isoformat()}, {row[1]}), "
-            f"newer than this event's ({event['occurred_at'].isoformat()}, {eid})"
+            f"newer than this event's ({at.isoformat()}, {eid})"
         )
     return None
 
