@@ -16,10 +16,12 @@ from api.auth import Authenticator, RateLimiter
 from api.claims import ClaimStore
 from api.fastpath import IngestFastPath
 from api.ingest import Ingestor
+from api.live import LiveHub
 from api.metrics import RequestMetrics
 from api.problems import install_handlers
 from api.producer import EventProducer
-from api.routes import events, health
+from api.reads import ReadSide
+from api.routes import events, health, reads
 from api.routes.events import IngestEndpoints
 from mohallamart.db import migrate
 from mohallamart.settings import Settings, get_settings
@@ -102,6 +104,9 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.endpoints = IngestEndpoints(
             app.state.auth, app.state.limiter, app.state.ingestor, settings
         )
+        app.state.reads = ReadSide(settings, pool)
+        app.state.live = LiveHub(settings)
+        app.state.live.start(asyncio.get_running_loop())
         topics = app.state.ingestor.topics_ready
         try:  # usually done here, before the first request; else retried in the background
             await asyncio.wait_for(
@@ -133,6 +138,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         finally:
             for t in tasks:
                 t.cancel()
+            await asyncio.to_thread(app.state.live.stop)
+            await app.state.reads.close()
             await asyncio.to_thread(producer.close)
             await pool.close()
 
@@ -151,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(events.router)
+    app.include_router(reads.router)
     app.add_middleware(RequestMetrics)
     return app
 

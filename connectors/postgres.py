@@ -175,6 +175,20 @@ class PostgresProjections:
             await self._drop()
             raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
+    async def record_refusal(self, event: dict[str, Any], error_class: str, reason: str) -> None:
+        """Remember that `event` was dead-lettered: the read side stops waiting for it."""
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO projection_refusals (event_id, event_type, error_class, reason) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+                    (str(event["id"]), event["type"], error_class, reason[:2000]),
+                )
+        except (psycopg.OperationalError, OSError) as exc:
+            await self._drop()
+            raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
+
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:

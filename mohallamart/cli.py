@@ -290,6 +290,50 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search_reindex(args: argparse.Namespace) -> int:
+    """Rebuild search collections from PostgreSQL, swapping each alias when its new collection
+    is complete (search keeps answering from the old one meanwhile)."""
+    import asyncio
+
+    import psycopg
+
+    from connectors.typesense import ALIASES, SearchIndex, reindex
+    from mohallamart.db import migrate
+
+    settings = _settings()
+    migrate(settings.postgres_dsn)
+    aliases = list(ALIASES) if args.collection == "all" else [args.collection]
+
+    async def run() -> list[dict[str, object]]:
+        index = SearchIndex(
+            settings.typesense_base_url, settings.typesense_api_key.get_secret_value()
+        )
+        results = []
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                settings.postgres_dsn, autocommit=True
+            ) as conn:
+                for alias in aliases:
+                    results.append(
+                        await reindex(conn, index, alias, chunk=args.chunk, progress=_out)
+                    )
+        finally:
+            await index.close()
+        return results
+
+    _stop_on_sigterm()
+    results = asyncio.run(run())
+    if args.json:
+        _out(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            _out(
+                f"{r['alias']}: {r['docs']:,} documents in {r['seconds']} s "
+                f"({r['docs_per_s']} docs/s) -> {r['collection']}"
+            )
+    return 0
+
+
 def _cmd_topics_ensure(args: argparse.Namespace) -> int:
     from schemas.catalog import TOPICS
     from schemas.topics import ensure_topics
@@ -553,6 +597,16 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--id", action="append", default=[], help="an event id (repeatable)")
     dr.add_argument("--topic", default=None, help="one event topic (default: all)")
     dr.set_defaults(func=_cmd_dlq_redrive)
+
+    search = sub.add_parser("search", help="the Typesense search collections")
+    ssub = search.add_subparsers(dest="search_command", required=True, metavar="ACTION")
+    sr = ssub.add_parser(
+        "reindex", help="rebuild from PostgreSQL into a new collection, then swap the alias"
+    )
+    sr.add_argument("--collection", choices=("products", "shops", "all"), default="all")
+    sr.add_argument("--chunk", type=int, default=2000, help="documents per bulk import")
+    sr.add_argument("--json", action="store_true", help="print the figures as JSON")
+    sr.set_defaults(func=_cmd_search_reindex)
 
     topics = sub.add_parser("topics", help="the event topics")
     tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")

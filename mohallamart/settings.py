@@ -121,6 +121,21 @@ class Settings(BaseSettings):
     #: how long an order waits for a product the stock role does not know yet, then: rejected
     stock_wait_unknown_product_s: float = Field(10.0, ge=0)
 
+    # --- read side (cache, search, read API, live updates) ---
+    #: how long a view stays in Redis without being read through or rewritten
+    cache_ttl_s: float = Field(600.0, gt=0)
+    #: the read API's Redis timeout; after a failure it reads PostgreSQL for `cache_down_s`
+    cache_timeout_ms: int = Field(100, ge=1)
+    cache_down_s: float = Field(2.0, ge=0)
+    #: a live-updates client is disconnected as too slow when this many events wait for it, or
+    #: when one write to it does not complete within `live_write_timeout_s`
+    live_client_queue: int = Field(10_000, ge=600)
+    live_write_timeout_s: float = Field(5.0, gt=0)
+    #: events each API process keeps per partition so reconnecting clients resume from memory
+    live_buffer_per_partition: int = Field(20_000, ge=100)
+    #: seconds between keep-alive comments on an idle live stream
+    live_heartbeat_s: float = Field(15.0, gt=0)
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "production":

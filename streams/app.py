@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 ROLES: dict[str, tuple[str, ...]] = {
     "projections": ("streams.agents.persist",),
     "stock": ("streams.agents.reserve_stock",),
+    "cache": ("streams.agents.cache",),
+    "search": ("streams.agents.search",),
 }
 
 
@@ -91,7 +93,7 @@ class Runtime:
     policy: RetryPolicy
     _codecs: dict[str, tuple[int, EventCodec]] = field(default_factory=dict)
 
-    def guard(self, stage: str, *, owns_decode: bool = True) -> Guard:
+    def guard(self, stage: str, *, owns_decode: bool = True, on_dead_letter: Any = None) -> Guard:
         """The reliability mechanism for one agent; its retry delays can be set per stage."""
         delays = self.settings.worker_retry_delays_by_stage.get(f"{self.role}/{stage}")
         policy = self.policy if delays is None else replace(self.policy, delays=tuple(delays))
@@ -102,6 +104,7 @@ class Runtime:
             decoder=self.decoder,
             policy=policy,
             owns_decode=owns_decode,
+            on_dead_letter=on_dead_letter,
         )
 
     async def encode(
@@ -196,8 +199,8 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
     """Run one worker of `role` in the foreground until SIGINT/SIGTERM."""
     from mohallamart.db import migrate
 
-    if role == "projections":
-        migrate(settings.postgres_dsn)  # the projections' tables, before the first batch
+    if role != "stock":  # the stock role alone never touches PostgreSQL
+        migrate(settings.postgres_dsn)  # the tables, before the first batch
     ensure_topics(settings.kafka_bootstrap, [*TOPICS.values(), *worker_topics(settings)])
     if web_port is not None:
         settings = settings.model_copy(

@@ -184,6 +184,8 @@ class RetryPolicy:
 
 
 Handler = Callable[[list[Record]], Awaitable[Sequence[Rejection]]]
+#: called after a record is dead-lettered, with (record, error class, message)
+DeadLetterHook = Callable[[Record, str, str], Awaitable[None]]
 
 
 def is_dependency_down(exc: BaseException) -> bool:
@@ -204,8 +206,10 @@ class Guard:
         decoder: RegistryDecoder,
         policy: RetryPolicy,
         owns_decode: bool = True,
+        on_dead_letter: DeadLetterHook | None = None,
     ) -> None:
         self.app = app
+        self.on_dead_letter = on_dead_letter
         # Undecodable bytes are a fault of the record, not of a stage: the first role that reads
         # a topic dead-letters them (one record), the others skip them (counted).
         self.owns_decode = owns_decode
@@ -400,3 +404,6 @@ class Guard:
             timestamp=record.timestamp_ms / 1000,
             headers=[(k, v.encode()) for k, v in headers.items()],
         )
+        hook = self.on_dead_letter
+        if hook is not None and record.event.get("id"):
+            await self._until_up([record], lambda: hook(record, cls, message))

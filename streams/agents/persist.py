@@ -23,9 +23,13 @@ def install(rt: Any) -> None:
 
     for category in CATEGORIES:
         name = TOPICS[category].name
-        guard = rt.guard(f"persist_{category}s")
         # a connection per agent: the agents run concurrently, each batch one transaction
         sink = PostgresProjections(rt.settings.postgres_dsn)
+        guard = rt.guard(
+            f"persist_{category}s",
+            # the read side waits for the projections to apply an event, unless it is refused
+            on_dead_letter=lambda r, cls, msg, sink=sink: sink.record_refusal(r.event, cls, msg),
+        )
 
         async def write(records: list[Record], sink: PostgresProjections = sink) -> list[Rejection]:
             refused = await sink.write_batch([r.event for r in records])

@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ WORKER_ENV = {
     "STOCK_WAIT_UNKNOWN_PRODUCT_S": "4",
     "LOG_LEVEL": "INFO",
 }
+
+
+_last_at = [datetime(2000, 1, 1, tzinfo=UTC)]
 
 
 def uid(prefix: str) -> str:
@@ -129,7 +132,12 @@ class Pipeline:
     def event(
         type_: str, data: dict[str, Any], *, at: datetime | None = None, id: str | None = None
     ) -> dict[str, Any]:
-        at = at or datetime.now(UTC)
+        if at is None:
+            # milliseconds, strictly increasing: two events posted one after the other are never
+            # ordered by their random ids (a version is (occurred_at, id))
+            at = max(datetime.now(UTC), _last_at[0] + timedelta(milliseconds=1))
+            at = at.replace(microsecond=at.microsecond // 1000 * 1000)
+            _last_at[0] = at
         return {
             "id": id or str(uuid.uuid4()),
             "type": type_,
@@ -261,6 +269,41 @@ class Pipeline:
         """Headers of the dead-letter records of `topic` (for one event id)."""
         found = [h for h, _, _ in self.records(f"{topic}.dlq")]
         return [h for h in found if event_id is None or h.get("x-event-id") == event_id]
+
+    def caught_up(self, role: str, categories: Iterable[str], timeout: float = 60) -> None:
+        """Wait until `role`'s consumer group has committed every record now in the topics of
+        `categories` (it commits after a batch is settled, about once a second)."""
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka.admin import AdminClient
+
+        from schemas.catalog import TOPICS
+
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        group = f"{self.settings.worker_app_prefix}-{role}"
+        probe = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"tests-{uuid.uuid4()}",
+            }
+        )
+        try:
+            ends: dict[tuple[str, int], int] = {}
+            for c in categories:
+                name = TOPICS[c].name
+                for p in probe.list_topics(name, timeout=10).topics[name].partitions:
+                    ends[(name, p)] = probe.get_watermark_offsets(
+                        TopicPartition(name, p), timeout=10
+                    )[1]
+        finally:
+            probe.close()
+
+        def done() -> bool:
+            fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
+            res = list(fut.values())[0].result(timeout=10)
+            got = {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions}
+            return all(got.get(tp, -1) >= end for tp, end in ends.items() if end > 0)
+
+        poll(done, timeout=timeout, interval=0.3, what=f"{group} to catch up")
 
     def events_of(self, topic: str, type_: str, keys: Iterable[str]) -> list[dict[str, Any]]:
         return [ev for _, _, ev in self.records(topic, keys=keys) if ev and ev["type"] == type_]

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["free_port", "poll"]
+__all__ = ["free_port", "poll", "report"]
 
 T = TypeVar("T")
 
@@ -34,3 +34,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def report(line: str) -> None:
+    """A figure a test measured (shown with `pytest -s`, and in the log of the session)."""
+    import logging
+
+    logging.getLogger("tests.figures").warning("%s", line)

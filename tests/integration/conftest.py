@@ -63,6 +63,9 @@ def api_env(stack: Stack) -> dict[str, str]:
         "INGEST_REQUEST_TIMEOUT_MS": "6000",
         "INGEST_DELIVERY_TIMEOUT_MS": "3000",
         "AUTH_CACHE_S": "1",
+        "LIVE_HEARTBEAT_S": "1",
+        "LIVE_CLIENT_QUEUE": "2000",
+        "LIVE_WRITE_TIMEOUT_S": "3",
     }
 
 
@@ -126,9 +129,20 @@ def read_key(stack: Stack, settings: Settings) -> str:
 
 
 @pytest.fixture(scope="session")
+def make_key(stack: Stack, settings: Settings) -> Any:
+    """Create a key: make_key(["read"], principal="user:u1") -> the secret."""
+
+    def make(scopes: list[str], principal: str = "admin") -> str:
+        return _key(settings, f"tests-{principal}", scopes, principal=principal)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def pipeline(api: str, ingest_key: str, settings: Settings) -> Iterator[Any]:
-    """The API and the workers: one projections worker and two stock workers (they share the
-    stock role's partitions), ready once a probe product's first stock movement is a row."""
+    """The API and the workers: one projections worker, two stock workers (they share the stock
+    role's partitions), a cache and a search worker; ready once a probe product's first stock
+    movement is a row."""
     from tests.integration._pipeline import Pipeline, Workers, example, uid
 
     workers = Workers(settings, settings.stack_dir / "tests")
@@ -136,6 +150,8 @@ def pipeline(api: str, ingest_key: str, settings: Settings) -> Iterator[Any]:
     workers.start("projections", "projections")
     workers.start("stock-1", "stock")
     workers.start("stock-2", "stock")
+    workers.start("cache", "cache")
+    workers.start("search", "search")
     p = Pipeline(api, ingest_key, settings, workers)
     try:
         probe = uid("prd_probe")

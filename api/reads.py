@@ -1,0 +1,173 @@
+"""The read side of the API: read-through cached views, orders, search, who may see what."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
+
+from api.problems import Problem
+from connectors.base import ConnectorError, DependencyDown
+from connectors.redis_cache import ViewCache
+from connectors.typesense import SearchIndex
+from connectors.views import load_views
+from mohallamart.apikeys import ApiKey
+from mohallamart.settings import Settings
+
+__all__ = ["CACHE", "ReadSide", "can_see"]
+
+CACHE = Counter(
+    "mm_api_cache_requests_total",
+    "Read-through cache lookups by entity and result (hit, miss, error: Redis failed, "
+    "skipped: Redis marked down)",
+    ["entity", "result"],
+)
+
+
+def can_see(key: ApiKey, *, user: str | None = None, shop: str | None = None) -> bool:
+    """May `key` see data that belongs to `user` (and/or `shop`)? admin: everything; `user:U`:
+    U's; `shop:S`: S's."""
+    p = key.principal
+    if p == "admin":
+        return True
+    if p.startswith("user:"):
+        return user is not None and p[5:] == user
+    if p.startswith("shop:"):
+        return shop is not None and p[5:] == shop
+    return False
+
+
+def not_found(what: str, entity_id: str) -> Problem:
+    return Problem(404, "not-found", f"no {what} {entity_id!r} (or not visible to this API key)")
+
+
+class ReadSide:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool[Any]) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.cache = ViewCache(
+            settings.redis_dsn,
+            ttl_s=settings.cache_ttl_s,
+            timeout_s=settings.cache_timeout_ms / 1000,
+        )
+        self.index = SearchIndex(
+            settings.typesense_base_url, settings.typesense_api_key.get_secret_value()
+        )
+        self._redis_down_until = 0.0
+
+    async def close(self) -> None:
+        await self.cache.close()
+        await self.index.close()
+
+    # --- cached views -----------------------------------------------------------------------
+    def _redis_usable(self, kind: str) -> bool:
+        if time.monotonic() < self._redis_down_until:
+            CACHE.labels(kind, "skipped").inc()
+            return False
+        return True
+
+    def _redis_failed(self, kind: str) -> None:
+        CACHE.labels(kind, "error").inc()
+        self._redis_down_until = time.monotonic() + self.settings.cache_down_s
+
+    async def view(self, kind: str, entity_id: str, *, include_gone: bool = False) -> bytes | None:
+        """The view's JSON, read through the cache; None if there is no such entity (or it is
+        deleted/archived and `include_gone` is false)."""
+        timeout = self.settings.cache_timeout_ms / 1000
+        if self._redis_usable(kind):
+            try:
+                cached = await asyncio.wait_for(self.cache.get(kind, entity_id), timeout)
+            except (RedisError, OSError, TimeoutError):
+                self._redis_failed(kind)
+            else:
+                if cached is not None:
+                    CACHE.labels(kind, "hit").inc()
+                    if cached:
+                        return cached
+                    if not include_gone:
+                        return None  # a tombstone: deleted or archived
+                else:
+                    CACHE.labels(kind, "miss").inc()
+        try:
+            async with self.pool.connection() as conn:
+                found = (await load_views(conn, kind, [entity_id])).get(entity_id)
+        except Exception as exc:  # psycopg: PostgreSQL unreachable
+            raise Problem(
+                503,
+                "database-unavailable",
+                "cannot read right now; retry later",
+                headers={"Retry-After": "2"},
+            ) from exc
+        if found is None:
+            return None
+        if self._redis_usable(kind):
+            try:  # the fill: a compare-and-set, never over a newer value
+                await asyncio.wait_for(self.cache.put([found]), timeout)
+            except (DependencyDown, TimeoutError):
+                self._redis_failed(kind)
+        if found.gone and not include_gone:
+            return None
+        return found.payload()
+
+    # --- orders (not cached) --------------------------------------------------------------------
+    async def order(self, order_id: str) -> dict[str, Any] | None:
+        try:
+            async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    "SELECT order_id, shop_id, user_id, status, total_paise, delivery_fee_paise, "
+                    "payment_method, delivery_address, note, status_reason, refund_paise, "
+                    "created_at, updated_at FROM orders WHERE order_id = %s",
+                    (order_id,),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    return None
+                await cur.execute(
+                    "SELECT line, product_id, name, quantity, unit_price_paise, returned_quantity "
+                    "FROM order_items WHERE order_id = %s ORDER BY line",
+                    (order_id,),
+                )
+                row["items"] = await cur.fetchall()
+                order: dict[str, Any] = row
+                return order
+        except Exception as exc:
+            raise Problem(
+                503,
+                "database-unavailable",
+                "cannot read right now; retry later",
+                headers={"Retry-After": "2"},
+            ) from exc
+
+    # --- search ----------------------------------------------------------------------------------
+    async def search(self, alias: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.index.search(alias, params)
+        except DependencyDown as exc:
+            raise Problem(
+                503,
+                "search-unavailable",
+                "search is unavailable right now; retry later",
+                headers={"Retry-After": "2"},
+            ) from exc
+        except ConnectorError as exc:
+            if "HTTP 404" in str(exc):
+                raise Problem(
+                    503,
+                    "search-not-ready",
+                    "the search collections are not built yet (the search worker builds them "
+                    "at start)",
+                    headers={"Retry-After": "5"},
+                ) from exc
+            if "HTTP 400" in str(exc):
+                raise Problem(422, "bad-search", str(exc).split(": ", 2)[-1]) from exc
+            raise
+
+
+def json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, default=str)

@@ -1,0 +1,107 @@
+"""The Redis cache of the read views (users, shops, products).
+
+An entry is a hash: `p` the view's JSON (empty for a deleted user or an archived product: a
+tombstone), `v1`..`vn` its version's components. Every write is one Lua script, so it is an atomic
+compare-and-set: it applies only when the new version is at least the stored one in every
+component and greater in one; an equal version only renews the TTL. A read-through fill that read
+PostgreSQL before an update therefore never overwrites the newer value the cache role wrote
+meanwhile, and an older event never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from connectors.base import DependencyDown
+from connectors.views import View
+
+__all__ = ["ViewCache", "cache_key"]
+
+_CAS = """
+local n = #ARGV - 2
+local newer = false
+for i = 1, n do
+  local old = redis.call('HGET', KEYS[1], 'v' .. i)
+  local new = ARGV[i + 2]
+  if old then
+    if new < old then return 0 end
+    if new > old then newer = true end
+  else
+    newer = true
+  end
+end
+if not newer then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 0
+end
+local fields = {'p', ARGV[2]}
+for i = 1, n do
+  fields[#fields + 1] = 'v' .. i
+  fields[#fields + 1] = ARGV[i + 2]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def cache_key(kind: str, entity_id: str) -> str:
+    return f"mm:view:{kind}:{entity_id}"
+
+
+class ViewCache:
+    """Versioned writes and plain reads of the views in Redis."""
+
+    def __init__(self, url: str, *, ttl_s: float, timeout_s: float = 2.0) -> None:
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+        )
+        self._sha: str | None = None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _script(self) -> str:
+        if self._sha is None:
+            self._sha = str(await self.client.script_load(_CAS))
+        return self._sha
+
+    def _args(self, view: View) -> list[Any]:
+        payload = b"" if view.gone else view.payload()
+        return [self.ttl_ms, payload, *view.version]
+
+    async def put(self, views: Sequence[View]) -> list[bool]:
+        """Compare-and-set each view; True where it was written (newer than the cache)."""
+        if not views:
+            return []
+        try:
+            sha = await self._script()
+            try:
+                return await self._put(sha, views)
+            except NoScriptError:  # Redis restarted and lost its script cache
+                self._sha = None
+                return await self._put(await self._script(), views)
+        except (RedisError, OSError) as exc:
+            raise DependencyDown(f"Redis: {type(exc).__name__}: {exc}") from exc
+
+    async def _put(self, sha: str, views: Sequence[View]) -> list[bool]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for v in views:
+                pipe.evalsha(sha, 1, cache_key(v.kind, v.id), *self._args(v))
+            results = await pipe.execute()
+        return [bool(r) for r in results]
+
+    async def get(self, kind: str, entity_id: str) -> bytes | None:
+        """The cached JSON of a view, b"" for a tombstone, None on a miss. Raises RedisError."""
+        value = await self.client.hget(cache_key(kind, entity_id), "p")
+        if value is None:
+            return None
+        return value if isinstance(value, bytes) else value.encode()

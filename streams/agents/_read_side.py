@@ -1,0 +1,138 @@
+"""What the cache and search roles share: a PostgreSQL connection that reports outages as
+DependencyDown, and the agent wiring (one agent per topic, its redrive topic included)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import faust
+import psycopg
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from connectors.base import DependencyDown
+from connectors.views import pending_events
+from mohallamart.settings import Settings
+from schemas.catalog import TOPICS
+from streams.agents._batches import raw_batches, raw_topic, settle
+from streams.reliability import Record, Rejection, redrive_topic
+
+__all__ = ["PgReader", "ProjectionsProgress", "install_agents", "wait_projected"]
+
+
+class PgReader:
+    """One autocommit connection, reopened after a failure."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=5
+                )
+            yield self._conn
+        except (psycopg.OperationalError, OSError) as exc:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
+
+
+class ProjectionsProgress:
+    """Where the projections role's consumer group has committed: every record before that
+    offset has been applied, skipped as superseded, or dead-lettered by the projections."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.group = f"{settings.worker_app_prefix}-projections"
+        self.admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 3})
+
+    def _committed(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        request = ConsumerGroupTopicPartitions(
+            self.group, [TopicPartition(t, p) for t, p in sorted(tps)]
+        )
+        result = list(self.admin.list_consumer_group_offsets([request]).values())[0]
+        return {
+            (tp.topic, tp.partition): tp.offset for tp in result.result(timeout=5).topic_partitions
+        }
+
+    async def committed(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        try:
+            return await asyncio.to_thread(self._committed, tps)
+        except KafkaException as exc:
+            raise DependencyDown(f"Kafka: {exc}") from exc
+
+
+async def wait_projected(
+    conn: psycopg.AsyncConnection[Any],
+    records: list[Record],
+    progress: ProjectionsProgress,
+    *,
+    patience_s: float = 2.0,
+) -> None:
+    """Return once the projections have dealt with every record of the batch: its entity row has
+    reached the event's version, or the event is recorded as refused (fast, in PostgreSQL), or
+    the projections' group has committed past the record (anything else: an event dead-lettered
+    before refusals were recorded, one skipped as superseded). Raises DependencyDown when the
+    projections are still behind after `patience_s` (the guard then backs off)."""
+    start = time.monotonic()
+    next_commit_check = start + 0.05
+    delay = 0.01
+    waiting = [r for r in records if r.event.get("id")]
+    while waiting:
+        pending = {str(e["id"]) for e in await pending_events(conn, [r.event for r in waiting])}
+        waiting = [r for r in waiting if str(r.event["id"]) in pending]
+        if not waiting:
+            return
+        now = time.monotonic()
+        if now >= next_commit_check:
+            next_commit_check = now + 0.25
+            tps = {(r.topic, r.partition) for r in waiting if not r.topic.endswith(".redrive")}
+            if tps:
+                done = await progress.committed(tps)
+                waiting = [r for r in waiting if done.get((r.topic, r.partition), -1) <= r.offset]
+                if not waiting:
+                    return
+        if now - start >= patience_s:
+            first = waiting[0].event
+            raise DependencyDown(
+                f"the projections have not applied {len(waiting)} event(s) yet "
+                f"(e.g. {first['type']} {first['id']})"
+            )
+        await asyncio.sleep(delay)
+        delay = min(0.1, delay * 2)
+
+
+Write = Callable[[list[Record], PgReader], Awaitable[list[Rejection]]]
+
+
+def install_agents(rt: Any, prefix: str, categories: tuple[str, ...], write: Write) -> None:
+    """One agent per topic of `categories`, named `<prefix>_<category>s`, each with its own
+    connection, applying `write` to its batches through the role's guard."""
+    app: faust.App = rt.app
+    size, within = rt.settings.worker_batch_size, rt.settings.worker_batch_window_s
+    for category in categories:
+        name = TOPICS[category].name
+        stage = f"{prefix}_{category}s"
+        # the projections read (and dead-letter) undecodable bytes of these topics
+        guard = rt.guard(stage, owns_decode=False)
+        db = PgReader(rt.settings.postgres_dsn)
+
+        async def handler(records: list[Record], db: PgReader = db) -> list[Rejection]:
+            return await write(records, db)
+
+        async def agent(
+            stream: faust.StreamT[Any], guard: Any = guard, handler: Any = handler
+        ) -> None:
+            async for events, records in raw_batches(stream, size, within):
+                await settle(events, guard.process(records, handler))
+
+        app.agent(raw_topic(app, name, redrive_topic(name)), name=stage)(agent)
