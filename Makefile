@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers lock up down status clean-stack
+.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-reads lock up down status clean-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: install ## the ingestion benchmark (needs the stack up: make up)
 
 bench-workers: install ## the workers' benchmark, topic -> PostgreSQL (needs the stack up)
 	$(BIN)/mohallamart bench workers
+
+bench-reads: install ## the read side's benchmark: cache, search, reindex, live clients (stack up)
+	$(BIN)/mohallamart bench reads
 
 lock: ## re-pin requirements.lock from pyproject.toml (needs network)
 	$(BIN)/python -m pip install --quiet uv

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -54,6 +55,9 @@ _ORDER_STATUS = {
     "order.cancelled": "CANCELLED",
     "order.refunded": "REFUNDED",
 }
+
+
+_POSITION = re.compile(r"^[0-9]+(\.[0-9]+)*$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ class LiveHub:
             }
         )
 
-    def _assign(self, consumer: Consumer) -> None:
+    def _assign(self, consumer: Consumer) -> dict[tuple[str, int], int]:
         keep = self.settings.live_buffer_per_partition
         assignment: list[TopicPartition] = []
         slots: dict[tuple[str, int], int] = {}
@@ -207,6 +211,7 @@ class LiveHub:
         consumer.assign(assignment)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._started, slots, starts, ends)
+        return slots
 
     def _started(
         self, slots: dict[tuple[str, int], int], starts: list[int], ends: list[int]
@@ -221,15 +226,19 @@ class LiveHub:
 
     def _run(self) -> None:
         consumer: Consumer | None = None
+        # this thread's own copy: the loop learns the slots (`_started`) a moment later, and
+        # every record consumed meanwhile must still be dispatched
+        slots: dict[tuple[str, int], int] | None = None
         while not self._stop.is_set():
             try:
                 if consumer is None:
                     consumer = self._consumer()
-                    self._assign(consumer)
+                if slots is None:
+                    slots = self._assign(consumer)
                 msgs = consumer.consume(500, 0.2)
             except Exception as exc:  # noqa: BLE001 - Kafka not there yet: try again
                 log.warning("live updates: %s: %s; retrying", type(exc).__name__, exc)
-                if consumer is not None and not self.ready.is_set():
+                if consumer is not None and slots is None:
                     with contextlib.suppress(Exception):
                         consumer.close()
                     consumer = None
@@ -239,7 +248,7 @@ class LiveHub:
             for m in msgs:
                 if m.error() is not None:
                     continue
-                slot = self.slots.get((str(m.topic()), int(m.partition() or 0)))
+                slot = slots.get((str(m.topic()), int(m.partition() or 0)))
                 offset = m.offset()
                 if slot is None or offset is None:
                     continue
@@ -298,10 +307,7 @@ class LiveHub:
         return ".".join(str(x) for x in position)
 
     def decode_position(self, value: str) -> list[int]:
-        try:
-            position = [int(x) for x in value.split(".")]
-        except ValueError:
-            position = []
+        position = [int(x) for x in value.split(".")] if _POSITION.match(value) else []
         if len(position) != len(self.head) or any(x < 0 for x in position):
             raise Problem(
                 400,
@@ -343,10 +349,10 @@ class LiveHub:
             if position[slot] >= self.head[slot]:
                 continue
             missed.extend(e for e in buf if e.offset >= position[slot])
-        client.limit += len(missed)
         for e in missed:  # partition by partition, in offset order
             client.position[e.slot] = e.offset + 1
             if sub.matches(e):
+                client.limit += 1  # what it missed never counts against it
                 client.push(e, self.encode(client.position))
         for slot, head in enumerate(self.head):
             client.position[slot] = max(client.position[slot], head)

@@ -57,7 +57,9 @@ class ReadSide:
             timeout_s=settings.cache_timeout_ms / 1000,
         )
         self.index = SearchIndex(
-            settings.typesense_base_url, settings.typesense_api_key.get_secret_value()
+            settings.typesense_base_url,
+            settings.typesense_api_key.get_secret_value(),
+            prefix=settings.typesense_collection_prefix,
         )
         self._redis_down_until = 0.0
 

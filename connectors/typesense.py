@@ -73,7 +73,12 @@ ALIASES: dict[str, list[dict[str, Any]]] = {"products": _PRODUCT_FIELDS, "shops"
 class SearchIndex:
     """A small async Typesense client (httpx): only what the pipeline uses."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, prefix: str = "", timeout_s: float = 5.0
+    ) -> None:
+        #: put before every collection and alias name (TYPESENSE_COLLECTION_PREFIX): the read
+        #: benchmark's collections live beside the pipeline's
+        self.prefix = prefix
         self.http = httpx.AsyncClient(
             base_url=base_url,
             headers={"X-TYPESENSE-API-KEY": api_key},
@@ -94,24 +99,30 @@ class SearchIndex:
         return resp
 
     async def alias_target(self, alias: str) -> str | None:
-        resp = await self.request("GET", f"/aliases/{alias}")
+        resp = await self.request("GET", f"/aliases/{self.prefix}{alias}")
         if resp.status_code == 404:
             return None
         _check(resp, f"read alias {alias}")
-        return str(resp.json()["collection_name"])
+        return str(resp.json()["collection_name"]).removeprefix(self.prefix)
 
     async def create_collection(self, name: str, fields: list[dict[str, Any]]) -> None:
-        resp = await self.request("POST", "/collections", json={"name": name, "fields": fields})
+        resp = await self.request(
+            "POST", "/collections", json={"name": self.prefix + name, "fields": fields}
+        )
         if resp.status_code != 409:  # 409: it exists already
             _check(resp, f"create collection {name}")
 
     async def drop_collection(self, name: str) -> None:
-        resp = await self.request("DELETE", f"/collections/{name}")
+        resp = await self.request("DELETE", f"/collections/{self.prefix}{name}")
         if resp.status_code != 404:
             _check(resp, f"drop collection {name}")
 
     async def point_alias(self, alias: str, collection: str) -> None:
-        resp = await self.request("PUT", f"/aliases/{alias}", json={"collection_name": collection})
+        resp = await self.request(
+            "PUT",
+            f"/aliases/{self.prefix}{alias}",
+            json={"collection_name": self.prefix + collection},
+        )
         _check(resp, f"point alias {alias} at {collection}")
 
     async def upsert(self, collection: str, docs: list[dict[str, Any]]) -> None:
@@ -121,7 +132,7 @@ class SearchIndex:
         body = b"\n".join(orjson.dumps(d) for d in docs)
         resp = await self.request(
             "POST",
-            f"/collections/{collection}/documents/import",
+            f"/collections/{self.prefix}{collection}/documents/import",
             params={"action": "upsert"},
             content=body,
             headers={"Content-Type": "text/plain"},
@@ -144,14 +155,16 @@ class SearchIndex:
             terms = ",".join("`" + x.replace("`", "") + "`" for x in chunk)
             resp = await self.request(
                 "DELETE",
-                f"/collections/{collection}/documents",
+                f"/collections/{self.prefix}{collection}/documents",
                 params={"filter_by": f"id:[{terms}]", "batch_size": 200},
             )
             if resp.status_code != 404:
                 _check(resp, f"delete from {collection}")
 
     async def search(self, alias: str, params: dict[str, Any]) -> dict[str, Any]:
-        resp = await self.request("GET", f"/collections/{alias}/documents/search", params=params)
+        resp = await self.request(
+            "GET", f"/collections/{self.prefix}{alias}/documents/search", params=params
+        )
         _check(resp, f"search {alias}")
         result: dict[str, Any] = resp.json()
         return result

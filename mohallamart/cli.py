@@ -306,7 +306,9 @@ def _cmd_search_reindex(args: argparse.Namespace) -> int:
 
     async def run() -> list[dict[str, object]]:
         index = SearchIndex(
-            settings.typesense_base_url, settings.typesense_api_key.get_secret_value()
+            settings.typesense_base_url,
+            settings.typesense_api_key.get_secret_value(),
+            prefix=settings.typesense_collection_prefix,
         )
         results = []
         try:
@@ -455,6 +457,26 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
     )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def _cmd_bench_reads(args: argparse.Namespace) -> int:
+    from mohallamart.bench_reads import run_reads_bench
+
+    _stop_on_sigterm()
+    figures = run_reads_bench(
+        _settings(),
+        products=args.products,
+        samples=args.samples,
+        rate=args.rate,
+        search_rate=args.search_rate,
+        duration=args.duration,
+        runs=args.runs,
+        clients=args.clients,
+        echo=_out,
+        json_path=args.json,
+    )
+    _out(json.dumps(figures, indent=2))
     return 0
 
 
@@ -650,6 +672,19 @@ def _parser() -> argparse.ArgumentParser:
     bw.add_argument("--duration", type=int, default=15, help="seconds of the latency phase")
     bw.add_argument("--json", default=None, help="also write the figures to this file")
     bw.set_defaults(func=_cmd_bench_workers)
+
+    br = bsub.add_parser(
+        "reads", help="cache reads, search, reindex, live clients, each beside a baseline"
+    )
+    br.add_argument("--products", type=int, default=20_000, help="products seeded")
+    br.add_argument("--samples", type=int, default=20, help="time-to-searchable samples")
+    br.add_argument("--rate", type=int, default=500, help="product reads per second")
+    br.add_argument("--search-rate", type=int, default=100, help="searches per second")
+    br.add_argument("--duration", type=int, default=10, help="seconds per vegeta attack")
+    br.add_argument("--runs", type=int, default=3, help="reindex repetitions (median)")
+    br.add_argument("--clients", type=int, default=5000, help="idle live (SSE) clients to open")
+    br.add_argument("--json", default=None, help="also write the figures to this file")
+    br.set_defaults(func=_cmd_bench_reads)
 
     smtpd = sub.add_parser("smtpd", help="run the local SMTP server that stores mail in a Maildir")
     smtpd.add_argument("--host", default="127.0.0.1")

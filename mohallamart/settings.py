@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     stock_wait_unknown_product_s: float = Field(10.0, ge=0)
 
     # --- read side (cache, search, read API, live updates) ---
+    #: before every Typesense collection and alias name (the read benchmark uses its own)
+    typesense_collection_prefix: str = Field("", pattern=r"^[a-z0-9_]*$")
     #: how long a view stays in Redis without being read through or rewritten
     cache_ttl_s: float = Field(600.0, gt=0)
     #: the read API's Redis timeout; after a failure it reads PostgreSQL for `cache_down_s`

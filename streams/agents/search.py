@@ -73,7 +73,11 @@ async def write_docs(
 
 def install(rt: Any) -> None:
     s = rt.settings
-    index = SearchIndex(s.typesense_base_url, s.typesense_api_key.get_secret_value())
+    index = SearchIndex(
+        s.typesense_base_url,
+        s.typesense_api_key.get_secret_value(),
+        prefix=s.typesense_collection_prefix,
+    )
     progress = ProjectionsProgress(s)
 
     async def write(records: list[Record], db: PgReader) -> list[Rejection]:
