@@ -76,6 +76,9 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             # every run instead cost more CPU than this machine had at 1,000 req/s. So: plan
             # each run while the table is young, prepare once it has grown.
             kwargs={"autocommit": True, "prepare_threshold": 1000},
+            # a connection broken by a PostgreSQL restart is replaced at checkout, not handed
+            # to a request (which then answered 503 once per pooled connection)
+            check=AsyncConnectionPool.check_connection,
             timeout=settings.ingest_request_timeout_ms / 2000,
         )
         await pool.open(wait=False)

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     live_client_queue: int = Field(10_000, ge=600)
     live_write_timeout_s: float = Field(5.0, gt=0)
     #: events each API process keeps per partition so reconnecting clients resume from memory
-    live_buffer_per_partition: int = Field(20_000, ge=100)
+    live_buffer_per_partition: int = Field(5_000, ge=100)
     #: seconds between keep-alive comments on an idle live stream
     live_heartbeat_s: float = Field(15.0, gt=0)
 
