@@ -26,6 +26,7 @@ from connectors.views import searchable_chunk
 
 __all__ = [
     "ALIASES",
+    "CollectionMissing",
     "SEARCH_LOCK",
     "SearchIndex",
     "collections_for_write",
@@ -68,6 +69,10 @@ _SHOP_FIELDS: list[dict[str, Any]] = [
 ]
 #: alias -> fields of its collections
 ALIASES: dict[str, list[dict[str, Any]]] = {"products": _PRODUCT_FIELDS, "shops": _SHOP_FIELDS}
+
+
+class CollectionMissing(ConnectorError):
+    """A collection written to does not exist (dropped by a reindex, or Typesense lost it)."""
 
 
 class SearchIndex:
@@ -137,6 +142,8 @@ class SearchIndex:
             content=body,
             headers={"Content-Type": "text/plain"},
         )
+        if resp.status_code == 404:
+            raise CollectionMissing(f"Typesense: collection {collection} does not exist")
         _check(resp, f"import into {collection}")
         lines = [orjson.loads(x) for x in resp.content.splitlines() if x.strip()]
         failed = [line for line in lines if not line.get("success")]
@@ -158,6 +165,8 @@ class SearchIndex:
                 f"/collections/{self.prefix}{collection}/documents",
                 params={"filter_by": f"id:[{terms}]", "batch_size": 200},
             )
+            if resp.status_code == 404 and "ollection" in resp.text:
+                raise CollectionMissing(f"Typesense: collection {collection} does not exist")
             if resp.status_code != 404:
                 _check(resp, f"delete from {collection}")
 

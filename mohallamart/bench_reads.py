@@ -217,7 +217,7 @@ def _found(ts: httpx.Client, shop: str) -> int:
 
 def _seed(
     settings: Settings, api: httpx.Client, clock: _Clock, n: int, echo: Callable[[str], None]
-) -> tuple[str, list[str]]:
+) -> tuple[str, list[str], float]:
     from schemas.catalog import EVENT_TYPES
 
     shop = f"shop_bench_{uuid.uuid4().hex[:8]}"
@@ -249,8 +249,9 @@ def _seed(
                 echo(f"seed: {got:,} of {n:,} products searchable")
                 last = time.monotonic()
             time.sleep(0.2)
-    echo(f"seed: {n:,} products searchable after {time.monotonic() - t0:.1f} s")
-    return shop, pids
+    seconds = time.monotonic() - t0
+    echo(f"seed: {n:,} products searchable after {seconds:.1f} s ({n / seconds:,.0f} products/s)")
+    return shop, pids, seconds
 
 
 def _time_to_searchable(
@@ -462,7 +463,12 @@ def run_reads_bench(
                 if time.monotonic() > deadline:
                     raise PipelineError("the search worker did not create its collections")
                 time.sleep(0.5)
-        shop, pids = _seed(settings, api, clock, products, echo)
+        shop, pids, seed_s = _seed(settings, api, clock, products, echo)
+        # a burst: 2 events per product posted in batches, until every product is searchable
+        figures["seed_burst"] = {
+            "seconds": round(seed_s, 1),
+            "products_per_s": round(products / seed_s, 1),
+        }
 
         tts = _time_to_searchable(settings, api, clock, shop, samples)
         figures["time_to_searchable_s"] = {

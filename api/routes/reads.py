@@ -33,9 +33,8 @@ async def _reader(request: Request) -> tuple[ApiKey, ReadSide]:
     return key, request.app.state.reads
 
 
-def _json(body: bytes, source: str | None = None) -> Response:
-    headers = {"X-Cache": source} if source else None
-    return Response(body, media_type="application/json", headers=headers)
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 @router.get("/users/{user_id}", summary="A user (their own key, or admin)")

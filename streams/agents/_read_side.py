@@ -76,13 +76,14 @@ async def wait_projected(
     records: list[Record],
     progress: ProjectionsProgress,
     *,
-    patience_s: float = 2.0,
+    patience_s: float = 10.0,
 ) -> None:
     """Return once the projections have dealt with every record of the batch: its entity row has
     reached the event's version, or the event is recorded as refused (fast, in PostgreSQL), or
     the projections' group has committed past the record (anything else: an event dead-lettered
     before refusals were recorded, one skipped as superseded). Raises DependencyDown when the
-    projections are still behind after `patience_s` (the guard then backs off)."""
+    projections are still behind after `patience_s` (the guard then backs off, as for an outage;
+    a burst the projections are working through is waited for here, polling, not backed off)."""
     start = time.monotonic()
     next_commit_check = start + 0.05
     delay = 0.01

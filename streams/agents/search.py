@@ -22,6 +22,7 @@ from connectors.base import DependencyDown
 from connectors.typesense import (
     ALIASES,
     SEARCH_LOCK,
+    CollectionMissing,
     SearchIndex,
     collections_for_write,
     ensure_collections,
@@ -64,9 +65,16 @@ async def write_docs(
                 continue
             keep = [d for d in rendered.values() if d is not None]
             drop = [k for k, d in rendered.items() if d is None]
-            for collection in targets[alias]:
-                await index.upsert(collection, keep)
-                await index.delete(collection, drop)
+            for i, collection in enumerate(targets[alias]):
+                try:
+                    await index.upsert(collection, keep)
+                    await index.delete(collection, drop)
+                except CollectionMissing:
+                    if i == 0:
+                        raise  # the live one: rebuilt by the caller
+                    # one being built whose reindex died without clearing it: nothing to keep
+                    # in step
+                    log.warning("%s: collection %s being built is gone; skipped", alias, collection)
             DOCS.labels(alias, "upserted").inc(len(keep))
             DOCS.labels(alias, "removed").inc(len(drop))
 
@@ -85,7 +93,13 @@ def install(rt: Any) -> None:
         async with db.connection() as conn:
             await wait_projected(conn, records, progress)
             touched = affected(events)
-            await write_docs(conn, index, touched["product"], touched["shop"])
+            try:
+                await write_docs(conn, index, touched["product"], touched["shop"])
+            except CollectionMissing as exc:
+                # Typesense lost a live collection: rebuild it from PostgreSQL, then carry on
+                log.warning("%s; rebuilding the search collections", exc)
+                await ensure_collections(conn, index, progress=log.info)
+                await write_docs(conn, index, touched["product"], touched["shop"])
             for ev in events:
                 if ev["type"] == "search.reindex_requested":
                     await _reindex_requested(conn, index, ev)
