@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,6 +15,8 @@ from api.problems import Problem
 from mohallamart.apikeys import ApiKey, hash_key, lookup_key
 
 __all__ = ["Authenticator", "RateLimiter"]
+
+_log = logging.getLogger("mohallamart.api.auth")
 
 
 class Authenticator:
@@ -39,8 +43,7 @@ class Authenticator:
             found = hit[0]
         else:
             try:
-                async with self.pool.connection() as conn:
-                    found = await lookup_key(conn, key)
+                found = await self._lookup(key)
             except Exception as exc:  # psycopg: the database is unreachable
                 raise Problem(
                     503,
@@ -60,6 +63,21 @@ class Authenticator:
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         return found
+
+    async def _lookup(self, key: str) -> ApiKey | None:
+        """One retry: a pooled connection can fail once after PostgreSQL restarted."""
+        for attempt in (1, 2):
+            try:
+                async with self.pool.connection() as conn:
+                    return await lookup_key(conn, key)
+            except Exception as exc:
+                # the type and the server's first line only: never the key or the DSN
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                _log.warning("API-key lookup failed (%s: %s)", type(exc).__name__, first)
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.2)
+        return None
 
     @staticmethod
     def require(key: ApiKey, scope: str) -> None:

@@ -79,6 +79,10 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             # a connection broken by a PostgreSQL restart is replaced at checkout, not handed
             # to a request (which then answered 503 once per pooled connection)
             check=AsyncConnectionPool.check_connection,
+            # psycopg_pool doubles its reconnection delay without a cap while PostgreSQL is down
+            # (1, 2, 4, 8, 16 s ...): after a 20 s outage the API answered 503 for up to 10 s
+            # more. Giving up an attempt after 5 s makes the next request start a fresh one.
+            reconnect_timeout=5.0,
             timeout=settings.ingest_request_timeout_ms / 2000,
         )
         await pool.open(wait=False)

@@ -43,6 +43,15 @@ def can_see(key: ApiKey, *, user: str | None = None, shop: str | None = None) ->
     return False
 
 
+def _database_unavailable() -> Problem:
+    return Problem(
+        503,
+        "database-unavailable",
+        "cannot read right now; retry later",
+        headers={"Retry-After": "2"},
+    )
+
+
 def not_found(what: str, entity_id: str) -> Problem:
     return Problem(404, "not-found", f"no {what} {entity_id!r} (or not visible to this API key)")
 
@@ -78,9 +87,9 @@ class ReadSide:
         CACHE.labels(kind, "error").inc()
         self._redis_down_until = time.monotonic() + self.settings.cache_down_s
 
-    async def view(self, kind: str, entity_id: str, *, include_gone: bool = False) -> bytes | None:
-        """The view's JSON, read through the cache; None if there is no such entity (or it is
-        deleted/archived and `include_gone` is false)."""
+    async def view(self, kind: str, entity_id: str) -> bytes | None:
+        """The view's JSON, read through the cache; None if there is no such entity, or it is
+        deleted (a user) or archived (a product)."""
         timeout = self.settings.cache_timeout_ms / 1000
         if self._redis_usable(kind):
             try:
@@ -90,22 +99,14 @@ class ReadSide:
             else:
                 if cached is not None:
                     CACHE.labels(kind, "hit").inc()
-                    if cached:
-                        return cached
-                    if not include_gone:
-                        return None  # a tombstone: deleted or archived
+                    return cached or None  # b"": a tombstone (deleted or archived)
                 else:
                     CACHE.labels(kind, "miss").inc()
         try:
             async with self.pool.connection() as conn:
                 found = (await load_views(conn, kind, [entity_id])).get(entity_id)
         except Exception as exc:  # psycopg: PostgreSQL unreachable
-            raise Problem(
-                503,
-                "database-unavailable",
-                "cannot read right now; retry later",
-                headers={"Retry-After": "2"},
-            ) from exc
+            raise _database_unavailable() from exc
         if found is None:
             return None
         if self._redis_usable(kind):
@@ -113,7 +114,7 @@ class ReadSide:
                 await asyncio.wait_for(self.cache.put([found]), timeout)
             except (DependencyDown, TimeoutError):
                 self._redis_failed(kind)
-        if found.gone and not include_gone:
+        if found.gone:
             return None
         return found.payload()
 
@@ -138,13 +139,8 @@ class ReadSide:
                 row["items"] = await cur.fetchall()
                 order: dict[str, Any] = row
                 return order
-        except Exception as exc:
-            raise Problem(
-                503,
-                "database-unavailable",
-                "cannot read right now; retry later",
-                headers={"Retry-After": "2"},
-            ) from exc
+        except Exception as exc:  # psycopg: PostgreSQL unreachable
+            raise _database_unavailable() from exc
 
     # --- search ----------------------------------------------------------------------------------
     async def search(self, alias: str, params: dict[str, Any]) -> dict[str, Any]:

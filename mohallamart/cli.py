@@ -118,6 +118,25 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker_reset_offsets(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from streams.offsets import reset_offsets
+
+    to = None
+    if args.to_datetime:
+        try:
+            to = datetime.fromisoformat(args.to_datetime)
+        except ValueError:
+            _out(f"--to-datetime: not an ISO 8601 time: {args.to_datetime!r}")
+            return 2
+        if to.tzinfo is None:
+            _out("--to-datetime: give a time zone (e.g. 2026-11-23T10:00:00+05:30 or ...Z)")
+            return 2
+    reset_offsets(_settings(), args.role, to=to, execute=args.execute, echo=_out)
+    return 0
+
+
 def _cmd_smtpd(args: argparse.Namespace) -> int:
     from mohallamart.stack import smtpd
 
@@ -619,6 +638,19 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--id", action="append", default=[], help="an event id (repeatable)")
     dr.add_argument("--topic", default=None, help="one event topic (default: all)")
     dr.set_defaults(func=_cmd_dlq_redrive)
+
+    offsets = sub.add_parser("offsets", help="consumer-group offsets of the worker roles")
+    osub = offsets.add_subparsers(dest="offsets_command", required=True, metavar="ACTION")
+    orr = osub.add_parser(
+        "reset",
+        help="move a role's group to the beginning or to a time (its workers stopped)",
+    )
+    orr.add_argument("--role", required=True, choices=sorted(ROLES))
+    where = orr.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to-earliest", action="store_true", help="the start of every partition")
+    where.add_argument("--to-datetime", default=None, help="ISO 8601 time with a zone")
+    orr.add_argument("--execute", action="store_true", help="move them (default: show the plan)")
+    orr.set_defaults(func=_cmd_worker_reset_offsets)
 
     search = sub.add_parser("search", help="the Typesense search collections")
     ssub = search.add_subparsers(dest="search_command", required=True, metavar="ACTION")

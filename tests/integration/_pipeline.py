@@ -64,11 +64,11 @@ class Workers:
     logdir: Path
     procs: dict[str, _Proc] = field(default_factory=dict)
 
-    def start(self, name: str, role: str) -> None:
+    def start(self, name: str, role: str, env: dict[str, str] | None = None) -> None:
         datadir = self.logdir / "worker-data" / name
         datadir.mkdir(parents=True, exist_ok=True)
         log = self.logdir / f"worker-{name}.log"
-        env = {**os.environ, **WORKER_ENV, "WORKER_DATA_DIR": str(datadir)}
+        env = {**os.environ, **WORKER_ENV, "WORKER_DATA_DIR": str(datadir), **(env or {})}
         port = free_port()
         with open(log, "ab") as out:
             proc = subprocess.Popen(  # noqa: S603
@@ -270,7 +270,9 @@ class Pipeline:
         found = [h for h, _, _ in self.records(f"{topic}.dlq")]
         return [h for h in found if event_id is None or h.get("x-event-id") == event_id]
 
-    def caught_up(self, role: str, categories: Iterable[str], timeout: float = 60) -> None:
+    def caught_up(
+        self, role: str, categories: Iterable[str], timeout: float = 60, prefix: str | None = None
+    ) -> None:
         """Wait until `role`'s consumer group has committed every record now in the topics of
         `categories` (it commits after a batch is settled, about once a second)."""
         from confluent_kafka import ConsumerGroupTopicPartitions
@@ -279,7 +281,7 @@ class Pipeline:
         from schemas.catalog import TOPICS
 
         admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
-        group = f"{self.settings.worker_app_prefix}-{role}"
+        group = f"{prefix or self.settings.worker_app_prefix}-{role}"
         probe = Consumer(
             {
                 "bootstrap.servers": self.settings.kafka_bootstrap,

@@ -13,7 +13,7 @@ import pytest
 from schemas.catalog import TOPICS
 from tests.integration._cli import mohallamart
 from tests.integration._pipeline import Pipeline, example, order_created, uid
-from tests.integration._support import poll
+from tests.integration._support import poll, report
 
 ORDERS, PRODUCTS = TOPICS["order"].name, TOPICS["product"].name
 
@@ -239,6 +239,14 @@ def test_postgres_down_for_20_s_during_a_load(pipeline: Pipeline) -> None:
     finally:
         out = mohallamart("stack", "start", "postgres")
         assert out.returncode == 0, out.stderr
+    back = time.monotonic()
+
+    def api_accepts() -> bool:  # its API-key lookups and dedup claims live in PostgreSQL
+        ev = p.event("user.registered", example("user.registered", user_id=uid("usr")))
+        return p.http.post("/v1/events", json=ev).status_code == 202
+
+    poll(api_accepts, timeout=30, interval=0.2, what="the API to accept again")
+    report(f"the API accepted again {time.monotonic() - back:.1f} s after PostgreSQL was back")
     burst(100)
     every = list(orders)
     poll(
