@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     #: how long an order waits for a product the stock role does not know yet, then: rejected
     stock_wait_unknown_product_s: float = Field(10.0, ge=0)
 
+    # --- notifications ---
+    email_from: str = "MohallaMart <no-reply@mohallamart.example>"
+
     # --- read side (cache, search, read API, live updates) ---
     #: before every Typesense collection and alias name (the read benchmark uses its own)
     typesense_collection_prefix: str = Field("", pattern=r"^[a-z0-9_]*$")

@@ -39,6 +39,8 @@ ROLES: dict[str, tuple[str, ...]] = {
     "stock": ("streams.agents.reserve_stock",),
     "cache": ("streams.agents.cache",),
     "search": ("streams.agents.search",),
+    "workflows": ("streams.agents.workflows",),
+    "notifications": ("streams.agents.notify",),
 }
 
 

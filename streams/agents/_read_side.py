@@ -115,7 +115,9 @@ async def wait_projected(
 Write = Callable[[list[Record], PgReader], Awaitable[list[Rejection]]]
 
 
-def install_agents(rt: Any, prefix: str, categories: tuple[str, ...], write: Write) -> None:
+def install_agents(
+    rt: Any, prefix: str, categories: tuple[str, ...], write: Write, *, owns_decode: bool = False
+) -> None:
     """One agent per topic of `categories`, named `<prefix>_<category>s`, each with its own
     connection, applying `write` to its batches through the role's guard."""
     app: faust.App = rt.app
@@ -123,8 +125,9 @@ def install_agents(rt: Any, prefix: str, categories: tuple[str, ...], write: Wri
     for category in categories:
         name = TOPICS[category].name
         stage = f"{prefix}_{category}s"
-        # the projections read (and dead-letter) undecodable bytes of these topics
-        guard = rt.guard(stage, owns_decode=False)
+        # the projections read (and dead-letter) undecodable bytes of the entity topics; a role
+        # that alone reads a topic owns its undecodable bytes
+        guard = rt.guard(stage, owns_decode=owns_decode)
         db = PgReader(rt.settings.postgres_dsn)
 
         async def handler(records: list[Record], db: PgReader = db) -> list[Rejection]:

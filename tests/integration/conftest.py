@@ -141,8 +141,8 @@ def make_key(stack: Stack, settings: Settings) -> Any:
 @pytest.fixture(scope="session")
 def pipeline(api: str, ingest_key: str, settings: Settings) -> Iterator[Any]:
     """The API and the workers: one projections worker, two stock workers (they share the stock
-    role's partitions), a cache and a search worker; ready once a probe product's first stock
-    movement is a row."""
+    role's partitions), one each of cache, search, workflows and notifications; ready once a
+    probe product's first stock movement is a row."""
     from tests.integration._pipeline import Pipeline, Workers, example, uid
 
     workers = Workers(settings, settings.stack_dir / "tests")
@@ -152,6 +152,8 @@ def pipeline(api: str, ingest_key: str, settings: Settings) -> Iterator[Any]:
     workers.start("stock-2", "stock")
     workers.start("cache", "cache")
     workers.start("search", "search")
+    workers.start("workflows", "workflows")
+    workers.start("notifications", "notifications")
     p = Pipeline(api, ingest_key, settings, workers)
     try:
         probe = uid("prd_probe")

@@ -19,7 +19,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 
-APP_SERVICES = ("api", "worker", "worker-stock", "worker-cache", "worker-search")
+APP_SERVICES = (
+    "api",
+    "worker",
+    "worker-stock",
+    "worker-cache",
+    "worker-search",
+    "worker-workflows",
+    "worker-notifications",
+)
 SECRET_NAME_PARTS = ("PASSWORD", "SECRET", "API_KEY")
 # A whole value that is one compose interpolation: ${VAR}, ${VAR:?message}, ${VAR?message}...
 INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?:[:]?[?\-+][^}]*)?\}$")

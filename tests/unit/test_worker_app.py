@@ -18,8 +18,8 @@ def test_every_event_topic_has_a_dead_letter_and_a_redrive_topic() -> None:
     assert "mohallamart.stock.by-shop" in names
 
 
-def test_roles_are_projections_stock_cache_and_search() -> None:
-    assert set(ROLES) == {"projections", "stock", "cache", "search"}
+def test_the_worker_roles() -> None:
+    assert set(ROLES) == {"projections", "stock", "cache", "search", "workflows", "notifications"}
 
 
 @pytest.mark.parametrize(
