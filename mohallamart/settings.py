@@ -123,6 +123,11 @@ class Settings(BaseSettings):
 
     # --- notifications ---
     email_from: str = "MohallaMart <no-reply@mohallamart.example>"
+    #: SMS and push providers (HTTP, see connectors/provider.py); unset: the channel is skipped
+    sms_provider_url: str | None = None
+    sms_provider_key: SecretStr = SecretStr("")
+    push_provider_url: str | None = None
+    push_provider_key: SecretStr = SecretStr("")
 
     # --- read side (cache, search, read API, live updates) ---
     #: before every Typesense collection and alias name (the read benchmark uses its own)

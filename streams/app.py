@@ -57,6 +57,13 @@ def worker_topics(settings: Settings) -> list[Topic]:
         out.append(Topic(t.category, dead_letter_topic(t.name), t.partitions, t.key))
         out.append(Topic(t.category, redrive_topic(t.name), t.partitions, t.key))
     out.append(Topic("stock", stock_by_shop_topic(settings), settings.stock_partitions, "shop id"))
+    from streams.agents.notify import CHANNELS, channel_topic
+
+    for channel in CHANNELS:  # the notifications role's per-channel topics (keyed like requests)
+        name = channel_topic(settings.topic_namespace, channel)
+        parts = TOPICS["notification"].partitions
+        out.append(Topic("notification", name, parts, "user id"))
+        out.append(Topic("notification", redrive_topic(name), parts, "user id"))
     return out
 
 

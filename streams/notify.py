@@ -57,15 +57,17 @@ class Outbox:
         kind: str,
         msg_id: str,
         trace_id: str,
+        fallback: bool = False,
     ) -> bool:
         """Record the notification before sending it; False if it was settled already (sent,
-        failed or skipped): never send it again."""
+        failed or skipped): never send it again. A `fallback` may take over a skipped row."""
+        again = "('SENDING', 'SKIPPED')" if fallback else "('SENDING')"
         cur = await conn.execute(
             "INSERT INTO notification_outbox (event_id, channel, recipient, user_id, kind, "
             "status, attempts, message_id, trace_id) VALUES (%s, %s, %s, %s, %s, 'SENDING', 1, "
             "%s, %s) ON CONFLICT (event_id, channel, recipient) DO UPDATE SET attempts = "
-            "notification_outbox.attempts + 1, updated_at = now() "
-            "WHERE notification_outbox.status = 'SENDING' RETURNING status",
+            "notification_outbox.attempts + 1, status = 'SENDING', updated_at = now() "
+            f"WHERE notification_outbox.status IN {again} RETURNING status",
             (event_id, channel, recipient, user_id, kind, msg_id, trace_id),
         )
         return await cur.fetchone() is not None

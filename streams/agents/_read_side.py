@@ -21,7 +21,13 @@ from schemas.catalog import TOPICS
 from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.reliability import Record, Rejection, redrive_topic
 
-__all__ = ["PgReader", "ProjectionsProgress", "install_agents", "wait_projected"]
+__all__ = [
+    "PgReader",
+    "ProjectionsProgress",
+    "install_agent",
+    "install_agents",
+    "wait_projected",
+]
 
 
 class PgReader:
@@ -119,24 +125,25 @@ def install_agents(
     rt: Any, prefix: str, categories: tuple[str, ...], write: Write, *, owns_decode: bool = False
 ) -> None:
     """One agent per topic of `categories`, named `<prefix>_<category>s`, each with its own
-    connection, applying `write` to its batches through the role's guard."""
+    connection, applying `write` to its batches through the role's guard (the projections read,
+    and dead-letter, undecodable bytes of the entity topics; a role that alone reads a topic owns
+    its undecodable bytes)."""
+    for category in categories:
+        install_agent(rt, f"{prefix}_{category}s", TOPICS[category].name, write, owns_decode)
+
+
+def install_agent(rt: Any, stage: str, topic: str, write: Write, owns_decode: bool) -> None:
+    """One agent reading `topic` and its redrive topic, with its own connection and guard."""
     app: faust.App = rt.app
     size, within = rt.settings.worker_batch_size, rt.settings.worker_batch_window_s
-    for category in categories:
-        name = TOPICS[category].name
-        stage = f"{prefix}_{category}s"
-        # the projections read (and dead-letter) undecodable bytes of the entity topics; a role
-        # that alone reads a topic owns its undecodable bytes
-        guard = rt.guard(stage, owns_decode=owns_decode)
-        db = PgReader(rt.settings.postgres_dsn)
+    guard = rt.guard(stage, owns_decode=owns_decode)
+    db = PgReader(rt.settings.postgres_dsn)
 
-        async def handler(records: list[Record], db: PgReader = db) -> list[Rejection]:
-            return await write(records, db)
+    async def handler(records: list[Record]) -> list[Rejection]:
+        return await write(records, db)
 
-        async def agent(
-            stream: faust.StreamT[Any], guard: Any = guard, handler: Any = handler
-        ) -> None:
-            async for events, records in raw_batches(stream, size, within):
-                await settle(events, guard.process(records, handler))
+    async def agent(stream: faust.StreamT[Any]) -> None:
+        async for events, records in raw_batches(stream, size, within):
+            await settle(events, guard.process(records, handler))
 
-        app.agent(raw_topic(app, name, redrive_topic(name)), name=stage)(agent)
+    app.agent(raw_topic(app, topic, redrive_topic(topic)), name=stage)(agent)

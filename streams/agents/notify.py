@@ -1,11 +1,14 @@
 """notifications: `notification.requested` -> the user's channels, each message sent once.
 
-For each request: the recipient's row (its contact details and preferences) from PostgreSQL; per
-requested channel the user has not opted out of, an outbox row before sending and the outcome
-after (streams.notify.Outbox). SMTP down (4xx, refused, timeout): retried while down, never
-dead-lettered; a recipient refused for good (5xx): dead-lettered at once.
-
-So far: email. SMS and push requests are recorded as SKIPPED ("channel not available yet").
+1. `notify_requests` reads the requests: the recipient's row (contact details, preferences) from
+   PostgreSQL; a channel the user opted out of (or that is not configured) is recorded SKIPPED;
+   each other channel gets the request forwarded to its own topic
+   (`<ns>.notification.email|sms|push`, header `x-channel`).
+2. `deliver_email`, `deliver_sms`, `deliver_push` each read their topic through their own guard,
+   so one channel that is down pauses only itself: an outbox row before sending, the outcome after
+   (streams.notify.Outbox); a provider or SMTP server that is down is retried while down, never
+   dead-lettered; a permanent refusal is dead-lettered at once, except an SMS, which falls back to
+   email (dead-lettered only if that fails too).
 """
 
 from __future__ import annotations
@@ -13,107 +16,211 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import faust
 from psycopg.rows import dict_row
 
 from connectors.base import DependencyDown
 from connectors.email import EmailRefused, EmailSender
-from streams.agents._read_side import PgReader, install_agents
+from connectors.provider import ProviderClient, ProviderRefused
+from schemas.catalog import TOPICS
+from streams.agents._read_side import PgReader, install_agent
 from streams.notify import Outbox, message_id, render
-from streams.reliability import Record, Rejection
+from streams.reliability import SOURCE_HEADERS, Record, Rejection
 
-__all__ = ["install"]
+__all__ = ["CHANNELS", "channel_topic", "install"]
 
+CHANNELS = ("EMAIL", "SMS", "PUSH")
 #: channel -> the preference that opts a user in
 _OPT_IN = {"EMAIL": "email_opt_in", "SMS": "sms_opt_in", "PUSH": "push_opt_in"}
 #: how long a request waits for its user's row before it is refused (UNKNOWN_USER)
-_UNKNOWN_USER_AFTER_S = 300.0
+_UNKNOWN_USER_AFTER_S = 15.0
+
+
+def channel_topic(namespace: str, channel: str) -> str:
+    return f"{namespace}.notification.{channel.lower()}"
+
+
+def _recipient(user: dict[str, Any], channel: str) -> str:
+    if channel == "EMAIL":
+        return str(user["email"])
+    if channel == "SMS":
+        return str(user["phone"] or "")
+    return str(user["user_id"])  # push: the provider maps the user to their devices
+
+
+async def _user(conn: Any, user_id: str) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT user_id, name, email, phone, preferences, status FROM users WHERE user_id = %s",
+            (user_id,),
+        )
+        row: dict[str, Any] | None = await cur.fetchone()
+        return row
 
 
 def install(rt: Any) -> None:
     s = rt.settings
+    app: faust.App = rt.app
     host, port = s.smtp_address
     email = EmailSender(host, port, s.email_from)
+    providers: dict[str, ProviderClient] = {}
+    if s.sms_provider_url:
+        providers["SMS"] = ProviderClient(
+            "SMS provider", s.sms_provider_url, s.sms_provider_key.get_secret_value()
+        )
+    if s.push_provider_url:
+        providers["PUSH"] = ProviderClient(
+            "push provider", s.push_provider_url, s.push_provider_key.get_secret_value()
+        )
+    requests_topic = TOPICS["notification"].name
 
-    async def write(records: list[Record], db: PgReader) -> list[Rejection]:
+    async def forward(r: Record, channel: str, extra: dict[str, str] | None = None) -> Any:
+        topic, partition, offset = r.origin
+        headers = [
+            (k, v)
+            for k, v in r.headers.items()
+            if k not in SOURCE_HEADERS and k not in ("x-channel", "x-fallback-from")
+        ]
+        headers += [
+            ("x-channel", channel.encode()),
+            ("x-source-topic", topic.encode()),
+            ("x-source-partition", str(partition).encode()),
+            ("x-source-offset", str(offset).encode()),
+        ]
+        headers += [(k, v.encode()) for k, v in (extra or {}).items()]
+        return await app.producer.send(
+            channel_topic(s.topic_namespace, channel),
+            r.key,
+            r.value,
+            partition=None,
+            timestamp=r.timestamp_ms / 1000,
+            headers=headers,
+        )
+
+    # --- 1. requests -> channels ---------------------------------------------------------------
+    async def route(records: list[Record], db: PgReader) -> list[Rejection]:
         refused: list[Rejection] = []
+        pending = []
         async with db.connection() as conn:
             for r in records:
                 ev = r.event
                 if ev.get("type") != "notification.requested":
                     continue
                 d = ev["data"]
-                async with conn.cursor(row_factory=dict_row) as cur:
-                    await cur.execute(
-                        "SELECT user_id, name, email, phone, preferences, status FROM users "
-                        "WHERE user_id = %s",
-                        (d["user_id"],),
-                    )
-                    user = await cur.fetchone()
+                user = await _user(conn, d["user_id"])
                 if user is None:
-                    age = time.time() - ev["occurred_at"].timestamp()
-                    if age > _UNKNOWN_USER_AFTER_S:
+                    if time.time() - ev["occurred_at"].timestamp() > _UNKNOWN_USER_AFTER_S:
                         refused.append(Rejection(r, f"UNKNOWN_USER: {d['user_id']}", "UnknownUser"))
                         continue
                     raise DependencyDown(f"user {d['user_id']} not projected yet")
-                failure = await _deliver(conn, ev, user)
-                if failure is not None:
-                    refused.append(Rejection(r, failure, "EmailRefused"))
+                eid, trace = str(ev["id"]), ev.get("trace_id") or str(ev["id"])
+                prefs = user["preferences"] or {}
+                for channel in dict.fromkeys(d["channels"]):
+                    why = None
+                    if user["status"] != "ACTIVE" or not prefs.get(_OPT_IN[channel], False):
+                        why = "opted out"
+                    elif channel != "EMAIL" and channel not in providers:
+                        why = "channel not configured"
+                    elif not _recipient(user, channel):
+                        why = "no address for this channel"
+                    if why:
+                        await Outbox.skip(
+                            conn,
+                            event_id=eid,
+                            channel=channel,
+                            recipient=_recipient(user, channel),
+                            user_id=user["user_id"],
+                            kind=d["kind"],
+                            why=why,
+                            trace_id=trace,
+                        )
+                        continue
+                    pending.append(await forward(r, channel))
+        for fut in pending:
+            await fut
         return refused
 
-    async def _deliver(conn: Any, ev: dict[str, Any], user: dict[str, Any]) -> str | None:
-        d = ev["data"]
-        eid, kind = str(ev["id"]), d["kind"]
-        trace = ev.get("trace_id") or eid
-        prefs = user["preferences"] or {}
-        for channel in d["channels"]:
-            recipient = user["email"] if channel == "EMAIL" else (user["phone"] or "")
-            common = {"event_id": eid, "channel": channel, "recipient": recipient}
-            if user["status"] != "ACTIVE" or not prefs.get(_OPT_IN[channel], False):
-                await Outbox.skip(
-                    conn,
-                    **common,
-                    user_id=user["user_id"],
-                    kind=kind,
-                    why="opted out",
-                    trace_id=trace,
+    install_agent(rt, "notify_requests", requests_topic, route, owns_decode=True)
+
+    # --- 2. one agent per channel --------------------------------------------------------------
+    def deliverer(channel: str) -> Any:
+        async def deliver(records: list[Record], db: PgReader) -> list[Rejection]:
+            refused: list[Rejection] = []
+            async with db.connection() as conn:
+                for r in records:
+                    if r.headers.get("x-channel", b"").decode() != channel:
+                        continue
+                    failure = await _send(conn, r, channel)
+                    if failure is not None:
+                        refused.append(Rejection(r, *failure))
+            return refused
+
+        return deliver
+
+    async def _send(conn: Any, r: Record, channel: str) -> tuple[str, str] | None:
+        ev, d = r.event, r.event["data"]
+        user = await _user(conn, d["user_id"])
+        if user is None:  # the request step saw it: only a deleted row gets here
+            return f"UNKNOWN_USER: {d['user_id']}", "UnknownUser"
+        eid, trace, kind = str(ev["id"]), ev.get("trace_id") or str(ev["id"]), d["kind"]
+        recipient = _recipient(user, channel)
+        key = {"event_id": eid, "channel": channel, "recipient": recipient}
+        msg_id = message_id(eid, channel)
+        if not await Outbox.claim(
+            conn,
+            **key,
+            user_id=user["user_id"],
+            kind=kind,
+            msg_id=msg_id,
+            trace_id=trace,
+            # a fallback from SMS goes out even where the email was skipped as opted out
+            fallback="x-fallback-from" in r.headers,
+        ):
+            return None  # sent (or settled) already: never again
+        params = {"name": user["name"], "email": user["email"], **(d.get("params") or {})}
+        params.setdefault("title", d.get("title") or "MohallaMart")
+        params.setdefault("body", d.get("body") or "")
+        subject, text, html = render(kind, params)
+        subject = d.get("title") or subject
+        try:
+            if channel == "EMAIL":
+                await email.send(
+                    email.build(
+                        to=recipient,
+                        subject=subject,
+                        text=text,
+                        html=html,
+                        message_id=msg_id,
+                        headers={"X-MohallaMart-Event-Id": eid, "X-MohallaMart-Trace-Id": trace},
+                    )
                 )
-                continue
-            if channel != "EMAIL":
-                await Outbox.skip(
-                    conn,
-                    **common,
-                    user_id=user["user_id"],
-                    kind=kind,
-                    why="channel not available yet",
-                    trace_id=trace,
+            else:
+                await providers[channel].send(
+                    {
+                        "to": recipient,
+                        "title": subject,
+                        "body": d.get("body") or subject,
+                        "message_id": msg_id,
+                        "kind": kind,
+                    }
                 )
-                continue
-            msg_id = message_id(eid, channel)
-            if not await Outbox.claim(
-                conn, **common, user_id=user["user_id"], kind=kind, msg_id=msg_id, trace_id=trace
-            ):
-                continue  # sent (or settled) already: never again
-            params = {"name": user["name"], "email": user["email"], **d.get("params", {})}
-            params.setdefault("title", d.get("title") or "MohallaMart")
-            params.setdefault("body", d.get("body") or "")
-            subject, text, html = render(kind, params)
-            msg = email.build(
-                to=recipient,
-                subject=d.get("title") or subject,
-                text=text,
-                html=html,
-                message_id=msg_id,
-                headers={"X-MohallaMart-Event-Id": eid, "X-MohallaMart-Trace-Id": trace},
-            )
-            try:
-                await email.send(msg)
-            except EmailRefused as exc:
-                await Outbox.settle(conn, **common, status="FAILED", error=str(exc))
-                return f"{exc} ({recipient})"
-            except DependencyDown as exc:
-                await Outbox.settle(conn, **common, status="SENDING", error=str(exc))
-                raise
-            await Outbox.settle(conn, **common, status="SENT")
+        except (EmailRefused, ProviderRefused) as exc:
+            await Outbox.settle(conn, **key, status="FAILED", error=str(exc))
+            if channel == "SMS":  # as the seeds do: the message goes by email instead
+                await (await forward(r, "EMAIL", {"x-fallback-from": "SMS"}))
+                return None
+            return f"{exc} (to {recipient})", type(exc).__name__
+        except DependencyDown as exc:
+            await Outbox.settle(conn, **key, status="SENDING", error=str(exc))
+            raise
+        await Outbox.settle(conn, **key, status="SENT")
         return None
 
-    install_agents(rt, "notify", ("notification",), write, owns_decode=True)
+    for channel in CHANNELS:
+        install_agent(
+            rt,
+            f"deliver_{channel.lower()}",
+            channel_topic(s.topic_namespace, channel),
+            deliverer(channel),
+            owns_decode=True,
+        )

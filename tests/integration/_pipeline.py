@@ -54,6 +54,7 @@ class _Proc:
     proc: subprocess.Popen[bytes]
     log: Path
     web_port: int
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Workers:
     procs: dict[str, _Proc] = field(default_factory=dict)
 
     def start(self, name: str, role: str, env: dict[str, str] | None = None) -> None:
+        extra = env
         datadir = self.logdir / "worker-data" / name
         datadir.mkdir(parents=True, exist_ok=True)
         log = self.logdir / f"worker-{name}.log"
@@ -87,7 +89,12 @@ class Workers:
                 env=env,
                 start_new_session=True,
             )
-        self.procs[name] = _Proc(role, proc, log, port)
+        self.procs[name] = _Proc(role, proc, log, port, dict(extra or {}))
+
+    def restart(self, name: str) -> None:
+        """Start a stopped worker again, as it was started (role, environment)."""
+        p = self.procs[name]
+        self.start(name, p.role, p.env)
 
     def metrics(self, name: str) -> str:
         """The worker's /metrics page."""

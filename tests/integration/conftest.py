@@ -139,7 +139,23 @@ def make_key(stack: Stack, settings: Settings) -> Any:
 
 
 @pytest.fixture(scope="session")
-def pipeline(api: str, ingest_key: str, settings: Settings) -> Iterator[Any]:
+def providers() -> Iterator[Any]:
+    """The SMS and push providers' stand-in (an HTTP server recording what it is sent)."""
+    from tests.integration._fake_provider import FakeProvider
+
+    fake = FakeProvider()
+    fake.env = {  # type: ignore[attr-defined]
+        "SMS_PROVIDER_URL": f"{fake.url}/sms",
+        "SMS_PROVIDER_KEY": "test-sms-key",
+        "PUSH_PROVIDER_URL": f"{fake.url}/push",
+        "PUSH_PROVIDER_KEY": "test-push-key",
+    }
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline(api: str, ingest_key: str, settings: Settings, providers: Any) -> Iterator[Any]:
     """The API and the workers: one projections worker, two stock workers (they share the stock
     role's partitions), one each of cache, search, workflows and notifications; ready once a
     probe product's first stock movement is a row."""
@@ -153,7 +169,7 @@ def pipeline(api: str, ingest_key: str, settings: Settings) -> Iterator[Any]:
     workers.start("cache", "cache")
     workers.start("search", "search")
     workers.start("workflows", "workflows")
-    workers.start("notifications", "notifications")
+    workers.start("notifications", "notifications", env=providers.env)
     p = Pipeline(api, ingest_key, settings, workers)
     try:
         probe = uid("prd_probe")
