@@ -70,8 +70,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _free_run(n: int) -> int:
+    """A port p with p .. p+n-1 all free (a worker of role i serves on WORKER_WEB_PORT + i)."""
+    for _ in range(100):
+        base = _free_port()
+        try:
+            socks = []
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
 def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> None:
-    api_port, web_port = _free_port(), _free_port()
+    api_port, web_port = _free_port(), _free_run(len(ROLES))
     env = {**os.environ, "API_PORT": str(api_port), "WORKER_WEB_PORT": str(web_port)}
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "mohallamart.cli", "run"],
@@ -93,11 +112,16 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
         body = poll(healthy, timeout=90, interval=0.5, what="the API's /health to answer 200")
         assert body["status"] == "ok"
         assert all(check["ok"] for check in body["checks"].values())  # type: ignore[attr-defined]
-        poll(
-            lambda: sum("Worker]: Ready" in line for line in lines) == len(ROLES),
-            timeout=90,
-            what="a worker of every role to be ready",
-        )
+        try:
+            poll(
+                lambda: sum("Worker]: Ready" in line for line in lines) == len(ROLES),
+                timeout=90,
+                what="a worker of every role to be ready",
+            )
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; the output's last lines:\n{''.join(lines[-60:])}"
+            ) from None
         children = [
             int(line.rsplit("(pid ", 1)[1].rstrip(")\n"))
             for line in lines
