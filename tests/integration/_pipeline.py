@@ -278,7 +278,12 @@ class Pipeline:
         return [h for h in found if event_id is None or h.get("x-event-id") == event_id]
 
     def caught_up(
-        self, role: str, categories: Iterable[str], timeout: float = 60, prefix: str | None = None
+        self,
+        role: str,
+        categories: Iterable[str],
+        timeout: float = 60,
+        prefix: str | None = None,
+        topics: Iterable[str] = (),
     ) -> None:
         """Wait until `role`'s consumer group has committed every record now in the topics of
         `categories` (it commits after a batch is settled, about once a second)."""
@@ -297,8 +302,7 @@ class Pipeline:
         )
         try:
             ends: dict[tuple[str, int], int] = {}
-            for c in categories:
-                name = TOPICS[c].name
+            for name in [*(TOPICS[c].name for c in categories), *topics]:
                 for p in probe.list_topics(name, timeout=10).topics[name].partitions:
                     ends[(name, p)] = probe.get_watermark_offsets(
                         TopicPartition(name, p), timeout=10
