@@ -353,8 +353,15 @@ class Kafka(_JvmService):
         (self.state / "server.properties").write_text(self._properties())
         (self.state / "log4j2.properties").write_text(_LOG4J2)
         cluster_file = self.state / "cluster-id"
-        if not cluster_file.exists():
-            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        formatted = (self.data / "meta.properties").exists()
+        # A base64 id may start with "-", which the storage tool reads as an option (a CI run
+        # failed so): such an id, never formatted yet, is drawn again.
+        if not cluster_file.exists() or (
+            not formatted and cluster_file.read_text().strip().startswith("-")
+        ):
+            raw = "-"
+            while raw.startswith("-"):
+                raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             cluster_file.write_text(raw)
         if not (self.data / "meta.properties").exists():
             import subprocess
