@@ -23,6 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from connectors.base import DependencyDown, Refusal
+from connectors.cleanup import Cutoffs, is_removed_session, load_cutoffs
 from schemas.lifecycle import (
     ORDER_TRANSITIONS,
     PRODUCT_TRANSITIONS,
@@ -200,6 +201,9 @@ class PostgresProjections:
     async def _apply(
         self, conn: psycopg.AsyncConnection[Row], events: Sequence[dict[str, Any]]
     ) -> list[Refusal]:
+        # held shared until commit: a cleanup waits for this batch, and this batch sees every
+        # cleanup recorded before it (nothing a cleanup removed is written again)
+        cutoffs = await load_cutoffs(conn)
         keys: dict[str, set[str]] = {}
         for ev in events:
             ent = entity_of(ev)
@@ -235,6 +239,8 @@ class PostgresProjections:
                 current["version_id"],
             ):
                 continue  # applied already, or older than what the row holds
+            if current is None and table == "sessions" and _cleaned(ev, cutoffs):
+                continue  # a session a cleanup removed: it stays removed
             try:
                 new = _APPLY[ev["type"]](ev, current, out)
             except _Illegal as exc:
@@ -258,6 +264,8 @@ class PostgresProjections:
                 )
             rows[key] = new
             dirty.setdefault(table, {})[key] = new
+        if cutoffs.audit_log is not None:  # older rows were removed by a cleanup
+            out.audit = [a for a in out.audit if a["occurred_at"] >= cutoffs.audit_log]
         # one round trip for every write of the batch
         async with conn.pipeline():
             await self._write(conn, dirty, out)
@@ -339,6 +347,19 @@ class PostgresProjections:
                 "NULL::categories, %s::jsonb) ON CONFLICT DO NOTHING",
                 (_json([{"category": c, "first_seen_at": t} for c, t in out.categories.items()]),),
             )
+
+
+def _cleaned(ev: dict[str, Any], cutoffs: Cutoffs) -> bool:
+    """An event about a session that is absent because a cleanup removed it (on a replay, or a
+    sign-out arriving after the cleanup): a sign-in whose session expired before the latest
+    cutoff is not written again; a sign-out of an absent session, once sessions have been
+    cleaned, ends nothing (the event carries no expiry to tell a removed session from one that
+    never was: it is skipped rather than dead-lettered)."""
+    if cutoffs.sessions is None:
+        return False
+    if ev["type"] == "user.signed_in":
+        return is_removed_session(ev["data"], cutoffs)
+    return bool(ev["type"] == "user.signed_out")
 
 
 # --- how each event changes its row ---------------------------------------------------------

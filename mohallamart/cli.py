@@ -137,6 +137,30 @@ def _cmd_worker_reset_offsets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_jobs_run(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from streams.jobs import run_now
+
+    cutoff = None
+    if args.cutoff:
+        try:
+            cutoff = datetime.fromisoformat(args.cutoff)
+        except ValueError:
+            _out(f"--cutoff: not an ISO 8601 time: {args.cutoff!r}")
+            return 2
+        if cutoff.tzinfo is None:
+            _out("--cutoff: give a time zone (e.g. 2026-11-23T00:00:00Z)")
+            return 2
+    return run_now(_settings(), args.job, cutoff=cutoff, wait_s=args.wait, echo=_out)
+
+
+def _cmd_jobs_list(args: argparse.Namespace) -> int:
+    from streams.jobs import list_runs
+
+    return list_runs(_settings(), args.limit, echo=_out)
+
+
 def _cmd_smtpd(args: argparse.Namespace) -> int:
     from mohallamart.stack import smtpd
 
@@ -651,6 +675,24 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--to-datetime", default=None, help="ISO 8601 time with a zone")
     orr.add_argument("--execute", action="store_true", help="move them (default: show the plan)")
     orr.set_defaults(func=_cmd_worker_reset_offsets)
+
+    jobs = sub.add_parser("jobs", help="the scheduled cleanup jobs (run by the jobs role)")
+    jsub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    jr = jsub.add_parser("run", help="run a job now: its cleanup event, for the current period")
+    jr.add_argument("job", choices=("expired_sessions", "old_logs"))
+    jr.add_argument(
+        "--cutoff", default=None, help="ISO 8601 time with a zone (default: the current period's)"
+    )
+    jr.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the jobs role to record the run (0: do not wait)",
+    )
+    jr.set_defaults(func=_cmd_jobs_run)
+    jl = jsub.add_parser("list", help="the recorded runs, latest first")
+    jl.add_argument("--limit", type=int, default=20)
+    jl.set_defaults(func=_cmd_jobs_list)
 
     search = sub.add_parser("search", help="the Typesense search collections")
     ssub = search.add_subparsers(dest="search_command", required=True, metavar="ACTION")

@@ -129,6 +129,20 @@ class Settings(BaseSettings):
     push_provider_url: str | None = None
     push_provider_key: SecretStr = SecretStr("")
 
+    # --- scheduled jobs (the jobs role; see streams/jobs.py) ---
+    #: whether the jobs role's leader schedules runs (`mohallamart jobs run` works either way)
+    jobs_schedule_enabled: bool = True
+    #: how often the leader checks whether a period's run is due
+    jobs_tick_s: float = Field(30.0, gt=0)
+    #: expired sessions: removed once per period (a day), those expired this many days before
+    #: the period began
+    jobs_expired_sessions_every_s: int = Field(86_400, ge=1)
+    jobs_expired_sessions_keep_days: int = Field(0, ge=0)
+    #: old logs (audit log, analytics): removed once per period (a week, from Mondays 00:00 UTC)
+    #: when older than the retention
+    jobs_old_logs_every_s: int = Field(604_800, ge=1)
+    log_retention_days: int = Field(90, ge=1)
+
     # --- read side (cache, search, read API, live updates) ---
     #: before every Typesense collection and alias name (the read benchmark uses its own)
     typesense_collection_prefix: str = Field("", pattern=r"^[a-z0-9_]*$")

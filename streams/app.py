@@ -41,6 +41,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "search": ("streams.agents.search",),
     "workflows": ("streams.agents.workflows",),
     "notifications": ("streams.agents.notify",),
+    "jobs": ("streams.agents.jobs",),
 }
 
 

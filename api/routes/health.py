@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
 import time
 from collections.abc import Awaitable, Callable
@@ -15,10 +16,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import SettingsDep
+from connectors.cleanup import job_summary, publish_job_metrics
 from mohallamart.settings import Settings
 
 __all__ = ["router"]
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 _TIMEOUT_S = 3.0
@@ -128,5 +131,12 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    reads = getattr(request.app.state, "reads", None)
+    if reads is not None:  # the scheduled jobs' runs, as recorded (whichever worker ran them)
+        try:
+            async with asyncio.timeout(1.0), reads.pool.connection() as conn:
+                publish_job_metrics(await job_summary(conn))
+        except Exception as exc:  # noqa: BLE001 - the rest of the metrics still answer
+            log.warning("/metrics: job runs not read: %s", type(exc).__name__)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

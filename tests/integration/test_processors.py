@@ -103,7 +103,12 @@ def test_users_sessions_shops_and_shopkeepers_are_projected(pipeline: Pipeline) 
         "user.preferences_changed",
         example("user.preferences_changed", user_id=user, sms_opt_in=False),
     )
-    p.post("user.signed_in", example("user.signed_in", user_id=user, session_id=sess))
+    # a session that has not expired (an expired one is not written once a cleanup has run)
+    expires = (datetime.now(UTC) + timedelta(days=7)).isoformat().replace("+00:00", "Z")
+    p.post(
+        "user.signed_in",
+        example("user.signed_in", user_id=user, session_id=sess, expires_at=expires),
+    )
     p.post("shop.created", example("shop.created", shop_id=shop))
     p.post("shop.updated", example("shop.updated", shop_id=shop, delivery_radius_m=5000))
     p.post("shopkeeper.applied", example("shopkeeper.applied", shop_id=shop))

@@ -19,7 +19,15 @@ def test_every_event_topic_has_a_dead_letter_and_a_redrive_topic() -> None:
 
 
 def test_the_worker_roles() -> None:
-    assert set(ROLES) == {"projections", "stock", "cache", "search", "workflows", "notifications"}
+    assert set(ROLES) == {
+        "projections",
+        "stock",
+        "cache",
+        "search",
+        "workflows",
+        "notifications",
+        "jobs",
+    }
 
 
 @pytest.mark.parametrize(

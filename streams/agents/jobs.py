@@ -1,0 +1,95 @@
+"""jobs: the scheduler of the cleanup jobs (on the role's leader only) and the agent that applies
+the cleanup events (see `streams.jobs` and `connectors.cleanup`).
+
+Every `jobs_tick_s` the leader works out each job's current period and cutoff; a run not recorded
+yet is produced as a cleanup event (id: UUIDv5 of job and cutoff, occurred at the period's start,
+keyed by the job). A run missed while no worker was up is made at the next tick (a later cutoff
+covers every earlier one).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from connectors.cleanup import apply_run, job_summary, publish_job_metrics
+from schemas.catalog import TOPICS
+from streams.agents._read_side import PgReader, install_agent
+from streams.jobs import JOB_EVENTS, due, run_data, run_event_id, schedule
+from streams.reliability import Record, Rejection
+
+__all__ = ["install"]
+
+log = logging.getLogger(__name__)
+
+
+def install(rt: Any) -> None:
+    app = rt.app
+    settings = rt.settings
+    emitted: set[str] = set()
+    db = PgReader(settings.postgres_dsn)
+
+    async def write(records: list[Record], reader: PgReader) -> list[Rejection]:
+        async with reader.connection() as conn:
+            for r in records:
+                ev = r.event
+                async with conn.transaction():
+                    run = await apply_run(conn, ev)
+                removed = ", ".join(f"{t} {n}" for t, n in run["removed"].items())
+                if run["first"]:
+                    log.info(
+                        "job %s: cutoff %s, removed %s (event %s, %s)",
+                        run["job"],
+                        run["cutoff"].isoformat(),
+                        removed,
+                        ev["id"],
+                        ev["data"].get("triggered_by"),
+                    )
+                else:
+                    log.info(
+                        "job %s: cutoff %s recorded already (event %s): a repeat, removed %s",
+                        run["job"],
+                        run["cutoff"].isoformat(),
+                        ev["id"],
+                        removed,
+                    )
+            publish_job_metrics(await job_summary(conn))
+        return []
+
+    install_agent(rt, "cleanup", TOPICS["cleanup"].name, write, owns_decode=True)
+
+    @app.timer(settings.jobs_tick_s, on_leader=True)  # type: ignore[untyped-decorator]
+    async def scheduler() -> None:
+        if not settings.jobs_schedule_enabled:
+            return
+        try:
+            await _tick()
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again
+            log.warning(
+                "jobs scheduler: %s: %s; trying again at the next tick", type(exc).__name__, exc
+            )
+
+    async def _tick() -> None:
+        now = datetime.now(UTC)
+        for job, (every_s, keep_days) in schedule(settings).items():
+            start, cutoff = due(job, now, every_s, keep_days)
+            eid = run_event_id(job, cutoff)
+            if eid in emitted:
+                continue
+            async with db.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT 1 FROM job_runs WHERE job = %s AND cutoff = %s", (job, cutoff)
+                )
+                if await cur.fetchone() is not None:
+                    emitted.add(eid)
+                    continue
+            topic, value = await rt.encode(
+                JOB_EVENTS[job], eid, start, eid, run_data(job, cutoff, "SCHEDULE")
+            )
+            fut = await app.producer.send(
+                topic, job.encode(), value, partition=None, timestamp=None, headers=[]
+            )
+            await fut
+            emitted.add(eid)
+            log.info("job %s: run for cutoff %s scheduled (event %s)", job, cutoff.isoformat(), eid)
