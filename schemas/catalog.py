@@ -160,6 +160,12 @@ _EVENTS: tuple[tuple[str, str, bool, str], ...] = (
     ("product.stock_changed", "product_id", False, "Derived: one inventory movement and new stock"),
     ("product.out_of_stock", "product_id", False, "Derived: a product's stock reached zero"),
     ("product.back_in_stock", "product_id", False, "Derived: a product's stock rose from zero"),
+    (
+        "product.stock_alert_requested",
+        "product_id",
+        True,
+        "A user asks to be told when the product is back in stock",
+    ),
     # order
     ("order.created", "order_id", True, "A customer placed an order with one shop (Pending)"),
     ("order.status_changed", "order_id", True, "A shop moved an order (Processing -> Completed)"),

@@ -1,19 +1,29 @@
 """workflows: the seeds' business flows as agents. Each step derives events with deterministic ids
 (UUIDv5 of the cause and the step), occurring 1 ms after their cause, carrying the cause's trace
-id, so a flow can be followed by its trace id and a replay derives the very same events.
+id, so a flow can be followed by its trace id and a replay derives the very same events (and the
+notification outbox sends nothing twice).
 
-- user registered -> WELCOME (email) to the user;
+- user registered -> WELCOME (email) to the user (the projections store its default preferences);
 - order accepted by the stock role -> ORDER_CONFIRMED (email + SMS) to the customer,
-  NEW_ORDER_FOR_SHOP (push) to the shop's owner;
+  NEW_ORDER_FOR_SHOP (push) to the shop's owner, and an `analytics.tracked` PURCHASE;
 - order rejected -> ORDER_REJECTED (email, with the reason) to the customer;
-- order status changed -> ORDER_STATUS_CHANGED (email) to the customer.
+- order status changed / cancelled / refunded -> ORDER_STATUS_CHANGED / ORDER_CANCELLED /
+  ORDER_REFUNDED (email) to the customer; a cancellation also pushes to the shop's owner;
+- product out of stock -> OUT_OF_STOCK (push + email) to the shop's owner;
+- product.stock_alert_requested -> remembered (`stock_alerts`); the next back in stock ->
+  BACK_IN_STOCK (push + email) to each user who asked (and has `back_in_stock_alerts` on), once;
+- shopkeeper applied / approved / rejected -> SHOPKEEPER_APPLIED / _APPROVED / _REJECTED (email)
+  to the applicant (the approval itself enables the shop: projections, then search).
+
+A step that fails is retried alone (the guard retries the batch; derived events already produced
+are produced again with the same ids and are recognised downstream as the same events).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from connectors.base import DependencyDown
@@ -23,8 +33,10 @@ from streams.reliability import Record, Rejection
 __all__ = ["derived_id", "install"]
 
 _NS = uuid.UUID("6d6d6172-742d-4e6f-7469-667900000000")
-#: how long an order's notification waits for its shop's row, then goes without the push
-_UNKNOWN_SHOP_AFTER_S = 15.0
+#: how long a step waits for a row the projections have not written yet, then goes without it
+_UNKNOWN_ROW_AFTER_S = 15.0
+
+Request = tuple[str, dict[str, Any]]
 
 
 def derived_id(cause_id: str, step: str) -> str:
@@ -35,56 +47,60 @@ def _rupees(paise: int | None) -> str:
     return f"₹{(paise or 0) / 100:,.2f}"
 
 
-def _requests(ev: dict[str, Any], shop_owner: str | None) -> list[tuple[str, dict[str, Any]]]:
-    """(step, notification.requested data) derived from one event."""
+def _notice(
+    user: str, kind: str, channels: list[str], title: str, body: str, **params: Any
+) -> dict[str, Any]:
+    return {
+        "user_id": user,
+        "kind": kind,
+        "channels": channels,
+        "title": title,
+        "body": body,
+        "params": {k: str(v) for k, v in params.items() if v is not None},
+    }
+
+
+def _items(d: dict[str, Any]) -> str:
+    return ", ".join(f"{i['quantity']} x {i.get('name') or i['product_id']}" for i in d["items"])
+
+
+def _order_requests(ev: dict[str, Any], owner: str | None) -> list[Request]:
+    """(step, notification.requested data) derived from an order event."""
     t, d = ev["type"], ev["data"]
-    if t == "user.registered":
-        return [
-            (
-                "welcome",
-                {
-                    "user_id": d["user_id"],
-                    "kind": "WELCOME",
-                    "channels": ["EMAIL"],
-                    "title": None,
-                    "body": None,
-                    "params": {"name": d["name"], "email": d["email"]},
-                },
-            )
-        ]
-    if t not in ("order.accepted", "order.rejected", "order.status_changed"):
-        return []
-    oid, total = d["order_id"], _rupees(d.get("total_paise"))
-    params = {"order_id": oid, "shop_id": d["shop_id"]}
+    oid, shop = d["order_id"], d["shop_id"]
     if t == "order.accepted":
-        items = ", ".join(
-            f"{i['quantity']} x {i.get('name') or i['product_id']}" for i in d["items"]
-        )
+        items, total = _items(d), _rupees(d.get("total_paise"))
         out = [
             (
                 "order_confirmed",
-                {
-                    "user_id": d["user_id"],
-                    "kind": "ORDER_CONFIRMED",
-                    "channels": ["EMAIL", "SMS"],
-                    "title": f"Your order {oid} is confirmed",
-                    "body": f"Your order {oid} ({items}; {total}) is confirmed and being packed.",
-                    "params": {**params, "total": total, "items": items},
-                },
+                _notice(
+                    d["user_id"],
+                    "ORDER_CONFIRMED",
+                    ["EMAIL", "SMS"],
+                    f"Your order {oid} is confirmed",
+                    f"Your order {oid} ({items}; {total}) is confirmed and being packed.",
+                    order_id=oid,
+                    shop_id=shop,
+                    total=total,
+                    items=items,
+                ),
             )
         ]
-        if shop_owner:
+        if owner:
             out.append(
                 (
                     "new_order",
-                    {
-                        "user_id": shop_owner,
-                        "kind": "NEW_ORDER_FOR_SHOP",
-                        "channels": ["PUSH"],
-                        "title": f"New order {oid}",
-                        "body": f"New order {oid}: {items} ({total}).",
-                        "params": {**params, "total": total, "items": items},
-                    },
+                    _notice(
+                        owner,
+                        "NEW_ORDER_FOR_SHOP",
+                        ["PUSH"],
+                        f"New order {oid}",
+                        f"New order {oid}: {items} ({total}).",
+                        order_id=oid,
+                        shop_id=shop,
+                        total=total,
+                        items=items,
+                    ),
                 )
             )
         return out
@@ -92,29 +108,167 @@ def _requests(ev: dict[str, Any], shop_owner: str | None) -> list[tuple[str, dic
         return [
             (
                 "order_rejected",
-                {
-                    "user_id": d["user_id"],
-                    "kind": "ORDER_REJECTED",
-                    "channels": ["EMAIL"],
-                    "title": f"Your order {oid} could not be accepted",
-                    "body": f"Sorry, your order {oid} could not be accepted: {d['reason']}.",
-                    "params": {**params, "reason": str(d["reason"])},
-                },
+                _notice(
+                    d["user_id"],
+                    "ORDER_REJECTED",
+                    ["EMAIL"],
+                    f"Your order {oid} could not be accepted",
+                    f"Sorry, your order {oid} could not be accepted: {d['reason']}.",
+                    order_id=oid,
+                    shop_id=shop,
+                    reason=d["reason"],
+                ),
             )
         ]
-    return [
-        (
-            f"status_{d['to_status'].lower()}",
-            {
-                "user_id": d["user_id"],
-                "kind": "ORDER_STATUS_CHANGED",
-                "channels": ["EMAIL"],
-                "title": f"Your order {oid} is {d['to_status'].lower()}",
-                "body": f"Your order {oid} is now {d['to_status'].lower()}.",
-                "params": {**params, "status": d["to_status"]},
-            },
-        )
-    ]
+    if t == "order.status_changed":
+        status = d["to_status"].lower()
+        return [
+            (
+                f"status_{status}",
+                _notice(
+                    d["user_id"],
+                    "ORDER_STATUS_CHANGED",
+                    ["EMAIL"],
+                    f"Your order {oid} is {status}",
+                    f"Your order {oid} is now {status}.",
+                    order_id=oid,
+                    shop_id=shop,
+                    status=d["to_status"],
+                ),
+            )
+        ]
+    if t == "order.cancelled":
+        reason = d.get("reason")
+        out = [
+            (
+                "order_cancelled",
+                _notice(
+                    d["user_id"],
+                    "ORDER_CANCELLED",
+                    ["EMAIL"],
+                    f"Your order {oid} is cancelled",
+                    f"Your order {oid} is cancelled ({reason}).",
+                    order_id=oid,
+                    shop_id=shop,
+                    reason=reason,
+                ),
+            )
+        ]
+        if owner:
+            out.append(
+                (
+                    "order_cancelled_shop",
+                    _notice(
+                        owner,
+                        "ORDER_CANCELLED",
+                        ["PUSH"],
+                        f"Order {oid} cancelled",
+                        f"Order {oid} was cancelled ({reason}): do not pack it.",
+                        order_id=oid,
+                        shop_id=shop,
+                        reason=reason,
+                    ),
+                )
+            )
+        return out
+    if t == "order.refunded":
+        amount = _rupees(d.get("refund_paise"))
+        return [
+            (
+                "order_refunded",
+                _notice(
+                    d["user_id"],
+                    "ORDER_REFUNDED",
+                    ["EMAIL"],
+                    f"Refund of {amount} for order {oid}",
+                    f"We refunded {amount} for your order {oid}.",
+                    order_id=oid,
+                    shop_id=shop,
+                    amount=amount,
+                    reason=d.get("reason"),
+                ),
+            )
+        ]
+    return []
+
+
+def _shopkeeper_requests(ev: dict[str, Any]) -> list[Request]:
+    t, d = ev["type"], ev["data"]
+    user, shop = d["user_id"], d["shop_id"]
+    if t == "shopkeeper.applied":
+        name = d.get("business_name")
+        return [
+            (
+                "shopkeeper_applied",
+                _notice(
+                    user,
+                    "SHOPKEEPER_APPLIED",
+                    ["EMAIL"],
+                    "We received your shop application",
+                    f"Thank you for applying to sell on MohallaMart as {name}.",
+                    shop_id=shop,
+                    business_name=name,
+                ),
+            )
+        ]
+    if t == "shopkeeper.approved":
+        return [
+            (
+                "shopkeeper_approved",
+                _notice(
+                    user,
+                    "SHOPKEEPER_APPROVED",
+                    ["EMAIL"],
+                    "Your shop is approved",
+                    "Good news: your shop is approved and open for orders on MohallaMart.",
+                    shop_id=shop,
+                    note=d.get("note"),
+                ),
+            )
+        ]
+    if t == "shopkeeper.rejected":
+        return [
+            (
+                "shopkeeper_rejected",
+                _notice(
+                    user,
+                    "SHOPKEEPER_REJECTED",
+                    ["EMAIL"],
+                    "Your shop application was not approved",
+                    f"Sorry, we could not approve your shop application ({d['reason']}).",
+                    shop_id=shop,
+                    reason=d["reason"],
+                    note=d.get("note"),
+                ),
+            )
+        ]
+    return []
+
+
+def _purchase(ev: dict[str, Any]) -> dict[str, Any]:
+    """The analytics event of an accepted order (the revenue the seeds' trackAnalytics kept)."""
+    d = ev["data"]
+    return {
+        "session_id": f"order-{d['order_id']}",
+        "user_id": d["user_id"],
+        "kind": "PURCHASE",
+        "page": None,
+        "query": None,
+        "results_count": None,
+        "product_id": None,
+        "shop_id": d["shop_id"],
+        "order_id": d["order_id"],
+        "quantity": None,
+        "value_paise": d.get("total_paise") or 0,
+        "properties": {
+            "derived_from": "order.accepted",
+            "items": str(sum(int(i["quantity"]) for i in d["items"])),
+        },
+    }
+
+
+def _waited_long_enough(ev: dict[str, Any]) -> bool:
+    return bool(time.time() - ev["occurred_at"].timestamp() > _UNKNOWN_ROW_AFTER_S)
 
 
 def install(rt: Any) -> None:
@@ -122,44 +276,176 @@ def install(rt: Any) -> None:
 
     async def write(records: list[Record], db: PgReader) -> list[Rejection]:
         pending = []
-        for r in records:
-            ev = r.event
-            owner = None
-            if ev.get("type") == "order.accepted":
-                owner = await _shop_owner(db, ev)
-            for step, data in _requests(ev, owner):
-                at = ev["occurred_at"] + timedelta(milliseconds=1)
-                topic, value = await rt.encode(
-                    "notification.requested",
-                    derived_id(str(ev["id"]), step),
-                    at,
-                    ev.get("trace_id") or str(ev["id"]),
-                    data,
-                )
-                pending.append(
-                    await app.producer.send(
-                        topic,
-                        str(data["user_id"]).encode(),
-                        value,
-                        partition=None,
-                        timestamp=at.timestamp(),
-                        headers=[],
+        async with db.connection() as conn:
+            for r in records:
+                ev = r.event
+                for type_, step, data, key in await _derive(conn, ev):
+                    at = ev["occurred_at"] + timedelta(milliseconds=1)
+                    topic, value = await rt.encode(
+                        type_,
+                        derived_id(str(ev["id"]), step),
+                        at,
+                        ev.get("trace_id") or str(ev["id"]),
+                        data,
                     )
-                )
+                    pending.append(
+                        await app.producer.send(
+                            topic,
+                            key.encode(),
+                            value,
+                            partition=None,
+                            timestamp=at.timestamp(),
+                            headers=[],
+                        )
+                    )
         for fut in pending:  # delivered before the batch's offsets are committed
             await fut
         return []
 
-    async def _shop_owner(db: PgReader, ev: dict[str, Any]) -> str | None:
-        async with db.connection() as conn:
-            cur = await conn.execute(
-                "SELECT owner_user_id FROM shops WHERE shop_id = %s", (ev["data"]["shop_id"],)
-            )
-            row = await cur.fetchone()
+    async def _derive(conn: Any, ev: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:
+        """(event type, step, data, record key) of the events `ev` derives."""
+        t = ev["type"]
+        requests: list[Request] = []
+        extra: list[tuple[str, str, dict[str, Any], str]] = []
+        if t == "user.registered":
+            d = ev["data"]
+            requests = [
+                (
+                    "welcome",
+                    {
+                        "user_id": d["user_id"],
+                        "kind": "WELCOME",
+                        "channels": ["EMAIL"],
+                        "title": None,
+                        "body": None,
+                        "params": {"name": d["name"], "email": d["email"]},
+                    },
+                )
+            ]
+        elif t.startswith("order."):
+            owner = None
+            if t in ("order.accepted", "order.cancelled"):
+                owner = await _shop_owner(conn, ev)
+            requests = _order_requests(ev, owner)
+            if t == "order.accepted":
+                extra.append(
+                    (
+                        "analytics.tracked",
+                        "analytics",
+                        _purchase(ev),
+                        f"order-{ev['data']['order_id']}",
+                    )
+                )
+        elif t.startswith("shopkeeper."):
+            requests = _shopkeeper_requests(ev)
+        elif t == "product.stock_alert_requested":
+            await _remember_alert(conn, ev)
+        elif t == "product.out_of_stock":
+            requests = await _out_of_stock(conn, ev)
+        elif t == "product.back_in_stock":
+            requests = await _back_in_stock(conn, ev)
+        return [
+            ("notification.requested", step, data, str(data["user_id"])) for step, data in requests
+        ] + extra
+
+    async def _shop_owner(conn: Any, ev: dict[str, Any]) -> str | None:
+        cur = await conn.execute(
+            "SELECT owner_user_id FROM shops WHERE shop_id = %s", (ev["data"]["shop_id"],)
+        )
+        row = await cur.fetchone()
         if row is not None:
             return str(row[0])
-        if time.time() - ev["occurred_at"].timestamp() > _UNKNOWN_SHOP_AFTER_S:
+        if _waited_long_enough(ev):
             return None
         raise DependencyDown(f"shop {ev['data']['shop_id']} not projected yet")
 
-    install_agents(rt, "workflow", ("user", "order"), write)
+    async def _product(conn: Any, ev: dict[str, Any]) -> tuple[str, str | None, str | None]:
+        """(product name, shop name, shop owner) of a stock event's product."""
+        d = ev["data"]
+        cur = await conn.execute(
+            "SELECT p.name, s.name, s.owner_user_id FROM products p "
+            "LEFT JOIN shops s ON s.shop_id = p.shop_id WHERE p.product_id = %s",
+            (d["product_id"],),
+        )
+        row = await cur.fetchone()
+        if row is None or row[2] is None:
+            if not _waited_long_enough(ev):
+                raise DependencyDown(f"product {d['product_id']} or its shop not projected yet")
+            return (row[0] if row else d["product_id"]), None, None
+        return str(row[0]), row[1], str(row[2])
+
+    async def _out_of_stock(conn: Any, ev: dict[str, Any]) -> list[Request]:
+        d = ev["data"]
+        name, _, owner = await _product(conn, ev)
+        if owner is None:
+            return []
+        return [
+            (
+                "out_of_stock",
+                _notice(
+                    owner,
+                    "OUT_OF_STOCK",
+                    ["PUSH", "EMAIL"],
+                    f"Out of stock: {name}",
+                    f"{name} is out of stock.",
+                    product=name,
+                    product_id=d["product_id"],
+                    shop_id=d["shop_id"],
+                ),
+            )
+        ]
+
+    async def _remember_alert(conn: Any, ev: dict[str, Any]) -> None:
+        d = ev["data"]
+        await conn.execute(
+            "INSERT INTO stock_alerts (product_id, user_id, shop_id, requested_at, request_id) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (product_id, user_id) DO UPDATE SET "
+            "requested_at = EXCLUDED.requested_at, request_id = EXCLUDED.request_id, "
+            "notified_by = NULL, notified_at = NULL "
+            # asking again after being told arms the alert again; an older request (a replay)
+            # does not
+            "WHERE stock_alerts.notified_at IS NOT NULL "
+            "AND stock_alerts.notified_at < EXCLUDED.requested_at",
+            (d["product_id"], d["user_id"], d["shop_id"], ev["occurred_at"], str(ev["id"])),
+        )
+
+    async def _back_in_stock(conn: Any, ev: dict[str, Any]) -> list[Request]:
+        d = ev["data"]
+        eid: str = str(ev["id"])
+        at: datetime = ev["occurred_at"]
+        name, shop_name, _ = await _product(conn, ev)
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE stock_alerts SET notified_by = %s, notified_at = %s "
+                "WHERE product_id = %s AND notified_by IS NULL AND requested_at <= %s",
+                (eid, at, d["product_id"], at),
+            )
+            # those this event tells (now, or the first time it was processed: a replay)
+            cur = await conn.execute(
+                "SELECT a.user_id FROM stock_alerts a JOIN users u ON u.user_id = a.user_id "
+                "WHERE a.product_id = %s AND a.notified_by = %s "
+                "AND coalesce((u.preferences ->> 'back_in_stock_alerts')::boolean, true) "
+                "ORDER BY a.user_id",
+                (d["product_id"], eid),
+            )
+            users = [str(r[0]) for r in await cur.fetchall()]
+        return [
+            (
+                f"back_in_stock:{user}",
+                _notice(
+                    user,
+                    "BACK_IN_STOCK",
+                    ["PUSH", "EMAIL"],
+                    f"Back in stock: {name}",
+                    f"{name} is back in stock" + (f" at {shop_name}." if shop_name else "."),
+                    product=name,
+                    product_id=d["product_id"],
+                    shop=shop_name,
+                    shop_id=d["shop_id"],
+                    stock=d.get("stock"),
+                ),
+            )
+            for user in users
+        ]
+
+    install_agents(rt, "workflow", ("user", "order", "product", "shopkeeper"), write)

@@ -4,15 +4,17 @@ through the outbox, opt-outs respected, a replay of the role sending nothing new
 from __future__ import annotations
 
 import email.policy
+import os
 import random
 from email import message_from_bytes
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mohallamart.stack.smtpd import read_messages
 from schemas.catalog import TOPICS
+from streams.agents.notify import CHANNELS, channel_topic
 from streams.agents.workflows import derived_id
 from streams.notify import message_id
 from tests.integration._cli import mohallamart
@@ -23,14 +25,30 @@ from tests.integration._support import poll
 pytestmark = pytest.mark.integration
 
 
+#: Maildir file name -> (delivered at, recipient, bytes): a message file never changes once
+#: delivered, so each is read once (a CI run leaves ~10,000 in the Maildir)
+_MAILDIR: dict[str, tuple[float, str, bytes]] = {}
+
+
 def _mails(p: Pipeline, to: str) -> list[EmailMessage]:
+    """The messages the local SMTP server stored for `to`, oldest first."""
     maildir = p.settings.stack_dir / "smtp" / "maildir"
+    for sub in ("new", "cur"):
+        folder = maildir / sub
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            name = entry.name.split(":", 1)[0]  # cur/ files gain flags
+            if name in _MAILDIR:
+                continue
+            raw = Path(entry.path).read_bytes()
+            rcpt = message_from_bytes(raw, policy=email.policy.compat32)["X-Smtp-Rcpt-To"]
+            _MAILDIR[name] = (entry.stat().st_mtime, str(rcpt), raw)
     out = []
-    for m in read_messages(maildir):
-        if m["X-Smtp-Rcpt-To"] == to:
-            parsed = message_from_bytes(m.as_bytes(), policy=email.policy.default)
-            assert isinstance(parsed, EmailMessage)
-            out.append(parsed)
+    for _, _, raw in sorted(v for v in _MAILDIR.values() if v[1] == to):
+        parsed = message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        out.append(parsed)
     return out
 
 
@@ -137,7 +155,9 @@ def test_a_registration_sends_one_welcome_email_and_a_replay_sends_nothing_new(
     out = mohallamart("offsets", "reset", "--role", "notifications", "--to-earliest", "--execute")
     assert out.returncode == 0, out.stderr
     p.workers.restart("notifications")
-    p.caught_up("notifications", ["notification"], timeout=120)
+    # the requests and the per-channel topics they were forwarded to, all replayed
+    channels = [channel_topic(p.settings.topic_namespace, c) for c in CHANNELS]
+    p.caught_up("notifications", ["notification"], timeout=300, topics=channels)
     assert len(_mails(p, address)) == 1
 
 
