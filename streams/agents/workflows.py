@@ -15,19 +15,25 @@ notification outbox sends nothing twice).
 - shopkeeper applied / approved / rejected -> SHOPKEEPER_APPLIED / _APPROVED / _REJECTED (email)
   to the applicant (the approval itself enables the shop: projections, then search).
 
+Client events the projections judge (a status change, a cancellation, a refund, a shopkeeper's
+application or decision) notify only once the projections have applied them: one they refused
+(an illegal transition, dead-lettered) tells nobody anything.
+
 A step that fails is retried alone (the guard retries the batch; derived events already produced
 are produced again with the same ids and are recognised downstream as the same events).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from connectors.base import DependencyDown
-from streams.agents._read_side import PgReader, install_agents
+from connectors.postgres import entity_of, version_of
+from streams.agents._read_side import PgReader, ProjectionsProgress, install_agents
 from streams.reliability import Record, Rejection
 
 __all__ = ["derived_id", "install"]
@@ -37,6 +43,20 @@ _NS = uuid.UUID("6d6d6172-742d-4e6f-7469-667900000000")
 _UNKNOWN_ROW_AFTER_S = 15.0
 
 Request = tuple[str, dict[str, Any]]
+
+#: client events whose legality the projections decide (see the module docstring)
+_JUDGED = frozenset(
+    {
+        "order.status_changed",
+        "order.cancelled",
+        "order.refunded",
+        "shopkeeper.applied",
+        "shopkeeper.approved",
+        "shopkeeper.rejected",
+    }
+)
+#: how long a batch waits for the projections to judge its events before backing off
+_JUDGE_PATIENCE_S = 10.0
 
 
 def derived_id(cause_id: str, step: str) -> str:
@@ -271,14 +291,66 @@ def _waited_long_enough(ev: dict[str, Any]) -> bool:
     return bool(time.time() - ev["occurred_at"].timestamp() > _UNKNOWN_ROW_AFTER_S)
 
 
+async def _refused(conn: Any, records: list[Record], progress: ProjectionsProgress) -> set[str]:
+    """Ids of the judged events of `records` the projections refused, once every judged event is
+    applied (its row has reached the event's version, or a newer one) or refused (recorded in
+    `projection_refusals`; or the projections' group committed past it without applying it)."""
+    waiting = [r for r in records if r.event.get("type") in _JUDGED]
+    refused: set[str] = set()
+    start = time.monotonic()
+    delay = 0.02
+    while waiting:
+        cur = await conn.execute(
+            "SELECT event_id::text FROM projection_refusals WHERE event_id = ANY(%s::uuid[])",
+            ([str(r.event["id"]) for r in waiting],),
+        )
+        refused |= {row[0] for row in await cur.fetchall()}
+        still = []
+        for r in waiting:
+            if str(r.event["id"]) in refused:
+                continue
+            table, key_col, key = entity_of(r.event) or ("", "", "")
+            at, vid = version_of(r.event)
+            cur = await conn.execute(
+                f"SELECT (version_at, version_id) >= (%s, %s) FROM {table} "  # noqa: S608
+                f"WHERE {key_col} = %s",
+                (at, vid, key),
+            )
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                still.append(r)
+        waiting = still
+        if not waiting:
+            break
+        if time.monotonic() - start > 0.25:
+            tps = {(r.topic, r.partition) for r in waiting if not r.topic.endswith(".redrive")}
+            done = await progress.committed(tps) if tps else {}
+            past = [r for r in waiting if done.get((r.topic, r.partition), -1) > r.offset]
+            refused |= {str(r.event["id"]) for r in past}  # dealt with, never applied
+            waiting = [r for r in waiting if r not in past]
+            if waiting and time.monotonic() - start > _JUDGE_PATIENCE_S:
+                first = waiting[0].event
+                raise DependencyDown(
+                    f"the projections have not judged {len(waiting)} event(s) yet "
+                    f"(e.g. {first['type']} {first['id']})"
+                )
+        await asyncio.sleep(delay)
+        delay = min(0.2, delay * 2)
+    return refused
+
+
 def install(rt: Any) -> None:
     app = rt.app
+    progress = ProjectionsProgress(rt.settings)
 
     async def write(records: list[Record], db: PgReader) -> list[Rejection]:
         pending = []
         async with db.connection() as conn:
+            refused = await _refused(conn, records, progress)
             for r in records:
                 ev = r.event
+                if str(ev.get("id")) in refused:
+                    continue  # an illegal transition: it changed nothing, it tells nobody
                 for type_, step, data, key in await _derive(conn, ev):
                     at = ev["occurred_at"] + timedelta(milliseconds=1)
                     topic, value = await rt.encode(

@@ -268,6 +268,26 @@ def test_accepted_orders_are_tracked_cancellations_and_refunds_notify(
     )
     refunded = _order_event(p, "order.refunded", kept)
     assert _outbox(p, refunded["id"], "order_refunded") == {"EMAIL": "SENT"}
+    # an illegal change (a cancelled order completed): refused by the projections, told nobody
+    illegal = p.post(
+        "order.status_changed",
+        example(
+            "order.status_changed",
+            order_id=cancelled,
+            shop_id=shop,
+            user_id=customer,
+            from_status="CANCELLED",
+            to_status="COMPLETED",
+        ),
+    )
+    poll(
+        lambda: p.dead_letters(TOPICS["order"].name, illegal["id"]) or None,
+        timeout=60,
+        what="the illegal change dead-lettered by the projections",
+    )
     _settled(p)
+    assert _subjects(p, address, f"Your order {cancelled} is completed") == []
+    assert _outbox(p, illegal["id"], "status_completed") == {}
+    assert len(_subjects(p, address, f"Your order {kept} is completed")) == 1
     assert len(_subjects(p, address, f"Your order {cancelled} is cancelled")) == 1
     assert len(_subjects(p, address, f"Refund of ₹52.00 for order {kept}")) == 1
