@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pydantic import ValidationError
 
@@ -118,40 +118,39 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_worker_reset_offsets(args: argparse.Namespace) -> int:
+def _zoned_time(flag: str, value: str | None) -> tuple[bool, Any]:
+    """(ok, the time or None) of an ISO 8601 option that must carry a zone; says why not."""
     from datetime import datetime
 
+    if not value:
+        return True, None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        _out(f"{flag}: not an ISO 8601 time: {value!r}")
+        return False, None
+    if at.tzinfo is None:
+        _out(f"{flag}: give a time zone (e.g. 2026-11-23T10:00:00+05:30 or ...Z)")
+        return False, None
+    return True, at
+
+
+def _cmd_worker_reset_offsets(args: argparse.Namespace) -> int:
     from streams.offsets import reset_offsets
 
-    to = None
-    if args.to_datetime:
-        try:
-            to = datetime.fromisoformat(args.to_datetime)
-        except ValueError:
-            _out(f"--to-datetime: not an ISO 8601 time: {args.to_datetime!r}")
-            return 2
-        if to.tzinfo is None:
-            _out("--to-datetime: give a time zone (e.g. 2026-11-23T10:00:00+05:30 or ...Z)")
-            return 2
+    ok, to = _zoned_time("--to-datetime", args.to_datetime)
+    if not ok:
+        return 2
     reset_offsets(_settings(), args.role, to=to, execute=args.execute, echo=_out)
     return 0
 
 
 def _cmd_jobs_run(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from streams.jobs import run_now
 
-    cutoff = None
-    if args.cutoff:
-        try:
-            cutoff = datetime.fromisoformat(args.cutoff)
-        except ValueError:
-            _out(f"--cutoff: not an ISO 8601 time: {args.cutoff!r}")
-            return 2
-        if cutoff.tzinfo is None:
-            _out("--cutoff: give a time zone (e.g. 2026-11-23T00:00:00Z)")
-            return 2
+    ok, cutoff = _zoned_time("--cutoff", args.cutoff)
+    if not ok:
+        return 2
     return run_now(_settings(), args.job, cutoff=cutoff, wait_s=args.wait, echo=_out)
 
 
