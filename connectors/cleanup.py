@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -19,8 +19,10 @@ from prometheus_client import Gauge
 __all__ = [
     "CLEANUP_LOCK",
     "TARGETS",
+    "CutoffRefused",
     "Cutoffs",
     "apply_run",
+    "check_run",
     "is_removed_session",
     "job_summary",
     "load_cutoffs",
@@ -47,23 +49,47 @@ class Cutoffs:
 
 
 async def load_cutoffs(conn: psycopg.AsyncConnection[Any]) -> Cutoffs:
-    """Take the cleanup lock shared (until the transaction ends) and read the cutoffs."""
+    """Take the cleanup lock shared (until the transaction ends), then read the cutoffs: two
+    statements, so the read sees a cleanup that committed while the lock was waited for."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (CLEANUP_LOCK,))
     cur = await conn.execute(
-        "SELECT pg_advisory_xact_lock_shared(%s) IS NULL AS locked, "
-        "(SELECT max(cutoff) FROM job_runs WHERE job = 'expired_sessions') AS sessions, "
+        "SELECT (SELECT max(cutoff) FROM job_runs WHERE job = 'expired_sessions') AS sessions, "
         "(SELECT max(cutoff) FROM job_runs WHERE job = 'old_logs' "
-        "AND 'AUDIT_LOG' = ANY(targets)) AS audit_log",
-        (CLEANUP_LOCK,),
+        "AND 'AUDIT_LOG' = ANY(targets)) AS audit_log"
     )
     row: Any = await cur.fetchone()
     if isinstance(row, dict):
         return Cutoffs(row["sessions"], row["audit_log"])
-    return Cutoffs(row[1], row[2])
+    return Cutoffs(row[0], row[1])
+
+
+class CutoffRefused(ValueError):
+    """A cleanup whose cutoff is after its own time (or far in the future): it would remove rows
+    that do not exist yet and keep every new one out. Dead-lettered, never applied."""
+
+
+#: how far a cleanup event's time may lie ahead of the clock
+_FUTURE_SKEW = timedelta(minutes=5)
+
+
+def check_run(event: dict[str, Any], now: datetime) -> None:
+    """Raise `CutoffRefused` for a run that must not be applied."""
+    cutoff: datetime = event["data"]["cutoff"]
+    at: datetime = event["occurred_at"]
+    if cutoff > at:
+        raise CutoffRefused(
+            f"CUTOFF_AFTER_EVENT: cutoff {cutoff.isoformat()} is after the run's own time "
+            f"{at.isoformat()}"
+        )
+    if at > now + _FUTURE_SKEW:
+        raise CutoffRefused(f"EVENT_IN_FUTURE: the run is dated {at.isoformat()}")
 
 
 async def apply_run(conn: psycopg.AsyncConnection[Any], event: dict[str, Any]) -> dict[str, Any]:
     """Apply one cleanup event in the caller's transaction; return what was recorded:
-    {"job", "cutoff", "first": bool, "removed": {table: rows}}."""
+    {"job", "cutoff", "first": bool, "removed": {table: rows}}. A copy of a recorded run (same
+    job and cutoff) removes what it covers (nothing, unless a target is new to it) and is
+    counted as a repeat; its removals and targets are added to the record."""
     d = event["data"]
     job = d["job"]
     known = TARGETS[job]
@@ -82,24 +108,40 @@ async def apply_run(conn: psycopg.AsyncConnection[Any], event: dict[str, Any]) -
         )
         removed[table] = max(cur.rowcount, 0)
     cur = await conn.execute(
-        "INSERT INTO job_runs (job, cutoff, event_id, triggered_by, targets, occurred_at, "
-        "rows_removed, removed) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) "
-        "ON CONFLICT (job, cutoff) DO UPDATE SET repeats = job_runs.repeats + 1 "
-        "RETURNING (xmax = 0) AS first",
-        (
-            job,
-            cutoff,
-            str(event["id"]),
-            d.get("triggered_by") or "SCHEDULE",
-            targets,
-            event["occurred_at"],
-            sum(removed.values()),
-            json.dumps(removed),
-        ),
+        "SELECT targets, removed FROM job_runs WHERE job = %s AND cutoff = %s FOR UPDATE",
+        (job, cutoff),
     )
     row: Any = await cur.fetchone()
-    first = bool(row["first"] if isinstance(row, dict) else row[0])
-    return {"job": job, "cutoff": cutoff, "first": first, "removed": removed}
+    if row is None:
+        await conn.execute(
+            "INSERT INTO job_runs (job, cutoff, event_id, triggered_by, targets, occurred_at, "
+            "rows_removed, removed) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
+            (
+                job,
+                cutoff,
+                str(event["id"]),
+                d.get("triggered_by") or "SCHEDULE",
+                targets,
+                event["occurred_at"],
+                sum(removed.values()),
+                json.dumps(removed),
+            ),
+        )
+        return {"job": job, "cutoff": cutoff, "first": True, "removed": removed}
+    old_targets, old_removed = (row["targets"], row["removed"]) if isinstance(row, dict) else row
+    total = {k: old_removed.get(k, 0) + removed.get(k, 0) for k in {*old_removed, *removed}}
+    await conn.execute(
+        "UPDATE job_runs SET repeats = repeats + 1, targets = %s, removed = %s::jsonb, "
+        "rows_removed = %s WHERE job = %s AND cutoff = %s",
+        (
+            sorted({*old_targets, *targets}),
+            json.dumps(total),
+            sum(total.values()),
+            job,
+            cutoff,
+        ),
+    )
+    return {"job": job, "cutoff": cutoff, "first": False, "removed": removed}
 
 
 def is_removed_session(row: dict[str, Any], cutoffs: Cutoffs) -> bool:

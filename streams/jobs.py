@@ -49,8 +49,12 @@ def due(job: str, now: datetime, every_s: int, keep_days: int) -> tuple[datetime
     return start, start - timedelta(days=keep_days)
 
 
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def run_event_id(job: str, cutoff: datetime) -> str:
-    return str(uuid.uuid5(_NS, f"{job}:{int(cutoff.timestamp() * 1000)}"))
+    """UUIDv5 of the job and the cutoff in whole milliseconds (as Avro carries it)."""
+    return str(uuid.uuid5(_NS, f"{job}:{(cutoff - _UNIX) // timedelta(milliseconds=1)}"))
 
 
 def run_data(job: str, cutoff: datetime, triggered_by: str) -> dict[str, Any]:
@@ -77,9 +81,15 @@ def run_now(
     from schemas.registry import SchemaRegistry
 
     every, keep = schedule(settings)[job]
-    start, due_cutoff = due(job, datetime.now(UTC), every, keep)
+    now = datetime.now(UTC)
+    _, due_cutoff = due(job, now, every, keep)
     if cutoff is None:
         cutoff = due_cutoff
+    cutoff = cutoff.astimezone(UTC)
+    cutoff = cutoff.replace(microsecond=cutoff.microsecond // 1000 * 1000)  # as Avro carries it
+    if cutoff > now:
+        echo(f"job {job}: the cutoff {cutoff.isoformat()} is in the future: refused")
+        return 2
     eid = run_event_id(job, cutoff)
     et = EVENT_TYPES[JOB_EVENTS[job]]
     sid = SchemaRegistry(settings.registry_url).register(et)
@@ -88,7 +98,7 @@ def run_now(
         {
             "id": eid,
             "type": et.name,
-            "occurred_at": min(start, datetime.now(UTC)),
+            "occurred_at": now,
             "source": "mohallamart-cli",
             "trace_id": eid,
             "data": run_data(job, cutoff, "OPERATOR"),

@@ -31,9 +31,9 @@ def render(kind: str, params: dict[str, Any]) -> tuple[str, str, str]:
         _ENV.get_template(f"{name}.txt.j2")
     except jinja2.TemplateNotFound:
         name = "generic"
-    subject = _ENV.get_template(f"{name}.subject.j2").render(**params).strip()
-    text = _ENV.get_template(f"{name}.txt.j2").render(**params)
-    html = _ENV.get_template(f"{name}.html.j2").render(**params)
+    subject = _ENV.get_template(f"{name}.subject.j2").render(params).strip()
+    text = _ENV.get_template(f"{name}.txt.j2").render(params)
+    html = _ENV.get_template(f"{name}.html.j2").render(params)
     return subject, text, html
 
 

@@ -13,7 +13,13 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.cleanup import apply_run, job_summary, publish_job_metrics
+from connectors.cleanup import (
+    CutoffRefused,
+    apply_run,
+    check_run,
+    job_summary,
+    publish_job_metrics,
+)
 from schemas.catalog import TOPICS
 from streams.agents._read_side import PgReader, install_agent
 from streams.jobs import JOB_EVENTS, due, run_data, run_event_id, schedule
@@ -31,9 +37,15 @@ def install(rt: Any) -> None:
     db = PgReader(settings.postgres_dsn)
 
     async def write(records: list[Record], reader: PgReader) -> list[Rejection]:
+        refused: list[Rejection] = []
         async with reader.connection() as conn:
             for r in records:
                 ev = r.event
+                try:
+                    check_run(ev, datetime.now(UTC))
+                except CutoffRefused as exc:
+                    refused.append(Rejection(r, str(exc), "CutoffRefused"))
+                    continue
                 async with conn.transaction():
                     run = await apply_run(conn, ev)
                 removed = ", ".join(f"{t} {n}" for t, n in run["removed"].items())
@@ -55,7 +67,7 @@ def install(rt: Any) -> None:
                         removed,
                     )
             publish_job_metrics(await job_summary(conn))
-        return []
+        return refused
 
     install_agent(rt, "cleanup", TOPICS["cleanup"].name, write, owns_decode=True)
 

@@ -287,16 +287,31 @@ def _purchase(ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: event id -> when this process first saw it (a client sets occurred_at: it may lie ahead)
+_FIRST_SEEN: dict[str, float] = {}
+
+
 def _waited_long_enough(ev: dict[str, Any]) -> bool:
-    return bool(time.time() - ev["occurred_at"].timestamp() > _UNKNOWN_ROW_AFTER_S)
+    """Has `ev` waited `_UNKNOWN_ROW_AFTER_S` for a row, counted from when it occurred or was
+    first seen here, whichever is earlier?"""
+    now = time.time()
+    if len(_FIRST_SEEN) > 100_000:
+        _FIRST_SEEN.clear()
+    seen = _FIRST_SEEN.setdefault(str(ev["id"]), now)
+    return bool(now - min(seen, ev["occurred_at"].timestamp()) > _UNKNOWN_ROW_AFTER_S)
 
 
-async def _refused(conn: Any, records: list[Record], progress: ProjectionsProgress) -> set[str]:
-    """Ids of the judged events of `records` the projections refused, once every judged event is
-    applied (its row has reached the event's version, or a newer one) or refused (recorded in
-    `projection_refusals`; or the projections' group committed past it without applying it)."""
+async def _judge(
+    conn: Any, records: list[Record], progress: ProjectionsProgress
+) -> tuple[set[str], dict[str, str]]:
+    """(ids of the judged events of `records` the projections refused, event id -> the user of
+    the row each applied one changed). Returns once every judged event is applied (its row holds
+    the event's version), refused (recorded in `projection_refusals`), or passed over (the
+    projections' group committed past it: applied if its row holds a newer version, else
+    refused before refusals were recorded)."""
     waiting = [r for r in records if r.event.get("type") in _JUDGED]
     refused: set[str] = set()
+    users: dict[str, str] = {}
     start = time.monotonic()
     delay = 0.02
     while waiting:
@@ -305,29 +320,45 @@ async def _refused(conn: Any, records: list[Record], progress: ProjectionsProgre
             ([str(r.event["id"]) for r in waiting],),
         )
         refused |= {row[0] for row in await cur.fetchall()}
-        still = []
+        still: list[tuple[Record, bool]] = []  # (record, its row holds a newer version)
         for r in waiting:
-            if str(r.event["id"]) in refused:
+            eid = str(r.event["id"])
+            if eid in refused:
                 continue
             table, key_col, key = entity_of(r.event) or ("", "", "")
             at, vid = version_of(r.event)
             cur = await conn.execute(
-                f"SELECT (version_at, version_id) >= (%s, %s) FROM {table} "  # noqa: S608
+                f"SELECT (version_at, version_id) = (%s, %s), "  # noqa: S608
+                f"(version_at, version_id) > (%s, %s), user_id FROM {table} "
                 f"WHERE {key_col} = %s",
-                (at, vid, key),
+                (at, vid, at, vid, key),
             )
             row = await cur.fetchone()
-            if row is None or not row[0]:
-                still.append(r)
-        waiting = still
-        if not waiting:
+            if row is not None:
+                users[eid] = str(row[2])
+            if row is not None and row[0]:
+                continue  # applied
+            still.append((r, bool(row is not None and row[1])))
+        if not still:
             break
+        waiting = [r for r, _ in still]
         if time.monotonic() - start > 0.25:
             tps = {(r.topic, r.partition) for r in waiting if not r.topic.endswith(".redrive")}
             done = await progress.committed(tps) if tps else {}
-            past = [r for r in waiting if done.get((r.topic, r.partition), -1) > r.offset]
-            refused |= {str(r.event["id"]) for r in past}  # dealt with, never applied
-            waiting = [r for r in waiting if r not in past]
+            past = {
+                str(r.event["id"]): newer
+                for r, newer in still
+                if done.get((r.topic, r.partition), -1) > r.offset
+            }
+            if past:  # refusals are recorded before the projections commit: read them again
+                cur = await conn.execute(
+                    "SELECT event_id::text FROM projection_refusals "
+                    "WHERE event_id = ANY(%s::uuid[])",
+                    (list(past),),
+                )
+                again = {row[0] for row in await cur.fetchall()}
+                refused |= {e for e, newer in past.items() if e in again or not newer}
+                waiting = [r for r in waiting if str(r.event["id"]) not in past]
             if waiting and time.monotonic() - start > _JUDGE_PATIENCE_S:
                 first = waiting[0].event
                 raise DependencyDown(
@@ -336,7 +367,7 @@ async def _refused(conn: Any, records: list[Record], progress: ProjectionsProgre
                 )
         await asyncio.sleep(delay)
         delay = min(0.2, delay * 2)
-    return refused
+    return refused, users
 
 
 def install(rt: Any) -> None:
@@ -346,11 +377,16 @@ def install(rt: Any) -> None:
     async def write(records: list[Record], db: PgReader) -> list[Rejection]:
         pending = []
         async with db.connection() as conn:
-            refused = await _refused(conn, records, progress)
+            refused, users = await _judge(conn, records, progress)
             for r in records:
                 ev = r.event
                 if str(ev.get("id")) in refused:
                     continue  # an illegal transition: it changed nothing, it tells nobody
+                user = users.get(str(ev.get("id")))
+                if user is not None and user != ev["data"].get("user_id"):
+                    # told to the user the row names (the order's customer, the applicant),
+                    # never to one the client wrote into the event
+                    ev = {**ev, "data": {**ev["data"], "user_id": user}}
                 for type_, step, data, key in await _derive(conn, ev):
                     at = ev["occurred_at"] + timedelta(milliseconds=1)
                     topic, value = await rt.encode(
@@ -494,13 +530,18 @@ def install(rt: Any) -> None:
             )
             # those this event tells (now, or the first time it was processed: a replay)
             cur = await conn.execute(
-                "SELECT a.user_id FROM stock_alerts a JOIN users u ON u.user_id = a.user_id "
-                "WHERE a.product_id = %s AND a.notified_by = %s "
-                "AND coalesce((u.preferences ->> 'back_in_stock_alerts')::boolean, true) "
-                "ORDER BY a.user_id",
+                "SELECT a.user_id, u.user_id IS NOT NULL, "
+                "coalesce((u.preferences ->> 'back_in_stock_alerts')::boolean, true) "
+                "FROM stock_alerts a LEFT JOIN users u ON u.user_id = a.user_id "
+                "WHERE a.product_id = %s AND a.notified_by = %s ORDER BY a.user_id",
                 (d["product_id"], eid),
             )
-            users = [str(r[0]) for r in await cur.fetchall()]
+            rows = await cur.fetchall()
+        if any(not known for _, known, _ in rows) and not _waited_long_enough(ev):
+            # a user the projections have not written yet (another topic): wait for the row
+            # rather than use up their alert unheard (the marking above is kept: idempotent)
+            raise DependencyDown(f"a user who asked about {d['product_id']} is not projected yet")
+        users = [str(user) for user, known, wants in rows if known and wants]
         return [
             (
                 f"back_in_stock:{user}",

@@ -218,9 +218,11 @@ def test_accepted_orders_are_tracked_cancellations_and_refunds_notify(
     assert d["value_paise"] == accepted["data"]["total_paise"]
 
     _order_event(p, "order.accepted", cancelled)
+    # the event names another user: the order's own customer is told, never that one
+    other, other_mail, _ = _register(p, email_opt_in=True)
     p.post(
         "order.cancelled",
-        example("order.cancelled", order_id=cancelled, shop_id=shop, user_id=customer),
+        example("order.cancelled", order_id=cancelled, shop_id=shop, user_id=other),
     )
     p.post(
         "order.status_changed",
@@ -290,4 +292,5 @@ def test_accepted_orders_are_tracked_cancellations_and_refunds_notify(
     assert _outbox(p, illegal["id"], "status_completed") == {}
     assert len(_subjects(p, address, f"Your order {kept} is completed")) == 1
     assert len(_subjects(p, address, f"Your order {cancelled} is cancelled")) == 1
+    assert _subjects(p, other_mail, "Your order") == []
     assert len(_subjects(p, address, f"Refund of ₹52.00 for order {kept}")) == 1

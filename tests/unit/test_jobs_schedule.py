@@ -1,9 +1,14 @@
-"""The scheduled jobs' periods, cutoffs and run ids (streams/jobs.py)."""
+"""The scheduled jobs' periods, cutoffs, run ids and the runs refused (streams/jobs.py,
+connectors/cleanup.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
+
+from connectors.cleanup import CutoffRefused, check_run
 from streams.jobs import due, period_start, run_data, run_event_id
 
 DAY, WEEK = 86_400, 604_800
@@ -58,3 +63,22 @@ def test_run_data() -> None:
         "triggered_by": "SCHEDULE",
     }
     assert run_data("old_logs", a, "OPERATOR")["targets"] == ["AUDIT_LOG", "ANALYTICS"]
+
+
+def test_a_run_after_its_own_time_or_dated_ahead_is_refused() -> None:
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+    def run(cutoff: datetime, at: datetime) -> dict[str, Any]:
+        return {"occurred_at": at, "data": {"job": "expired_sessions", "cutoff": cutoff}}
+
+    check_run(run(now - timedelta(days=1), now), now)  # the usual: a cutoff before the run
+    check_run(run(now, now), now)
+    with pytest.raises(CutoffRefused, match="CUTOFF_AFTER_EVENT"):
+        check_run(run(now + timedelta(days=365), now), now)
+    with pytest.raises(CutoffRefused, match="EVENT_IN_FUTURE"):
+        check_run(run(now + timedelta(days=1), now + timedelta(days=2)), now)
+
+
+def test_run_ids_count_whole_milliseconds() -> None:
+    a = datetime(2026, 11, 23, 0, 0, 0, 999_999, tzinfo=UTC)
+    assert run_event_id("old_logs", a) == run_event_id("old_logs", a.replace(microsecond=999_000))
