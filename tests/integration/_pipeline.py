@@ -24,7 +24,11 @@ from schemas.codec import RegistryDecoder
 from schemas.registry import SchemaRegistry
 from tests.integration._support import free_port, poll
 
-__all__ = ["Pipeline", "Workers", "example", "order_created", "uid"]
+__all__ = ["QUIET_USER", "Pipeline", "Workers", "example", "order_created", "uid"]
+
+#: the customer of `order_created` orders: registered by the pipeline fixture with every
+#: notification channel off (load tests would otherwise queue thousands of emails to one user)
+QUIET_USER = "usr_tests_quiet"
 
 #: the test profile of the workers: short retries, a short wait for unknown products
 WORKER_ENV = {
@@ -343,6 +347,7 @@ def order_created(
             items=lines,
             total_paise=unit_paise * sum(items.values()),
             delivery_fee_paise=0,
+            user_id=QUIET_USER,
         ),
         at=at,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -159,7 +160,7 @@ def pipeline(api: str, ingest_key: str, settings: Settings, providers: Any) -> I
     """The API and the workers: one projections worker, two stock workers (they share the stock
     role's partitions), one each of cache, search, workflows and notifications; ready once a
     probe product's first stock movement is a row."""
-    from tests.integration._pipeline import Pipeline, Workers, example, uid
+    from tests.integration._pipeline import QUIET_USER, Pipeline, Workers, example, uid
 
     workers = Workers(settings, settings.stack_dir / "tests")
     workers.logdir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +173,18 @@ def pipeline(api: str, ingest_key: str, settings: Settings, providers: Any) -> I
     workers.start("notifications", "notifications", env=providers.env)
     p = Pipeline(api, ingest_key, settings, workers)
     try:
+        # the customer of the tests' bulk orders: every channel off (the notification tests
+        # register customers of their own), so thousands of load orders queue no emails
+        quiet = example(
+            "user.registered", user_id=QUIET_USER, email=f"{QUIET_USER}@example.in", phone=None
+        )
+        quiet["preferences"] = {
+            **quiet["preferences"],
+            "email_opt_in": False,
+            "sms_opt_in": False,
+            "push_opt_in": False,
+        }
+        p.post("user.registered", quiet, id=str(uuid.uuid5(uuid.NAMESPACE_URL, QUIET_USER)))
         probe = uid("prd_probe")
         p.post("product.created", example("product.created", product_id=probe, initial_stock=1))
         p.wait_row(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.policy
 import os
 import random
+import time
 from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,11 +17,12 @@ import pytest
 from schemas.catalog import TOPICS
 from streams.agents.notify import CHANNELS, channel_topic
 from streams.agents.workflows import derived_id
+from streams.app import stock_by_shop_topic
 from streams.notify import message_id
 from tests.integration._cli import mohallamart
 from tests.integration._pipeline import Pipeline, example, order_created, uid
 from tests.integration._readside import reader
-from tests.integration._support import poll
+from tests.integration._support import poll, report
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +117,20 @@ def _order_event(p: Pipeline, type_: str, oid: str) -> dict[str, Any]:
         what=f"{type_} of {oid}",
     )
     return found[0]
+
+
+def _drained(p: Pipeline) -> None:
+    """What earlier tests queued (tens of thousands of orders, thousands of notifications) goes
+    through every step upstream of the channels first: stock, then workflows, then notifications.
+    Otherwise this test's SMS waits behind that backlog, which says nothing about SMTP."""
+    started = time.monotonic()
+    p.caught_up("stock", ["order", "product"], timeout=300)
+    p.caught_up("stock", [], timeout=300, topics=[stock_by_shop_topic(p.settings)])
+    p.caught_up("projections", ["user", "shop", "shopkeeper", "order"], timeout=300)
+    p.caught_up("workflows", ["user", "order"], timeout=300)
+    channels = [channel_topic(p.settings.topic_namespace, c) for c in CHANNELS]
+    p.caught_up("notifications", ["notification"], timeout=300, topics=channels)
+    report(f"earlier tests' backlog drained in {time.monotonic() - started:.1f} s")
 
 
 def test_a_registration_sends_one_welcome_email_and_a_replay_sends_nothing_new(

@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 
 from schemas.catalog import TOPICS
-from streams.agents.notify import CHANNELS, channel_topic
 from streams.agents.workflows import derived_id
-from streams.app import stock_by_shop_topic
 from tests.integration._cli import mohallamart
 from tests.integration._pipeline import Pipeline, uid
 from tests.integration._support import poll, report
 from tests.integration.test_notifications import (
+    _drained,
     _mails,
     _order,
     _order_event,
@@ -83,20 +82,6 @@ def test_kill_9_of_the_notifications_worker_during_a_burst_of_1000(pipeline: Pip
     # the one email agent sends one message at a time: at most that one was in flight
     assert repeats <= 1
     assert {m["Subject"] for m in burst()} == {f"{tag} {i:04d}" for i in range(1000)}
-
-
-def _drained(p: Pipeline) -> None:
-    """What earlier tests queued (tens of thousands of orders, thousands of notifications) goes
-    through every step upstream of the channels first: stock, then workflows, then notifications.
-    Otherwise this test's SMS waits behind that backlog, which says nothing about SMTP."""
-    started = time.monotonic()
-    p.caught_up("stock", ["order", "product"], timeout=300)
-    p.caught_up("stock", [], timeout=300, topics=[stock_by_shop_topic(p.settings)])
-    p.caught_up("projections", ["user", "shop", "shopkeeper", "order"], timeout=300)
-    p.caught_up("workflows", ["user", "order"], timeout=300)
-    channels = [channel_topic(p.settings.topic_namespace, c) for c in CHANNELS]
-    p.caught_up("notifications", ["notification"], timeout=300, topics=channels)
-    report(f"SMTP outage test: the backlog drained in {time.monotonic() - started:.1f} s")
 
 
 @pytest.mark.restarts_stack

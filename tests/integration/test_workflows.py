@@ -15,6 +15,7 @@ from streams.agents.workflows import derived_id
 from tests.integration._pipeline import Pipeline, example, uid
 from tests.integration._support import poll
 from tests.integration.test_notifications import (
+    _drained,
     _mails,
     _order,
     _order_event,
@@ -51,6 +52,7 @@ def test_out_of_stock_alerts_the_shop_and_back_in_stock_tells_who_asked_once(
     pipeline: Pipeline, providers: Any
 ) -> None:
     p = pipeline
+    _drained(p)  # what earlier tests queued goes first: this test measures its own flow
     owner, owner_mail, _ = _register(p, push_opt_in=True, email_opt_in=True)
     asker, asker_mail, _ = _register(
         p, push_opt_in=True, email_opt_in=True, back_in_stock_alerts=True
@@ -121,6 +123,7 @@ def test_out_of_stock_alerts_the_shop_and_back_in_stock_tells_who_asked_once(
 
 def test_a_shopkeepers_application_approval_and_rejection_are_emailed(pipeline: Pipeline) -> None:
     p = pipeline
+    _drained(p)  # what earlier tests queued goes first: this test measures its own flow
     approved, approved_mail, _ = _register(p, email_opt_in=True)
     rejected, rejected_mail, _ = _register(p, email_opt_in=True)
     shops = {}
@@ -186,6 +189,7 @@ def test_accepted_orders_are_tracked_cancellations_and_refunds_notify(
     pipeline: Pipeline, providers: Any
 ) -> None:
     p = pipeline
+    _drained(p)  # what earlier tests queued goes first: this test measures its own flow
     owner, _, _ = _register(p, push_opt_in=True)
     customer, address, _ = _register(p, email_opt_in=True)
     shop, pid = _shop_with_product(p, owner, stock=10)
