@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -184,7 +185,13 @@ def pipeline(api: str, ingest_key: str, settings: Settings, providers: Any) -> I
             "sms_opt_in": False,
             "push_opt_in": False,
         }
-        p.post("user.registered", quiet, id=str(uuid.uuid5(uuid.NAMESPACE_URL, QUIET_USER)))
+        # the same id and body every session: on a stack that has it, a duplicate (202)
+        p.post(
+            "user.registered",
+            quiet,
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{QUIET_USER}@2026-01-01")),
+            at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
         probe = uid("prd_probe")
         p.post("product.created", example("product.created", product_id=probe, initial_stock=1))
         p.wait_row(
