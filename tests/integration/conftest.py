@@ -185,13 +185,17 @@ def pipeline(api: str, ingest_key: str, settings: Settings, providers: Any) -> I
             "sms_opt_in": False,
             "push_opt_in": False,
         }
-        # the same id and body every session: on a stack that has it, a duplicate (202)
-        p.post(
-            "user.registered",
-            quiet,
-            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{QUIET_USER}@2026-01-01")),
-            at=datetime(2026, 1, 1, tzinfo=UTC),
+        # the same id and body every session: on a stack that has it, a duplicate (200)
+        registered = p.http.post(
+            "/v1/events",
+            json=p.event(
+                "user.registered",
+                quiet,
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{QUIET_USER}@2026-01-01")),
+                at=datetime(2026, 1, 1, tzinfo=UTC),
+            ),
         )
+        assert registered.status_code in (200, 202), registered.text
         probe = uid("prd_probe")
         p.post("product.created", example("product.created", product_id=probe, initial_stock=1))
         p.wait_row(
