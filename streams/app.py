@@ -13,6 +13,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -195,6 +196,22 @@ def create_app(role: str, settings: Settings) -> faust.App:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def _watchdog() -> None:
+        # aiokafka's fetcher can crash (seen once: KeyError in fetched_records while partitions
+        # were paused and sought back many times a second). faust logs "Fetcher Crashed" and
+        # the process stays up consuming nothing. A worker that cannot consume ends instead,
+        # so its supervisor restarts it; its uncommitted records come again (at least once,
+        # applied idempotently), as after kill -9.
+        fetcher = getattr(app, "_fetcher", None)
+        if fetcher is not None and fetcher.crashed and not app.should_stop:
+            log.critical(
+                "the Kafka fetcher crashed (%r): exiting so the worker is restarted",
+                fetcher.crash_reason,
+            )
+            logging.shutdown()
+            os._exit(70)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
