@@ -26,6 +26,7 @@ are produced again with the same ids and are recognised downstream as the same e
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -320,25 +321,37 @@ async def _judge(
             ([str(r.event["id"]) for r in waiting],),
         )
         refused |= {row[0] for row in await cur.fetchall()}
-        still: list[tuple[Record, bool]] = []  # (record, its row holds a newer version)
+        # one query per table for the batch's judged events (not one per event)
+        wanted: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in waiting:
             eid = str(r.event["id"])
             if eid in refused:
                 continue
             table, key_col, key = entity_of(r.event) or ("", "", "")
             at, vid = version_of(r.event)
-            cur = await conn.execute(
-                f"SELECT (version_at, version_id) = (%s, %s), "  # noqa: S608
-                f"(version_at, version_id) > (%s, %s), user_id FROM {table} "
-                f"WHERE {key_col} = %s",
-                (at, vid, at, vid, key),
+            wanted.setdefault((table, key_col), []).append(
+                {"e": eid, "k": key, "at": at.isoformat(), "v": str(vid)}
             )
-            row = await cur.fetchone()
-            if row is not None:
-                users[eid] = str(row[2])
-            if row is not None and row[0]:
-                continue  # applied
-            still.append((r, bool(row is not None and row[1])))
+        rows: dict[str, tuple[bool, bool]] = {}  # event id -> (applied, row holds a newer one)
+        for (table, key_col), probe in wanted.items():
+            cur = await conn.execute(
+                "SELECT w.e, (t.version_at, t.version_id) = (w.at, w.v), "  # noqa: S608
+                "(t.version_at, t.version_id) > (w.at, w.v), t.user_id "
+                "FROM jsonb_to_recordset(%s::jsonb) AS w(e text, k text, at timestamptz, v uuid) "
+                f"JOIN {table} t ON t.{key_col} = w.k",
+                (json.dumps(probe),),
+            )
+            for eid, applied, newer, user in await cur.fetchall():
+                rows[eid] = (bool(applied), bool(newer))
+                users[eid] = str(user)
+        still: list[tuple[Record, bool]] = []  # (record, its row holds a newer version)
+        for r in waiting:
+            eid = str(r.event["id"])
+            if eid in refused:
+                continue
+            applied, newer = rows.get(eid, (False, False))
+            if not applied:
+                still.append((r, newer))
         if not still:
             break
         waiting = [r for r, _ in still]
