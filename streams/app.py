@@ -69,11 +69,42 @@ def worker_topics(settings: Settings) -> list[Topic]:
     return out
 
 
+class _NeverRead(dict[Any, Any]):
+    """A read-offset map that never reports an offset: faust then drops nothing it fetched."""
+
+    def __getitem__(self, key: Any) -> None:
+        return None
+
+    def get(self, key: Any, default: Any = None) -> None:
+        return None
+
+
 class _Consumer(faust_aiokafka.Consumer):
     """faust treats a jump in a partition's offsets as a gap already processed, the message that
     jumped included, and may commit past records no agent has seen (faust-streaming #606, #221:
     around rebalances). Our topics have no gaps (no transactions, no compaction): a jump is never
     acknowledged here; the records are delivered again instead of lost."""
+
+    # faust drops a fetched record whose offset is below its "read offset" of the partition (the
+    # last offset it handed on). A seek back (see streams.agents._batches) then loses a race with
+    # the fetch loop still handing on the records of an earlier fetch: it raises the read offset
+    # again and the records sought are dropped, so the seek is repeated, again and again. Here
+    # every record fetched is handed on; the agents admit each offset once, in order.
+    @property
+    def _read_offset(self) -> Any:
+        return self.__dict__.setdefault("_mm_read_offset", _NeverRead())
+
+    @_read_offset.setter
+    def _read_offset(self, value: Any) -> None:
+        pass
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        # faust hands on only the records of partitions still active once the fetch returns: a
+        # partition paused meanwhile (a dependency down) loses the records of that fetch, a gap.
+        # Every record a fetch returns belongs to a partition active when it was fetched (a
+        # rebalance is caught by faust's generation check): hand them all on.
+        records, _active = await super()._wait_next_records(timeout)
+        return records, None
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         log.warning(
