@@ -181,43 +181,65 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
     stack = Stack(settings, echo=lambda line: _out(f"[stack] {line}"))
     result = stack.up()
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    commands = [("api", ["api"])] + [(role, ["worker", "--role", role]) for role in ROLES]
+    commands = dict([("api", ["api"])] + [(role, ["worker", "--role", role]) for role in ROLES])
+    children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
         stopping.set()
 
+    def _start(name: str) -> None:
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "mohallamart.cli", *commands[name]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # we stop them ourselves, in order
+        )
+        children[name] = proc
+        threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True).start()
+        _out(f"[run] {name} started (pid {proc.pid})")
+
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    # a process that exits on its own (a worker whose Kafka fetcher crashed ends itself) is
+    # started again, as a deployment's supervisor would: after 1 s, doubling up to 30 s while it
+    # keeps exiting within a minute of its start
+    started_at: dict[str, float] = {}
+    backoff: dict[str, float] = {}
+    due: dict[str, float] = {}
     try:
-        for name, cmd in commands:
-            proc = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "mohallamart.cli", *cmd],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # we stop them ourselves, in order
-            )
-            children.append((name, proc))
-            threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True).start()
-            _out(f"[run] {name} started (pid {proc.pid})")
+        for name in commands:
+            _start(name)
+            started_at[name] = time.monotonic()
         _out(
             f"[run] API on http://{settings.api_host}:{settings.api_port} "
             f"(health: /health); Ctrl-C stops everything this run started"
         )
         while not stopping.is_set():
-            for name, proc in children:
+            now = time.monotonic()
+            for name, proc in list(children.items()):
+                if name in due:
+                    if now >= due[name]:
+                        del due[name]
+                        _start(name)
+                        started_at[name] = now
+                    continue
                 if proc.poll() is not None:
-                    _out(f"[run] {name} exited with {proc.returncode}; stopping")
-                    stopping.set()
+                    quick = now - started_at[name] < 60
+                    backoff[name] = min(30.0, backoff.get(name, 0.5) * 2) if quick else 1.0
+                    due[name] = now + backoff[name]
+                    _out(
+                        f"[run] {name} exited with {proc.returncode}; "
+                        f"restarting in {backoff[name]:.0f} s"
+                    )
             stopping.wait(0.5)
     finally:
-        for _name, proc in reversed(children):
+        for _name, proc in reversed(list(children.items())):
             if proc.poll() is None:
                 proc.terminate()
         deadline = time.monotonic() + 20
-        for name, proc in reversed(children):
+        for name, proc in reversed(list(children.items())):
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

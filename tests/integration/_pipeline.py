@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -63,13 +64,32 @@ class _Proc:
 
 @dataclass
 class Workers:
-    """Worker processes this test session started (stopped by PID, never by name)."""
+    """Worker processes this test session started (stopped by PID, never by name).
+
+    Like the supervisor of a deployment (compose's `restart: unless-stopped`), a worker that
+    exits on its own is started again (a worker ends itself when it cannot go on, e.g. its Kafka
+    fetcher crashed); each such restart is logged to stderr and kept in `unplanned`, and the
+    session reports them at its end. A worker a test stops or kills stays down until the test
+    starts it again."""
 
     settings: Settings
     logdir: Path
     procs: dict[str, _Proc] = field(default_factory=dict)
+    unplanned: list[str] = field(default_factory=list)
+    _down: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _watch: threading.Thread | None = None
+    _closing: threading.Event = field(default_factory=threading.Event)
 
     def start(self, name: str, role: str, env: dict[str, str] | None = None) -> None:
+        with self._lock:
+            self._spawn(name, role, env)
+            self._down.discard(name)
+        if self._watch is None:
+            self._watch = threading.Thread(target=self._supervise, daemon=True)
+            self._watch.start()
+
+    def _spawn(self, name: str, role: str, env: dict[str, str] | None) -> None:
         extra = env
         datadir = self.logdir / "worker-data" / name
         datadir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +115,22 @@ class Workers:
             )
         self.procs[name] = _Proc(role, proc, log, port, dict(extra or {}))
 
+    def _supervise(self) -> None:
+        while not self._closing.wait(0.5):
+            with self._lock:
+                for name, p in list(self.procs.items()):
+                    code = p.proc.poll()
+                    if code is None or name in self._down:
+                        continue
+                    line = (
+                        f"worker {name} (role {p.role}, pid {p.proc.pid}) exited on its own "
+                        f"with {code} at {datetime.now(UTC):%H:%M:%S}: restarted (log {p.log})"
+                    )
+                    self.unplanned.append(line)
+                    sys.stderr.write(f"[workers] {line}\n")
+                    sys.stderr.flush()
+                    self._spawn(name, p.role, p.env)
+
     def restart(self, name: str) -> None:
         """Start a stopped worker again, as it was started (role, environment)."""
         p = self.procs[name]
@@ -108,12 +144,16 @@ class Workers:
         return self.procs[name].proc.poll() is None
 
     def kill9(self, name: str) -> None:
-        p = self.procs[name].proc
+        with self._lock:
+            self._down.add(name)
+            p = self.procs[name].proc
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)
 
     def stop(self, name: str) -> None:
-        p = self.procs[name].proc
+        with self._lock:
+            self._down.add(name)
+            p = self.procs[name].proc
         if p.poll() is None:
             p.terminate()
             try:
@@ -123,8 +163,30 @@ class Workers:
                 p.wait(10)
 
     def stop_all(self) -> None:
+        self._closing.set()
         for name in list(self.procs):
             self.stop(name)
+        if self.unplanned:
+            sys.stderr.write(
+                "[workers] restarted after exiting on their own:\n  "
+                + "\n  ".join(self.unplanned)
+                + "\n"
+            )
+
+    def describe(self, role: str) -> str:
+        """The state of `role`'s workers and the end of their logs (for a failure message)."""
+        out = []
+        for name, p in self.procs.items():
+            if p.role != role:
+                continue
+            code = p.proc.poll()
+            state = "running" if code is None else f"exited with {code}"
+            try:
+                tail = p.log.read_bytes()[-1500:].decode("utf-8", "replace")
+            except OSError:
+                tail = ""
+            out.append(f"--- worker {name} (pid {p.proc.pid}) {state}; log ends:\n{tail}")
+        return "\n".join(out)
 
 
 class Pipeline:
@@ -314,13 +376,23 @@ class Pipeline:
         finally:
             probe.close()
 
+        behind: dict[tuple[str, int], tuple[int, int]] = {}
+
         def done() -> bool:
             fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
             res = list(fut.values())[0].result(timeout=10)
             got = {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions}
+            behind.clear()
+            behind.update(
+                {tp: (got.get(tp, -1), end) for tp, end in ends.items() if got.get(tp, -1) < end}
+            )
             return all(got.get(tp, -1) >= end for tp, end in ends.items() if end > 0)
 
-        poll(done, timeout=timeout, interval=0.3, what=f"{group} to catch up")
+        try:
+            poll(done, timeout=timeout, interval=0.3, what=f"{group} to catch up")
+        except AssertionError as exc:
+            lag = ", ".join(f"{t}/{p} at {c} of {e}" for (t, p), (c, e) in sorted(behind.items()))
+            raise AssertionError(f"{exc}\nbehind: {lag}\n{self.workers.describe(role)}") from None
 
     def events_of(self, topic: str, type_: str, keys: Iterable[str]) -> list[dict[str, Any]]:
         return [ev for _, _, ev in self.records(topic, keys=keys) if ev and ev["type"] == type_]

@@ -128,6 +128,23 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
             if line.startswith("[run] ") and " started (pid " in line
         ]
         assert len(children) == 1 + len(ROLES), lines  # the API and one worker per role
+
+        def started(name: str) -> list[int]:
+            head = f"[run] {name} started (pid "
+            return [int(x[len(head) :].rstrip(")\n")) for x in lines if x.startswith(head)]
+
+        # a worker that dies is started again, as a supervisor would
+        (victim,) = started("workflows")
+        os.kill(victim, signal.SIGKILL)
+        again = poll(
+            lambda: started("workflows")[1:] or None,
+            timeout=30,
+            what="`run` to start the killed workflows worker again",
+        )
+        said = "".join(x for x in lines if x.startswith("[run]"))
+        assert "[run] workflows exited with -9; restarting" in said, said
+        assert _alive(again[0])
+        children.append(again[0])
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(60) == 0
     finally:
