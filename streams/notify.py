@@ -58,16 +58,19 @@ class Outbox:
         msg_id: str,
         trace_id: str,
         fallback: bool = False,
+        redriven: bool = False,
     ) -> bool:
         """Record the notification before sending it; False if it was settled already (sent,
-        failed or skipped): never send it again. A `fallback` may take over a skipped row."""
-        again = "('SENDING', 'SKIPPED')" if fallback else "('SENDING')"
+        failed or skipped): never send it again. A `fallback` may take over a skipped row; a
+        `redriven` one (an operator's `dlq redrive`) reopens a failed row: it is tried again."""
+        again = ["'SENDING'"] + ["'SKIPPED'"] * fallback + ["'FAILED'"] * redriven
+        again_sql = f"({', '.join(again)})"
         cur = await conn.execute(
             "INSERT INTO notification_outbox (event_id, channel, recipient, user_id, kind, "
             "status, attempts, message_id, trace_id) VALUES (%s, %s, %s, %s, %s, 'SENDING', 1, "
             "%s, %s) ON CONFLICT (event_id, channel, recipient) DO UPDATE SET attempts = "
             "notification_outbox.attempts + 1, status = 'SENDING', updated_at = now() "
-            f"WHERE notification_outbox.status IN {again} RETURNING status",
+            f"WHERE notification_outbox.status IN {again_sql} RETURNING status",
             (event_id, channel, recipient, user_id, kind, msg_id, trace_id),
         )
         return await cur.fetchone() is not None

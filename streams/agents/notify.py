@@ -79,7 +79,7 @@ def install(rt: Any) -> None:
         headers = [
             (k, v)
             for k, v in r.headers.items()
-            if k not in SOURCE_HEADERS and k not in ("x-channel", "x-fallback-from")
+            if k not in SOURCE_HEADERS and k not in ("x-channel", "x-fallback-from", "x-redriven")
         ]
         headers += [
             ("x-channel", channel.encode()),
@@ -135,7 +135,9 @@ def install(rt: Any) -> None:
                             trace_id=trace,
                         )
                         continue
-                    pending.append(await forward(r, channel))
+                    # a request an operator redrove: a failed send is tried again
+                    redriven = {"x-redriven": "1"} if r.topic.endswith(".redrive") else None
+                    pending.append(await forward(r, channel, redriven))
         for fut in pending:
             await fut
         return refused
@@ -175,6 +177,7 @@ def install(rt: Any) -> None:
             trace_id=trace,
             # a fallback from SMS goes out even where the email was skipped as opted out
             fallback="x-fallback-from" in r.headers,
+            redriven="x-redriven" in r.headers,
         ):
             return None  # sent (or settled) already: never again
         params = {"name": user["name"], "email": user["email"], **(d.get("params") or {})}

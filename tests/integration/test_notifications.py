@@ -299,3 +299,26 @@ def test_a_refused_sms_arrives_as_an_email_and_a_refused_email_is_dead_lettered(
     assert letter["x-original-topic"] == TOPICS["notification"].name
     assert "550" in letter["x-error-message"] and bad in letter["x-error-message"]
     assert _mails(p, bad) == []
+
+    # an operator redrives it: the failed send is tried again (not taken as settled), refused
+    # again, and back in the dead-letter topic once, marked as redriven
+    out = mohallamart("dlq", "redrive", "--id", welcome)
+    assert out.returncode == 0, out.stderr
+    assert "redriven 1" in out.stdout, out.stdout
+    again = poll(
+        lambda: (
+            [
+                h
+                for h in p.dead_letters(TOPICS["notification"].name, welcome)
+                if h.get("x-redrive-count") == "1"
+            ]
+            or None
+        ),
+        timeout=60,
+        what="the redriven email's second dead letter",
+    )
+    assert len(again) == 1 and again[0]["x-error-class"] == "EmailRefused"
+    assert p.rows(
+        "SELECT status, attempts FROM notification_outbox WHERE event_id = %s", welcome
+    ) == [("FAILED", 2)]
+    assert _mails(p, bad) == []
