@@ -40,6 +40,10 @@ WORKER_ENV = {
 }
 
 
+#: every worker restart the harness made because a worker exited on its own (printed at the end
+#: of the test run)
+UNPLANNED: list[str] = []
+
 _last_at = [datetime(2000, 1, 1, tzinfo=UTC)]
 
 
@@ -75,7 +79,7 @@ class Workers:
     settings: Settings
     logdir: Path
     procs: dict[str, _Proc] = field(default_factory=dict)
-    unplanned: list[str] = field(default_factory=list)
+    unplanned: list[str] = field(default_factory=lambda: UNPLANNED)
     _down: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _watch: threading.Thread | None = None

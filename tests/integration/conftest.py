@@ -25,6 +25,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("restarts_stack") is not None)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.integration._pipeline import UNPLANNED
+
+    if UNPLANNED:
+        terminalreporter.section("workers restarted after exiting on their own")
+        for line in UNPLANNED:
+            terminalreporter.write_line(line)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "restarts_stack: stops and starts the whole local stack (runs last)"
