@@ -11,8 +11,9 @@ from typing import Any
 
 import faust
 import psycopg
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition as AioTP
 
 from connectors.base import DependencyDown
 from connectors.views import pending_events
@@ -55,26 +56,43 @@ class PgReader:
 
 class ProjectionsProgress:
     """Where the projections role's consumer group has committed: every record before that
-    offset has been applied, skipped as superseded, or dead-lettered by the projections."""
+    offset has been applied, skipped as superseded, or dead-lettered by the projections.
+
+    Asked with aiokafka's admin client on the worker's own loop: librdkafka's admin client
+    (confluent-kafka), asked from a thread while the broker went away, aborted the whole worker
+    (`rd_kafka_enq_once_del_source_return: Assertion 'eonce->refcnt > 0' failed`, SIGABRT)."""
 
     def __init__(self, settings: Settings) -> None:
         self.group = f"{settings.worker_app_prefix}-projections"
-        self.admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 3})
+        self.bootstrap = settings.kafka_bootstrap
+        self._admin: AIOKafkaAdminClient | None = None
 
-    def _committed(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        request = ConsumerGroupTopicPartitions(
-            self.group, [TopicPartition(t, p) for t, p in sorted(tps)]
-        )
-        result = list(self.admin.list_consumer_group_offsets([request]).values())[0]
-        return {
-            (tp.topic, tp.partition): tp.offset for tp in result.result(timeout=5).topic_partitions
-        }
+    async def _client(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            try:
+                await admin.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+                raise
+            self._admin = admin
+        return self._admin
 
     async def committed(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         try:
-            return await asyncio.to_thread(self._committed, tps)
-        except KafkaException as exc:
-            raise DependencyDown(f"Kafka: {exc}") from exc
+            async with asyncio.timeout(5):
+                admin = await self._client()
+                found = await admin.list_consumer_group_offsets(
+                    self.group, partitions=[AioTP(t, p) for t, p in sorted(tps)]
+                )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            admin, self._admin = self._admin, None
+            if admin is not None:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+            raise DependencyDown(f"Kafka: {type(exc).__name__}: {exc}".strip()) from exc
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
 
 
 async def wait_projected(
