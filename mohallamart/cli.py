@@ -593,7 +593,16 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     from streams.app import ROLES
 
-    services = ["postgres", "registry-db", "kafka", "redis", "typesense", "smtp", "registry"]
+    services = [
+        "postgres",
+        "registry-db",
+        "kafka",
+        "redis",
+        "typesense",
+        "smtp",
+        "providers",
+        "registry",
+    ]
     p = argparse.ArgumentParser(
         prog="mohallamart",
         description="MohallaMart event pipeline: local stack, API, workers and operator tools.",

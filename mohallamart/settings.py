@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     stack_typesense_port: int = Field(18108, ge=1, le=65535)
     stack_typesense_peering_port: int = Field(18107, ge=1, le=65535)
     stack_smtp_port: int = Field(11025, ge=1, le=65535)
+    stack_providers_port: int = Field(18025, ge=1, le=65535)
     stack_kafka_heap_mb: int = Field(512, ge=128)
     stack_registry_heap_mb: int = Field(384, ge=128)
     stack_start_timeout_s: float = Field(120.0, gt=0)
@@ -123,7 +124,8 @@ class Settings(BaseSettings):
 
     # --- notifications ---
     email_from: str = "MohallaMart <no-reply@mohallamart.example>"
-    #: SMS and push providers (HTTP, see connectors/provider.py); unset: the channel is skipped
+    #: SMS and push providers (HTTP, see connectors/provider.py); unset: the local stack's
+    #: stand-in (`/sms`, `/push`); `off`: the channel is not configured (skipped)
     sms_provider_url: str | None = None
     sms_provider_key: SecretStr = SecretStr("")
     push_provider_url: str | None = None
@@ -214,6 +216,18 @@ class Settings(BaseSettings):
             host, _, port = rest.partition(":")
             return host, int(port or 25)
         return self.stack_host, self.stack_smtp_port
+
+    @property
+    def providers_stub_url(self) -> str:
+        return f"http://{self.stack_host}:{self.stack_providers_port}"
+
+    def provider_endpoint(self, channel: str) -> str | None:
+        """Where the SMS or push provider is reached (`channel` "sms" or "push"): its URL
+        setting, else the local stack's stand-in; None when the setting is `off`."""
+        url = self.sms_provider_url if channel == "sms" else self.push_provider_url
+        if url is None:
+            return f"{self.providers_stub_url}/{channel}"
+        return None if url.strip().lower() in ("", "off", "none") else url
 
 
 @lru_cache(maxsize=1)

@@ -174,11 +174,8 @@ class Stack:
         out: list[ServiceStatus] = []
         for svc in self.services.values():
             if svc.external:
-                out.append(
-                    ServiceStatus(
-                        svc.name, "(external: " + svc.url_setting + ")", False, None, False, None
-                    )
-                )
+                where = f"(external: {svc.url_setting or 'configured'})"
+                out.append(ServiceStatus(svc.name, where, False, None, False, None))
                 continue
             rec = process.running(svc.state)
             out.append(

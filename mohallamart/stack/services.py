@@ -644,9 +644,53 @@ class Smtp(Service):
             return False
 
 
+class Providers(Service):
+    """A stand-in for the SMS and push providers' HTTP APIs (third-party SaaS that cannot run
+    here): answers them as a provider would and records every request (see
+    `mohallamart.stack.provider_stub`)."""
+
+    name = "providers"
+    port_settings = ("STACK_PROVIDERS_PORT",)
+
+    @property
+    def external(self) -> bool:
+        # real providers for both channels: nothing to stand in for
+        s = self.settings
+        return s.sms_provider_url is not None and s.push_provider_url is not None
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def record(self) -> Path:
+        return self.state / "requests.jsonl"
+
+    def launch(self) -> ProcessRecord:
+        argv = [
+            sys.executable,
+            "-m",
+            "mohallamart.stack.provider_stub",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--record",
+            str(self.record),
+        ]
+        return spawn(self.state, argv, log=self.log)
+
+    def healthy(self) -> bool:
+        try:
+            r = httpx.get(f"{self.address}/health", timeout=2)
+            return r.status_code == 200 and r.json().get("ok") is True
+        except (httpx.HTTPError, ValueError):
+            return False
+
+
 def all_services(settings: Settings, echo: Callable[[str], None] | None = None) -> list[Service]:
     """Every service, in start order (a service comes after what it depends on)."""
     return [
         cls(settings, echo)
-        for cls in (Postgres, RegistryDb, Kafka, Redis, Typesense, Smtp, Registry)
+        for cls in (Postgres, RegistryDb, Kafka, Redis, Typesense, Smtp, Providers, Registry)
     ]

@@ -64,14 +64,13 @@ def install(rt: Any) -> None:
     host, port = s.smtp_address
     email = EmailSender(host, port, s.email_from)
     providers: dict[str, ProviderClient] = {}
-    if s.sms_provider_url:
-        providers["SMS"] = ProviderClient(
-            "SMS provider", s.sms_provider_url, s.sms_provider_key.get_secret_value()
-        )
-    if s.push_provider_url:
-        providers["PUSH"] = ProviderClient(
-            "push provider", s.push_provider_url, s.push_provider_key.get_secret_value()
-        )
+    for channel, name, key in (
+        ("SMS", "SMS provider", s.sms_provider_key),
+        ("PUSH", "push provider", s.push_provider_key),
+    ):
+        url = s.provider_endpoint(channel.lower())
+        if url is not None:
+            providers[channel] = ProviderClient(name, url, key.get_secret_value())
     requests_topic = TOPICS["notification"].name
 
     async def forward(r: Record, channel: str, extra: dict[str, str] | None = None) -> Any:

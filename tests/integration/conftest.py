@@ -152,9 +152,9 @@ def make_key(stack: Stack, settings: Settings) -> Any:
 @pytest.fixture(scope="session")
 def providers() -> Iterator[Any]:
     """The SMS and push providers' stand-in (an HTTP server recording what it is sent)."""
-    from tests.integration._fake_provider import FakeProvider
+    from mohallamart.stack.provider_stub import ProviderStub
 
-    fake = FakeProvider()
+    fake = ProviderStub(keep_secrets=True).start()
     fake.env = {  # type: ignore[attr-defined]
         "SMS_PROVIDER_URL": f"{fake.url}/sms",
         "SMS_PROVIDER_KEY": "test-sms-key",

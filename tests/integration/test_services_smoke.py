@@ -178,3 +178,45 @@ def test_smtp_refuses_reserved_recipient(stack: Stack, settings: Settings) -> No
             smtp.sendmail("shop@mohallamart.test", ["nobody@reject.invalid"], "Subject: x\n\nx")
     code, _ = refused.value.recipients["nobody@reject.invalid"]
     assert code == 550
+
+
+def test_providers_stand_in_answers_and_records_without_secrets(
+    stack: Stack, settings: Settings
+) -> None:
+    import asyncio
+
+    import httpx
+
+    from connectors.provider import ProviderClient, ProviderRefused
+
+    # the workers' default SMS endpoint is the stack's stand-in; the client the workers use
+    url = settings.provider_endpoint("sms")
+    assert url == f"http://{settings.stack_host}:{settings.stack_providers_port}/sms"
+    to = f"+9199{uuid.uuid4().int % 10**8:08d}"
+    payload = {"to": to, "title": "t", "body": "b", "message_id": "<m1@x>", "kind": "GENERIC"}
+
+    async def send() -> None:
+        client = ProviderClient("SMS provider", url, "a-secret-key")
+        try:
+            await client.send(payload)
+        finally:
+            await client.close()
+
+    asyncio.run(send())
+    base = settings.providers_stub_url
+    (got,) = httpx.get(f"{base}/_requests", params={"to": to}).json()
+    assert got["path"] == "/sms" and got["body"] == "b" and got["status"] == 202
+    assert got["idempotency_key"] == "<m1@x>"
+    assert got["auth"] is True  # the key reached it, and is not kept
+    record = settings.stack_dir / "providers" / "requests.jsonl"
+    lines = [x for x in record.read_text().splitlines() if to in x]
+    assert len(lines) == 1 and "a-secret-key" not in record.read_text()
+
+    # told to refuse the recipient for good: the client's permanent refusal; then restored
+    assert httpx.post(f"{base}/_control", json={"to": to, "status": 400}).status_code == 200
+    with pytest.raises(ProviderRefused):
+        asyncio.run(send())
+    httpx.post(f"{base}/_control", json={"to": to, "status": None})
+    asyncio.run(send())
+    statuses = [r["status"] for r in httpx.get(f"{base}/_requests", params={"to": to}).json()]
+    assert statuses == [202, 400, 202]

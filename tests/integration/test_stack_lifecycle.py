@@ -27,7 +27,16 @@ from tests.integration._support import poll
 
 pytestmark = pytest.mark.integration
 
-SERVICES = {"postgres", "registry-db", "kafka", "redis", "typesense", "smtp", "registry"}
+SERVICES = {
+    "postgres",
+    "registry-db",
+    "kafka",
+    "redis",
+    "typesense",
+    "smtp",
+    "providers",
+    "registry",
+}
 
 
 def _status() -> list[dict[str, object]]:

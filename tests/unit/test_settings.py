@@ -57,3 +57,15 @@ def test_bad_port_names_the_field() -> None:
     with pytest.raises(ValidationError) as exc:
         _settings(stack_redis_port="70000")
     assert "stack_redis_port" in str(exc.value)
+
+
+def test_provider_endpoints_default_to_the_stack_stand_in_and_can_be_switched_off() -> None:
+    from mohallamart.settings import Settings
+
+    s = Settings(stack_providers_port=18999)
+    assert s.provider_endpoint("sms") == "http://127.0.0.1:18999/sms"
+    assert s.provider_endpoint("push") == "http://127.0.0.1:18999/push"
+    s = Settings(sms_provider_url="https://sms.example/v1", push_provider_url="off")
+    assert s.provider_endpoint("sms") == "https://sms.example/v1"
+    assert s.provider_endpoint("push") is None
+    assert Settings(push_provider_url="").provider_endpoint("push") is None

@@ -46,6 +46,7 @@ def isolated(tmp_path: Path) -> dict[str, str]:
         "STACK_TYPESENSE_PORT",
         "STACK_TYPESENSE_PEERING_PORT",
         "STACK_SMTP_PORT",
+        "STACK_PROVIDERS_PORT",
     ):
         env[name] = str(_free_port())
     return env
