@@ -24,7 +24,9 @@ class ProviderRefused(ConnectorError):
 class ProviderClient:
     def __init__(self, name: str, url: str, key: str, *, timeout_s: float = 10.0) -> None:
         self.name, self.url = name, url
-        self.http = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {key}"})
+        # no key (the local stack's stand-in needs none): no Authorization header at all
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.AsyncClient(timeout=timeout_s, headers=auth)
 
     async def close(self) -> None:
         await self.http.aclose()
