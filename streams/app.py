@@ -79,6 +79,17 @@ class _NeverRead(dict[Any, Any]):
         return None
 
 
+class _Assigned:
+    """The partitions whose fetched records faust may hand on: active or paused (assigned)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+
+    def __contains__(self, tp: object) -> bool:
+        c = self.consumer
+        return tp in (c._active_partitions or ()) or tp in c._paused_partitions
+
+
 class _Consumer(faust_aiokafka.Consumer):
     """faust treats a jump in a partition's offsets as a gap already processed, the message that
     jumped included, and may commit past records no agent has seen (faust-streaming #606, #221:
@@ -101,10 +112,10 @@ class _Consumer(faust_aiokafka.Consumer):
     async def _wait_next_records(self, timeout: float) -> Any:
         # faust hands on only the records of partitions still active once the fetch returns: a
         # partition paused meanwhile (a dependency down) loses the records of that fetch, a gap.
-        # Every record a fetch returns belongs to a partition active when it was fetched (a
-        # rebalance is caught by faust's generation check): hand them all on.
+        # Hand on the records of every partition still assigned, paused or not (a revoked one
+        # is neither active nor paused: its records are still dropped).
         records, _active = await super()._wait_next_records(timeout)
-        return records, None
+        return records, _Assigned(self)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         log.warning(

@@ -79,3 +79,17 @@ def test_a_seek_is_repeated_only_after_a_while_and_a_rebalance_starts_afresh() -
     app.consumer_generation_id = 2
     app.consumer._committed_offset[A] = 8
     assert _admit(c, (A, 8)) == ([(A, 8)], [])
+
+
+def test_records_of_paused_partitions_are_handed_on_those_of_revoked_ones_are_not() -> None:
+    from types import SimpleNamespace
+
+    from streams.app import _Assigned
+
+    consumer = SimpleNamespace(_active_partitions={A}, _paused_partitions={B})
+    assigned = _Assigned(consumer)
+    assert A in assigned and B in assigned  # paused while its fetch was in flight: kept
+    consumer._paused_partitions.discard(B)  # revoked: neither active nor paused
+    assert B not in assigned
+    consumer._active_partitions = None  # before the first assignment
+    assert A not in assigned
