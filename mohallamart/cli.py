@@ -591,18 +591,10 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mohallamart.stack.services import SERVICE_NAMES
     from streams.app import ROLES
 
-    services = [
-        "postgres",
-        "registry-db",
-        "kafka",
-        "redis",
-        "typesense",
-        "smtp",
-        "providers",
-        "registry",
-    ]
+    services = SERVICE_NAMES
     p = argparse.ArgumentParser(
         prog="mohallamart",
         description="MohallaMart event pipeline: local stack, API, workers and operator tools.",

@@ -600,11 +600,7 @@ class Typesense(Service):
         return spawn(self.state, argv, log=self.log, env=env)
 
     def healthy(self) -> bool:
-        try:
-            r = httpx.get(f"{self.address}/health", timeout=2)
-            return r.status_code == 200 and r.json().get("ok") is True
-        except (httpx.HTTPError, ValueError):
-            return False
+        return _health_ok(f"{self.address}/health")
 
 
 class Smtp(Service):
@@ -681,16 +677,32 @@ class Providers(Service):
         return spawn(self.state, argv, log=self.log)
 
     def healthy(self) -> bool:
-        try:
-            r = httpx.get(f"{self.address}/health", timeout=2)
-            return r.status_code == 200 and r.json().get("ok") is True
-        except (httpx.HTTPError, ValueError):
-            return False
+        return _health_ok(f"{self.address}/health")
+
+
+def _health_ok(url: str) -> bool:
+    """Does `url` answer 200 with `{"ok": true}`?"""
+    try:
+        r = httpx.get(url, timeout=2)
+        return r.status_code == 200 and r.json().get("ok") is True
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+#: every service, in start order (a service comes after what it depends on)
+SERVICE_CLASSES: tuple[type[Service], ...] = (
+    Postgres,
+    RegistryDb,
+    Kafka,
+    Redis,
+    Typesense,
+    Smtp,
+    Providers,
+    Registry,
+)
+SERVICE_NAMES = [cls.name for cls in SERVICE_CLASSES]
 
 
 def all_services(settings: Settings, echo: Callable[[str], None] | None = None) -> list[Service]:
     """Every service, in start order (a service comes after what it depends on)."""
-    return [
-        cls(settings, echo)
-        for cls in (Postgres, RegistryDb, Kafka, Redis, Typesense, Smtp, Providers, Registry)
-    ]
+    return [cls(settings, echo) for cls in SERVICE_CLASSES]
