@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 
 from connectors.base import DependencyDown, Refusal
 from connectors.cleanup import Cutoffs, is_removed_session, load_cutoffs
+from schemas.catalog import record_defaults
 from schemas.lifecycle import (
     ORDER_TRANSITIONS,
     PRODUCT_TRANSITIONS,
@@ -390,7 +391,8 @@ def _user_registered(ev: dict[str, Any], cur: Row | None, out: _Batch) -> Row:
         "email": d["email"],
         "phone": d.get("phone"),
         "role": d["role"],
-        "preferences": d["preferences"],
+        # left out by the client: the documented defaults, so every reader sees whole preferences
+        "preferences": d.get("preferences") or record_defaults("user.registered", "preferences"),
         "status": "ACTIVE",
         "deleted_reason": None,
         "created_at": ev["occurred_at"],
@@ -574,11 +576,14 @@ def _order(ev: dict[str, Any], cur: Row | None, out: _Batch) -> Row:
             "delivery_address": d.get("delivery_address"),
             "note": d.get("note"),
             "status_reason": None,
+            "status_reason_code": None,
             "refund_paise": None,
             "created_at": ev["occurred_at"],
         }
     row = dict(cur or {})
     row["status"] = status
+    if t in ("order.rejected", "order.cancelled", "order.refunded"):
+        row["status_reason_code"] = d["reason"]
     if t == "order.rejected":
         row["status_reason"] = ": ".join(str(x) for x in (d["reason"], d.get("detail")) if x)
     elif t == "order.cancelled":

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     ingest_default_rate_per_s: int = Field(1000, ge=1)
     ingest_rate_burst_s: float = Field(2.0, gt=0)
     ingest_dedup_retention_days: int = Field(7, ge=7)
+    #: an `occurred_at` further than this ahead of the API's clock is refused (422). Kafka 4
+    #: itself refuses a record more than `log.message.timestamp.after.max.ms` (1 h) ahead.
+    ingest_max_clock_skew_s: float = Field(60.0, ge=0)
     auth_cache_s: float = Field(5.0, ge=0)
     db_pool_max: int = Field(10, ge=1)
 
@@ -114,6 +117,9 @@ class Settings(BaseSettings):
     worker_retry_delays_by_stage: dict[str, tuple[float, ...]] = Field(default_factory=dict)
     #: cap of the backoff while a dependency (PostgreSQL, the registry) is down
     worker_down_backoff_cap_s: float = Field(5.0, gt=0)
+    #: how long a worker waits for Kafka's topic metadata to be ready (at start, and when a
+    #: batch meets "not ready yet" errors) before it exits with status 78 naming the topics
+    worker_not_ready_timeout_s: float = Field(60.0, gt=0)
     worker_batch_size: int = Field(1000, ge=1)
     #: the longest a record waits for its batch to fill (latency at low rates)
     worker_batch_window_s: float = Field(0.02, gt=0)

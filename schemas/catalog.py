@@ -14,6 +14,7 @@ Several types share a topic; their subjects follow the TopicRecordName strategy:
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -28,6 +29,7 @@ __all__ = [
     "Topic",
     "event_type",
     "load_schema",
+    "record_defaults",
     "subject_for",
     "topics_in",
 ]
@@ -88,6 +90,10 @@ class EventType:
     @property
     def example(self) -> dict[str, Any]:
         return _example(self.name)
+
+    def defaults(self, path: str) -> dict[str, Any]:
+        """See `record_defaults`."""
+        return record_defaults(self.name, path)
 
 
 def subject_for(topic: str, record_name: str) -> str:
@@ -205,3 +211,32 @@ EVENT_TYPES: dict[str, EventType] = {
 
 def event_type(name: str) -> EventType | None:
     return EVENT_TYPES.get(name)
+
+
+def record_defaults(type_: str, path: str) -> dict[str, Any]:
+    """The documented defaults of the (optional) record at `path` of `type_`'s data, e.g.
+    ("user.registered", "preferences"): each of its fields that has a default, with it. What a
+    reader stores when a client left the whole record out (Avro fills the defaults of missing
+    fields, not those inside a record given as null). A fresh dict every call."""
+    return copy.deepcopy(_record_defaults(type_, path))
+
+
+@cache
+def _record_defaults(type_: str, path: str) -> dict[str, Any]:
+    node: Any = next(f for f in EVENT_TYPES[type_].schema["fields"] if f["name"] == "data")
+    for name in path.split("."):
+        record = _record_of(node["type"])
+        node = next(f for f in record["fields"] if f["name"] == name)
+    record = _record_of(node["type"])
+    return {f["name"]: f["default"] for f in record["fields"] if "default" in f}
+
+
+def _record_of(avro_type: Any) -> dict[str, Any]:
+    """The record branch of a field's type (the type itself, or the record of a union)."""
+    if isinstance(avro_type, dict) and avro_type.get("type") == "record":
+        return avro_type
+    if isinstance(avro_type, list):
+        for branch in avro_type:
+            if isinstance(branch, dict) and branch.get("type") == "record":
+                return branch
+    raise KeyError(f"not a record type: {avro_type!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaException
@@ -10,11 +11,15 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from mohallamart.errors import PipelineError
 from schemas.catalog import TOPICS, Topic
 
-__all__ = ["TopicError", "ensure_topics"]
+__all__ = ["TopicError", "TopicsNotReady", "ensure_topics", "wait_topics_ready"]
 
 
 class TopicError(PipelineError):
     """A topic could not be created or checked."""
+
+
+class TopicsNotReady(TopicError):
+    """Topics still missing, without a leader, or with other partition counts than expected."""
 
 
 def ensure_topics(
@@ -53,3 +58,47 @@ def ensure_topics(
                 continue
             raise TopicError(f"creating topic {name} failed: {exc}") from exc
     return created
+
+
+def wait_topics_ready(
+    bootstrap: str,
+    topics: Iterable[Topic],
+    *,
+    timeout_s: float = 60.0,
+    interval_s: float = 0.25,
+) -> None:
+    """Return once every topic exists with its expected partition count and each partition has
+    a leader, as the cluster's metadata says. A topic just created is not usable at once (its
+    partitions have no leader yet, and a client that fetched metadata then sees 0 partitions):
+    a worker that starts consuming before this holds wrong metadata for minutes. Raise
+    `TopicsNotReady` after `timeout_s`, naming each topic and its partition counts."""
+    wanted = {t.name: t.partitions for t in topics}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    problems: list[str] = []
+    while True:
+        problems = []
+        try:
+            meta = admin.list_topics(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            problems = [f"Kafka at {bootstrap} not reachable: {exc}"]
+        else:
+            for name, expected in sorted(wanted.items()):
+                tm = meta.topics.get(name)
+                if tm is None or tm.error is not None:
+                    problems.append(f"{name}: missing ({tm.error if tm else 'not in metadata'})")
+                    continue
+                got = len(tm.partitions)
+                if got != expected:
+                    problems.append(f"{name}: {got} partitions, {expected} expected")
+                    continue
+                leaderless = sorted(p for p, pm in tm.partitions.items() if pm.leader < 0)
+                if leaderless:
+                    problems.append(f"{name}: no leader yet for partitions {leaderless}")
+        if not problems:
+            return
+        if time.monotonic() >= deadline:
+            raise TopicsNotReady(
+                f"topics not ready after {timeout_s:.0f} s: " + "; ".join(problems)
+            )
+        time.sleep(interval_s)

@@ -13,7 +13,6 @@ import asyncio
 import gc
 import importlib
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -27,8 +26,15 @@ from mohallamart.settings import Settings
 from schemas.catalog import EVENT_TYPES, TOPICS, Topic
 from schemas.codec import EventCodec, RegistryDecoder
 from schemas.registry import SchemaRegistry
-from schemas.topics import ensure_topics
-from streams.reliability import Guard, RetryPolicy, dead_letter_topic, redrive_topic
+from schemas.topics import TopicError, ensure_topics, wait_topics_ready
+from streams.reliability import (
+    EXIT_NOT_READY,
+    Guard,
+    RetryPolicy,
+    dead_letter_topic,
+    exit_worker,
+    redrive_topic,
+)
 
 __all__ = ["ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
 
@@ -158,7 +164,22 @@ class Runtime:
             policy=policy,
             owns_decode=owns_decode,
             on_dead_letter=on_dead_letter,
+            refresh_metadata=self.refresh_metadata,
         )
+
+    async def refresh_metadata(self) -> None:
+        """Fetch the cluster's metadata again, on the consumer's own thread (aiokafka is not
+        thread-safe). Used when Kafka is "not ready yet": a topic created after the consumer
+        last fetched metadata reads as 0 partitions until the next refresh (5 min by default),
+        which faust's table check takes for a partition mismatch."""
+        consumer: Any = self.app.consumer  # faust's aiokafka driver: a thread of its own
+        thread = consumer._thread
+        client = thread._ensure_consumer()._client
+
+        async def _refresh() -> None:
+            await client.force_metadata_update()
+
+        await thread.call_thread(_refresh)
 
     async def encode(
         self, type_: str, event_id: str, occurred_at: datetime, trace_id: str, data: dict[str, Any]
@@ -227,6 +248,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
         policy=RetryPolicy(
             delays=tuple(settings.worker_retry_delays_s),
             down_cap_s=settings.worker_down_backoff_cap_s,
+            not_ready_s=settings.worker_not_ready_timeout_s,
         ),
     )
 
@@ -248,12 +270,11 @@ def create_app(role: str, settings: Settings) -> faust.App:
         # applied idempotently), as after kill -9.
         fetcher = getattr(app, "_fetcher", None)
         if fetcher is not None and fetcher.crashed and not app.should_stop:
-            log.critical(
-                "the Kafka fetcher crashed (%r): exiting so the worker is restarted",
-                fetcher.crash_reason,
+            exit_worker(
+                70,
+                f"the Kafka fetcher crashed ({fetcher.crash_reason!r}): "
+                "exiting so the worker is restarted",
             )
-            logging.shutdown()
-            os._exit(70)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -270,13 +291,41 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
 
     if role != "stock":  # the stock role alone never touches PostgreSQL
         migrate(settings.postgres_dsn)  # the tables, before the first batch
-    ensure_topics(settings.kafka_bootstrap, [*TOPICS.values(), *worker_topics(settings)])
     if web_port is not None:
         settings = settings.model_copy(
             update={"worker_web_port": web_port - list(ROLES).index(role)}
         )
     app = create_app(role, settings)
+    # Every topic the worker uses exists, with its partition count and a leader for each
+    # partition, before the consumer fetches its first metadata: faust's own topics too (they
+    # would otherwise be created while the consumer starts, and read as 0 partitions until the
+    # next metadata refresh, minutes later: the stock table's check then failed every record).
+    topics = [*TOPICS.values(), *worker_topics(settings), *_faust_topics(app)]
+    try:
+        ensure_topics(settings.kafka_bootstrap, topics)
+        wait_topics_ready(
+            settings.kafka_bootstrap, topics, timeout_s=settings.worker_not_ready_timeout_s
+        )
+    except TopicError as exc:
+        exit_worker(EXIT_NOT_READY, f"worker {role} cannot start: {exc}")
     _Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+def _faust_topics(app: faust.App) -> list[Topic]:
+    """The topics faust creates for itself: each table's changelog (compacted, as many
+    partitions as the table) and the group's leader-election topic (faust's own naming)."""
+    out = [
+        Topic(
+            "internal",
+            table.changelog_topic.get_topic_name(),
+            table.partitions or app.conf.topic_partitions,
+            "table key",
+            config={"cleanup.policy": "compact"},
+        )
+        for table in app.tables.values()
+    ]
+    out.append(Topic("internal", f"{app.conf.id}-__assignor-__leader", 1, "", config={}))
+    return out
 
 
 class _Worker(faust.Worker):

@@ -6,6 +6,10 @@ holds the line that Faust does not (an agent that raises has its messages acked 
 - a dependency that is down (`DependencyDown`, connection refused, timeout, registry unreachable)
   is retried with capped backoff for as long as it is down, the batch's partitions paused and the
   `mohallamart_worker_dependency_down` gauge raised; it never reaches the dead-letter topic;
+- Kafka "not ready yet" (metadata naming a topic unknown, without a leader, or with partition
+  counts that disagree, as just after topics are created) is retried the same way with the
+  consumer's metadata refreshed, for at most `RetryPolicy.not_ready_s` (60 s); then the worker
+  exits with status 78, naming the topics: a real mismatch is loud, never a dead letter;
 - any other error fails the batch: it is split in halves until the record at fault is alone, so one
   bad record never fails the good ones; that record is retried after each of the policy's delays
   (1 s, 5 s, 15 s by default) and then dead-lettered;
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +35,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import PartitionsMismatch
 from faust.types import TP
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,6 +53,7 @@ __all__ = [
     "Rejection",
     "RetryPolicy",
     "dead_letter_topic",
+    "exit_worker",
     "redrive_topic",
 ]
 
@@ -181,6 +189,8 @@ class RetryPolicy:
     delays: tuple[float, ...] = (1.0, 5.0, 15.0)
     down_initial_s: float = 0.5
     down_cap_s: float = 10.0
+    #: how long Kafka may stay "not ready" (metadata) before the worker exits with status 78
+    not_ready_s: float = 60.0
 
 
 Handler = Callable[[list[Record]], Awaitable[Sequence[Rejection]]]
@@ -188,10 +198,37 @@ Handler = Callable[[list[Record]], Awaitable[Sequence[Rejection]]]
 DeadLetterHook = Callable[[Record, str, str], Awaitable[None]]
 
 
+#: exit status of a worker that cannot start or go on for want of configuration (EX_CONFIG)
+EXIT_NOT_READY = 78
+
+
+def is_not_ready(exc: BaseException) -> bool:
+    """Kafka's metadata is not ready yet: a topic unknown or without a leader, or partition
+    counts that disagree (faust's check of a table against its changelog)."""
+    if isinstance(exc, PartitionsMismatch):
+        return True
+    return (
+        isinstance(exc, KafkaError)
+        and exc.invalid_metadata
+        and type(exc).__name__ != "KafkaConnectionError"
+    )
+
+
 def is_dependency_down(exc: BaseException) -> bool:
+    if isinstance(exc, KafkaError):  # aiokafka: connection lost, timeouts
+        if type(exc).__name__ == "KafkaTimeoutError":
+            return True
+        return exc.retriable and not is_not_ready(exc)
     return isinstance(
         exc, DependencyDown | RegistryUnavailable | ConnectionError | TimeoutError | OSError
     )
+
+
+def exit_worker(code: int, message: str) -> None:
+    """End the worker process now (its supervisor restarts it), after logging why."""
+    log.critical("%s (exiting with status %d)", message, code)
+    logging.shutdown()
+    os._exit(code)
 
 
 class Guard:
@@ -207,9 +244,11 @@ class Guard:
         policy: RetryPolicy,
         owns_decode: bool = True,
         on_dead_letter: DeadLetterHook | None = None,
+        refresh_metadata: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         self.on_dead_letter = on_dead_letter
+        self.refresh_metadata = refresh_metadata
         # Undecodable bytes are a fault of the record, not of a stage: the first role that reads
         # a topic dead-letters them (one record), the others skip them (counted).
         self.owns_decode = owns_decode
@@ -314,23 +353,42 @@ class Guard:
         await self.dead_letter(record, last, attempts=attempts, first_failure=first)
 
     async def _until_up(self, batch: list[Record], call: Callable[[], Awaitable[Any]]) -> Any:
-        """`call()`, retried with capped backoff while a dependency is down; partitions paused."""
+        """`call()`, retried with capped backoff while a dependency is down, or (for at most
+        `policy.not_ready_s`) while Kafka's metadata is not ready; partitions paused."""
         delay = self.policy.down_initial_s
         paused: set[TP] = set()
+        not_ready_since: float | None = None
         try:
             while True:
                 try:
                     return await call()
                 except Exception as exc:
-                    if not is_dependency_down(exc):
+                    if is_not_ready(exc):
+                        now = time.monotonic()
+                        not_ready_since = not_ready_since or now
+                        if now - not_ready_since >= self.policy.not_ready_s:
+                            topics = ", ".join(sorted({r.topic for r in batch}))
+                            exit_worker(
+                                EXIT_NOT_READY,
+                                f"{self.stage}: Kafka not ready after "
+                                f"{self.policy.not_ready_s:g} s reading {topics}: "
+                                f"{type(exc).__name__}: {exc}",
+                            )
+                        if self.refresh_metadata is not None:
+                            try:
+                                await self.refresh_metadata()
+                            except Exception as again:  # noqa: BLE001 - retried on the next turn
+                                log.warning("%s: metadata refresh failed: %r", self.stage, again)
+                    elif not is_dependency_down(exc):
                         raise
                     if not paused:
                         paused = {r.tp for r in batch}
                         self.app.consumer.pause_partitions(paused)
                         DOWN.labels(*self._labels).set(1)
                         log.warning(
-                            "%s: dependency down (%s: %s); partitions %s paused, retrying",
+                            "%s: %s (%s: %s); partitions %s paused, retrying",
                             self.stage,
+                            "Kafka not ready" if not_ready_since else "dependency down",
                             type(exc).__name__,
                             exc,
                             ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(paused)),
