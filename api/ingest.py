@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -22,7 +23,7 @@ from prometheus_client import Counter, Histogram
 
 from api.claims import ClaimStore
 from api.problems import Problem
-from api.producer import Delivery, EventProducer, Record
+from api.producer import Delivery, EventProducer, Failure, Record, failure_kind
 from schemas.catalog import EVENT_TYPES, EventType
 from schemas.codec import frame
 from schemas.encoder import _long, _string, compile_encoder
@@ -31,6 +32,8 @@ from schemas.registry import RegistryError, SchemaRegistry
 from schemas.validate import FieldError, Validator
 
 __all__ = ["Ingestor", "Result"]
+
+_log = logging.getLogger("mohallamart.api")
 
 EVENTS = Counter("mm_ingest_events_total", "Events accepted (202) by type", ["type"])
 DUPLICATES = Counter("mm_ingest_duplicates_total", "Events answered as duplicates", ["type"])
@@ -99,6 +102,66 @@ def _unavailable(dependency: str, detail: str) -> Problem:
     return Problem(503, f"{dependency}-unavailable", detail, headers={"Retry-After": "5"})
 
 
+def _produce_failed(failed: list[tuple[int, KafkaError]], produced: int, batch: bool) -> Problem:
+    """The answer to deliveries that failed (`failed`: index in the request, error). A refusal of
+    an event is answered first, since the client can fix it; then an error no retry fixes (500);
+    only when every failure is transient, 503 with Retry-After."""
+    written = produced - len(failed)
+    tail = (
+        f"; {written} of {produced} event(s) were written (a retry answers them as duplicates)"
+        if written
+        else "; nothing was written"
+    )
+    kinds = [(i, err, failure_kind(err)) for i, err in failed]
+    refused = [(i, err, k) for i, err, k in kinds if k in (Failure.REFUSED, Failure.TOO_LARGE)]
+    if refused:
+        errors = []
+        for i, err, _ in refused:
+            if err.code() == KafkaError.INVALID_TIMESTAMP:
+                field = f"events[{i}].occurred_at" if batch else "occurred_at"
+                rule = (
+                    "was refused by Kafka: further from the broker's clock than the topic "
+                    "accepts (log.message.timestamp.after.max.ms / before.max.ms)"
+                )
+            else:
+                field = f"events[{i}]" if batch else "(event)"
+                rule = f"was refused by Kafka: {err.str()}"
+            errors.append(FieldError(field, rule))
+        too_large = all(k is Failure.TOO_LARGE for _, _, k in refused)
+        REJECTS.labels("too_large" if too_large else "refused_by_kafka").inc()
+        return Problem(
+            413 if too_large else 422,
+            "event-too-large" if too_large else "refused-by-kafka",
+            f"Kafka refused {len(refused)} event(s){tail}",
+            errors=errors,
+        )
+    unexpected = [(i, err) for i, err, k in kinds if k is Failure.UNEXPECTED]
+    if unexpected:
+        names = sorted({err.name() for _, err in unexpected})
+        _log.error(
+            "Kafka failed %d of %d event(s) with an error no retry fixes: %s",
+            len(unexpected),
+            produced,
+            "; ".join(sorted({err.str() for _, err in unexpected})),
+        )
+        REJECTS.labels("kafka_error").inc()
+        return Problem(
+            500,
+            "kafka-error",
+            f"Kafka failed {len(unexpected)} event(s) with an error a retry will not fix "
+            f"({', '.join(names)}){tail}; the API's log has the details",
+            errors=[
+                FieldError(f"events[{i}]" if batch else "(event)", f"was not written: {err.name()}")
+                for i, err in unexpected
+            ],
+        )
+    return _unavailable(
+        "kafka",
+        f"Kafka did not acknowledge {len(failed)} of {produced} event(s) in time{tail}; "
+        "retry the same request",
+    )
+
+
 class Ingestor:
     def __init__(
         self,
@@ -108,6 +171,7 @@ class Ingestor:
         *,
         max_event_bytes: int,
         request_timeout_s: float,
+        max_clock_skew_s: float = 60.0,
     ) -> None:
         self.registry = registry
         self.producer = producer
@@ -117,6 +181,8 @@ class Ingestor:
         self.topics_ready = asyncio.Event()
         self.max_event_bytes = max_event_bytes
         self.request_timeout_s = request_timeout_s
+        self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
+        self._skew_rule = f"must not be more than {max_clock_skew_s:g} s in the future"
         self._compiled: dict[str, _Compiled] = {}
         for name, event in EVENT_TYPES.items():
             data_schema, namespace = _data_schema(event)
@@ -138,7 +204,13 @@ class Ingestor:
 
     # --- validation --------------------------------------------------------------------------
     def _prepare(
-        self, obj: Any, prefix: str, source: str, trace_id: str, errors: list[FieldError]
+        self,
+        obj: Any,
+        prefix: str,
+        source: str,
+        trace_id: str,
+        errors: list[FieldError],
+        now: datetime,
     ) -> _Prepared | None:
         at = (lambda f: f"{prefix}{f}") if prefix else (lambda f: f)
         if not isinstance(obj, dict):
@@ -183,6 +255,14 @@ class Ingestor:
             if ts is None or ts.tzinfo is None:
                 errors.append(
                     FieldError(at("occurred_at"), "must be an ISO 8601 timestamp with a timezone")
+                )
+                ts = None
+            elif ts - now > self.max_clock_skew:
+                # Kafka 4 would refuse a record over an hour ahead, and anything ahead of the
+                # clocks sorts after events that really happened later.
+                clock = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                errors.append(
+                    FieldError(at("occurred_at"), f"{self._skew_rule} (the API's clock: {clock})")
                 )
                 ts = None
         for opt in ("source", "trace_id"):
@@ -233,8 +313,9 @@ class Ingestor:
         errors: list[FieldError] = []
         prepared: list[_Prepared] = []
         seen: dict[str, int] = {}
+        now = datetime.now(UTC)
         for i, obj in enumerate(events):
-            p = self._prepare(obj, f"events[{i}]." if batch else "", source, trace_id, errors)
+            p = self._prepare(obj, f"events[{i}]." if batch else "", source, trace_id, errors, now)
             if p is None:
                 continue
             if p.event_id in seen:
@@ -255,6 +336,16 @@ class Ingestor:
                 errors=errors,
             )
         return prepared
+
+    async def _release(self, ids: list[str]) -> None:
+        """Release the claims of events that were not written, so that a retry, corrected or
+        not, is neither a duplicate nor a conflict. A database failure here must not replace
+        the answer the client needs: the claim stays pending, and a retry with the same body
+        takes it over once it is stale."""
+        try:
+            await self.claims.release(ids)
+        except Exception:
+            _log.exception("releasing the dedup claims of %d unwritten event(s) failed", len(ids))
 
     # --- encode, claim, produce ---------------------------------------------------------------
     async def _schema_id(self, event: EventType) -> int:
@@ -348,26 +439,27 @@ class Ingestor:
                 deliveries = await self.producer.send([records[i] for i in mine])
         except TimeoutError:
             deliveries = [KafkaError(KafkaError._MSG_TIMED_OUT) for _ in mine]
+        except Exception:
+            # Answered 500 (nothing acknowledged): a retry must not find these ids taken. Not
+            # on cancellation: records may still land, so the claims go stale instead.
+            await self._release([prepared[i].event_id for i in mine])
+            raise
         PRODUCE_LATENCY.observe(time.monotonic() - t0)
         delivered: list[tuple[str, str, int, int]] = []
-        failed: list[str] = []
+        failed: list[tuple[int, KafkaError]] = []
         landed: dict[int, Delivery] = {}
         for i, d in zip(mine, deliveries, strict=True):
             if isinstance(d, Delivery):
                 delivered.append((prepared[i].event_id, d.topic, d.partition, d.offset))
                 landed[i] = d
             else:
-                failed.append(prepared[i].event_id)
+                failed.append((i, d))
+        if failed:
+            await self._release([prepared[i].event_id for i, _ in failed])
         if delivered:
             await self.claims.done(delivered)
         if failed:
-            await self.claims.release(failed)
-        if failed:
-            raise _unavailable(
-                "kafka",
-                f"Kafka did not acknowledge {len(failed)} of {len(mine)} event(s) in time; "
-                "retry the same request (events already accepted answer as duplicates)",
-            )
+            raise _produce_failed(failed, len(mine), batch)
         results: list[Result] = []
         accepted: dict[str, int] = {}
         duplicates: dict[str, int] = {}

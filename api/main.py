@@ -103,6 +103,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             claims,
             max_event_bytes=settings.ingest_max_event_bytes,
             request_timeout_s=settings.ingest_request_timeout_ms / 1000,
+            max_clock_skew_s=settings.ingest_max_clock_skew_s,
         )
         app.state.auth = Authenticator(pool, settings.auth_cache_s)
         app.state.limiter = RateLimiter(

@@ -27,6 +27,7 @@ _TITLES = {
     415: "Unsupported media type",
     422: "Invalid event",
     429: "Too many requests",
+    500: "Internal server error",
     503: "Service unavailable",
 }
 

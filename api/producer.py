@@ -10,12 +10,13 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-__all__ = ["Delivery", "EventProducer", "Record", "producer_config"]
+__all__ = ["Delivery", "EventProducer", "Failure", "Record", "failure_kind", "producer_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,66 @@ class Delivery:
     topic: str
     partition: int
     offset: int
+
+
+class Failure(Enum):
+    """Why a record was not delivered, as the client of the API must act on it."""
+
+    TRANSIENT = "transient"  # the broker or the network: retry the same request later
+    REFUSED = "refused"  # the broker refused this record for what it holds: fix it
+    TOO_LARGE = "too_large"  # the broker refused this record for its size
+    UNEXPECTED = "unexpected"  # neither: a fault of ours or of the cluster's configuration
+
+
+# Delivery reports carry no `retriable()` flag (librdkafka sets it only on errors of its newer
+# error objects), so the codes are listed. librdkafka retries transient broker errors itself
+# until `delivery.timeout.ms`: most outages end as _MSG_TIMED_OUT.
+_TRANSIENT = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TIMED_OUT_QUEUE,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError._QUEUE_FULL,
+        KafkaError._RETRY,
+        KafkaError._NODE_UPDATE,
+        KafkaError._DESTROY,  # this process is shutting down: another one can take the retry
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.REPLICA_NOT_AVAILABLE,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        KafkaError.KAFKA_STORAGE_ERROR,
+        KafkaError.THROTTLING_QUOTA_EXCEEDED,
+    }
+)
+_REFUSED = frozenset({KafkaError.INVALID_TIMESTAMP, KafkaError.INVALID_RECORD})
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+def failure_kind(err: KafkaError) -> Failure:
+    """Sort a failed delivery. Anything not known to be transient or a refusal of the record is
+    UNEXPECTED (authorization, unknown topic or partition, a fatal producer error, ...): retrying
+    it would not help, so it must never be answered as an outage."""
+    if err.fatal():
+        return Failure.UNEXPECTED
+    code = err.code()
+    if code in _TRANSIENT or err.retriable():
+        return Failure.TRANSIENT
+    if code in _REFUSED:
+        return Failure.REFUSED
+    if code in _TOO_LARGE:
+        return Failure.TOO_LARGE
+    return Failure.UNEXPECTED
 
 
 def producer_config(

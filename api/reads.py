@@ -124,7 +124,8 @@ class ReadSide:
             async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
                     "SELECT order_id, shop_id, user_id, status, total_paise, delivery_fee_paise, "
-                    "payment_method, delivery_address, note, status_reason, refund_paise, "
+                    "payment_method, delivery_address, note, status_reason, status_reason_code, "
+                    "refund_paise, "
                     "created_at, updated_at FROM orders WHERE order_id = %s",
                     (order_id,),
                 )

@@ -18,7 +18,7 @@ from mohallamart.settings import Settings
 from schemas.catalog import EVENT_TYPES
 from schemas.validate import FieldError as _fe
 
-__all__ = ["IngestEndpoints", "read_capped", "read_limited", "router"]
+__all__ = ["IngestEndpoints", "read_capped", "read_limited", "require_json", "router"]
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -35,6 +35,27 @@ def _parse(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Problem(400, "malformed-json", f"the request body is not valid JSON: {exc}") from None
+
+
+_JSON = "application/json"
+
+
+def require_json(content_type: str | None) -> None:
+    """415 unless the body is declared `application/json` (parameters such as `charset` allowed,
+    the type in any case). Only that type: `application/*+json` types name other documents
+    (`application/problem+json` is an error report), and every JSON client sends this one.
+    The usual spelling costs one string compare."""
+    if content_type == _JSON:
+        return
+    if content_type is not None and content_type.split(";", 1)[0].strip().lower() == _JSON:
+        return
+    got = f"got {content_type[:100]!r}" if content_type else "none was sent"
+    raise Problem(
+        415,
+        "unsupported-media-type",
+        f"the body must be sent as Content-Type: application/json ({got}); nothing was written",
+        errors=[_fe("Content-Type", "must be application/json")],
+    )
 
 
 def _trace_id(headers: Mapping[str, str]) -> str:
@@ -62,6 +83,7 @@ class IngestEndpoints:
     async def single(self, headers: Mapping[str, str], read: Reader) -> tuple[int, bytes]:
         key = await self.auth.authenticate(headers.get("authorization"))
         Authenticator.require(key, "ingest")
+        require_json(headers.get("content-type"))
         self.limiter.take(key, 1)
         obj = _parse(await read(self.settings.ingest_max_body_bytes))
         prepared = self.ingestor.validate(
@@ -73,6 +95,7 @@ class IngestEndpoints:
     async def batch(self, headers: Mapping[str, str], read: Reader) -> tuple[int, bytes]:
         key = await self.auth.authenticate(headers.get("authorization"))
         Authenticator.require(key, "ingest")
+        require_json(headers.get("content-type"))
         settings = self.settings
         body = _parse(await read(settings.ingest_max_batch_body_bytes))
         if not isinstance(body, dict):
@@ -166,9 +189,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "the key lacks the `ingest` scope"),
         (409, "an id already used with a different body"),
         (413, "over the size limit, or an event too large for Kafka"),
-        (422, "unknown type, unknown field, missing or invalid field"),
+        (415, "the body is not sent as Content-Type: application/json"),
+        (
+            422,
+            "unknown type, unknown field, missing or invalid field, `occurred_at` too far in "
+            "the future, or an event Kafka refused",
+        ),
         (429, "over the key's rate (Retry-After)"),
-        (503, "Kafka or the registry did not answer in time (Retry-After)"),
+        (500, "Kafka failed an event with an error a retry will not fix"),
+        (503, "Kafka, the registry or the ingest database did not answer in time (Retry-After)"),
     )
 }
 _RESULT_EXAMPLE = {
