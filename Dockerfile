@@ -26,8 +26,9 @@ COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 
 # Then the project itself, without resolving anything again. Installed editable so PROJECT_ROOT
-# (mohallamart/settings.py) is /app, as the defaults in docker-compose.yml assume.
+# (core/settings.py) is /app, as the defaults in docker-compose.yml assume.
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY mohallamart ./mohallamart
 COPY api ./api
 COPY streams ./streams

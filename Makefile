@@ -30,8 +30,9 @@ test-unit: install ## unit tests only (no network)
 test-integration: install ## integration tests against the local stack
 	$(BIN)/python -m pytest tests/integration
 
-lint: install ## ruff and mypy
+lint: install ## ruff, the dependency direction (import-linter) and mypy
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 check-schemas: install ## the schema compatibility gate (git baseline; and the registry if it answers)

@@ -12,7 +12,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from api.problems import Problem
-from mohallamart.apikeys import ApiKey, hash_key, lookup_key
+from connectors.apikeys import ApiKey, hash_key, lookup_key
 
 __all__ = ["Authenticator", "RateLimiter"]
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from mohallamart.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 __all__ = ["BearerDep", "SettingsDep"]
 

@@ -32,7 +32,8 @@ from prometheus_client import Counter, Gauge
 from starlette.responses import Response
 
 from api.problems import Problem
-from mohallamart.settings import Settings
+from connectors.kafka import consumer_config
+from core.settings import Settings
 from schemas.catalog import TOPICS
 from schemas.codec import RegistryDecoder, UndecodableRecord
 from schemas.registry import SchemaRegistry
@@ -181,14 +182,16 @@ class LiveHub:
 
     def _consumer(self) -> Consumer:
         return Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"mohallamart-live-{uuid.uuid4()}",  # never joins: partitions assigned
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "fetch.wait.max.ms": 20,
-                "log_level": 3,
-            }
+            consumer_config(
+                self.settings.kafka_bootstrap,
+                f"mohallamart-live-{uuid.uuid4()}",  # never joins: partitions assigned
+                {
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "fetch.wait.max.ms": 20,
+                    "log_level": 3,
+                },
+            )
         )
 
     def _assign(self, consumer: Consumer) -> dict[tuple[str, int], int]:

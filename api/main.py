@@ -8,12 +8,12 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from api.auth import Authenticator, RateLimiter
-from api.claims import ClaimStore
 from api.fastpath import IngestFastPath
 from api.ingest import Ingestor
 from api.live import LiveHub
@@ -23,11 +23,12 @@ from api.producer import EventProducer
 from api.reads import ReadSide
 from api.routes import events, health, notifications, reads
 from api.routes.events import IngestEndpoints
-from mohallamart.db import migrate
-from mohallamart.settings import Settings, get_settings
+from connectors.claims import ClaimStore
+from connectors.db import migrate
+from connectors.topics import ensure_topics
+from core.settings import Settings, get_settings
 from schemas.catalog import EVENT_TYPES
 from schemas.registry import SchemaRegistry
-from schemas.topics import ensure_topics
 
 __all__ = ["create_app", "create_asgi_app"]
 
@@ -116,18 +117,20 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.live = LiveHub(settings)
         app.state.live.start(asyncio.get_running_loop())
         topics = app.state.ingestor.topics_ready
+        create_topics = partial(
+            ensure_topics,
+            settings.kafka_bootstrap,
+            replication=settings.kafka_replication_factor,
+            min_insync_replicas=settings.kafka_min_insync_replicas,
+        )
         try:  # usually done here, before the first request; else retried in the background
-            await asyncio.wait_for(
-                asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, timeout_s=3.0), 5.0
-            )
+            await asyncio.wait_for(asyncio.to_thread(create_topics, timeout_s=3.0), 5.0)
             topics.set()
         except Exception as exc:  # noqa: BLE001 - retried below; the type is enough
             _log.warning("creating topics at start failed (%s); retrying", type(exc).__name__)
         tasks = [
             asyncio.create_task(
-                _keep_trying(
-                    "creating topics", ensure_topics, settings.kafka_bootstrap, done=topics
-                )
+                _keep_trying("creating topics", create_topics, done=topics)
             ),
             asyncio.create_task(
                 _keep_trying(

@@ -16,7 +16,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-__all__ = ["Delivery", "EventProducer", "Failure", "Record", "failure_kind", "producer_config"]
+from connectors.kafka import producer_config
+
+__all__ = ["Delivery", "EventProducer", "Failure", "Record", "failure_kind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,31 +94,6 @@ def failure_kind(err: KafkaError) -> Failure:
     if code in _TOO_LARGE:
         return Failure.TOO_LARGE
     return Failure.UNEXPECTED
-
-
-def producer_config(
-    bootstrap: str, *, delivery_timeout_ms: int, linger_ms: float, max_message_bytes: int
-) -> dict[str, Any]:
-    """librdkafka settings of every producer of events (the API, and the benchmark's baseline)."""
-    return {
-        "bootstrap.servers": bootstrap,
-        "acks": "all",
-        "enable.idempotence": True,
-        "max.in.flight.requests.per.connection": 5,
-        # Java-compatible murmur2 for keyed records: the same partition as aiokafka/Faust.
-        "partitioner": "murmur2_random",
-        "linger.ms": linger_ms,
-        "batch.num.messages": 10000,
-        "compression.type": "lz4",
-        "queue.buffering.max.messages": 1_000_000,
-        "queue.buffering.max.kbytes": 1_048_576,
-        "message.max.bytes": max_message_bytes + 1024,
-        # The whole life of a record, retries included: shorter than a request's timeout.
-        "delivery.timeout.ms": delivery_timeout_ms,
-        "request.timeout.ms": min(30_000, max(1000, delivery_timeout_ms // 2)),
-        "socket.keepalive.enable": True,
-        "log_level": 3,
-    }
 
 
 class EventProducer:

@@ -13,12 +13,12 @@ from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
 from api.problems import Problem
+from connectors.apikeys import ApiKey
 from connectors.base import ConnectorError, DependencyDown
 from connectors.redis_cache import ViewCache
 from connectors.typesense import SearchIndex
 from connectors.views import load_views
-from mohallamart.apikeys import ApiKey
-from mohallamart.settings import Settings
+from core.settings import Settings
 
 __all__ = ["CACHE", "ReadSide", "can_see"]
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mohallamart.errors import PipelineError
+from core.errors import PipelineError
 
 __all__ = ["ConnectorError", "DependencyDown", "Refusal", "Sink"]
 

@@ -1,6 +1,4 @@
-"""MohallaMart pipeline core: settings, errors, the local stack and the operator command line."""
+"""The operator tool: the local stack, benchmarks and the one command line (the composition root,
+the only code that imports both `api` and `streams`). Settings and errors live in `core`."""
 
-from mohallamart.errors import ConfigError, PipelineError, StackError
-from mohallamart.settings import Settings, get_settings
-
-__all__ = ["ConfigError", "PipelineError", "Settings", "StackError", "get_settings"]
+__all__: list[str] = []

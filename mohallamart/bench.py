@@ -33,8 +33,8 @@ import httpx
 import orjson
 from confluent_kafka import Producer
 
-from mohallamart.errors import PipelineError
-from mohallamart.settings import Settings
+from core.errors import PipelineError
+from core.settings import Settings
 
 __all__ = ["bench_key", "run_ingest_bench", "stop_child"]
 
@@ -125,7 +125,7 @@ class _Api:
 
 def bench_key(settings: Settings, name: str) -> tuple[str, str]:
     """(key id, secret) of an ingest key for a benchmark, its rate unlimited; revoke it after."""
-    from mohallamart.apikeys import create_key
+    from connectors.apikeys import create_key
 
     rec, secret = create_key(
         settings.postgres_dsn,
@@ -150,7 +150,7 @@ def stop_child(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
 
 def _raw_producer(settings: Settings) -> Producer:
     """The same librdkafka settings as the API's producer: the baseline differs only in code."""
-    from api.producer import producer_config
+    from connectors.kafka import producer_config
 
     return Producer(
         producer_config(
@@ -328,15 +328,19 @@ def run_ingest_bench(
     echo: Callable[[str], None],
     settle_s: float = 10.0,
 ) -> dict[str, Any]:
-    from mohallamart.apikeys import revoke_key
-    from mohallamart.db import migrate
+    from connectors.apikeys import revoke_key
+    from connectors.db import migrate
+    from connectors.topics import ensure_topics
     from schemas.catalog import EVENT_TYPES
-    from schemas.topics import ensure_topics
 
     example = EVENT_TYPES[_TYPE].example
     vegeta = _vegeta(settings, echo)
     migrate(settings.postgres_dsn)
-    ensure_topics(settings.kafka_bootstrap)
+    ensure_topics(
+        settings.kafka_bootstrap,
+        replication=settings.kafka_replication_factor,
+        min_insync_replicas=settings.kafka_min_insync_replicas,
+    )
     key_id, key = bench_key(settings, "bench")
     api = _Api(settings, echo)
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "runs": runs}

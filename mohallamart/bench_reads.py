@@ -41,9 +41,9 @@ import psutil
 import psycopg
 import redis
 
+from core.errors import PipelineError
+from core.settings import Settings
 from mohallamart.bench import _Api, _vegeta, _vegeta_attack, stop_child
-from mohallamart.errors import PipelineError
-from mohallamart.settings import Settings
 
 __all__ = ["run_reads_bench"]
 
@@ -91,7 +91,7 @@ class _Sandbox:
         self.api: _Api | None = None
 
     def prepare(self) -> None:
-        from mohallamart.db import migrate
+        from connectors.db import migrate
 
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_DB,)).fetchone():
@@ -147,7 +147,7 @@ class _Sandbox:
 
 
 def _key(settings: Settings) -> str:
-    from mohallamart.apikeys import create_key
+    from connectors.apikeys import create_key
 
     _, secret = create_key(
         _dsn(settings),

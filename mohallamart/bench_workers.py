@@ -43,8 +43,8 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from mohallamart.errors import PipelineError
-from mohallamart.settings import Settings
+from core.errors import PipelineError
+from core.settings import Settings
 
 __all__ = ["run_workers_bench"]
 
@@ -70,7 +70,7 @@ def _dsn(settings: Settings, db: str) -> str:
 
 
 def _fresh_databases(settings: Settings) -> None:
-    from mohallamart.db import migrate
+    from connectors.db import migrate
 
     migrate(settings.postgres_dsn)  # the API keys of the latency phase live there
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
@@ -202,7 +202,7 @@ def _encode(settings: Settings, events: list[dict[str, Any]]) -> list[tuple[str,
 
 
 def _producer(settings: Settings) -> Producer:
-    from api.producer import producer_config
+    from connectors.kafka import producer_config
 
     return Producer(
         producer_config(
@@ -516,17 +516,22 @@ def run_workers_bench(
 ) -> dict[str, Any]:
     import logging
 
-    from mohallamart.apikeys import revoke_key
+    from connectors.apikeys import revoke_key
+    from connectors.topics import ensure_topics
     from mohallamart.bench import _Api, _vegeta, bench_key
     from schemas.catalog import topics_in
-    from schemas.topics import ensure_topics
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry request
     events = max(10, events - events % 10)
     batch, within = settings.worker_batch_size, settings.worker_batch_window_s
     bench_topics = topics_in(BENCH_NAMESPACE)
     topics = [bench_topics[c].name for c in ("user", "shop", "shopkeeper", "product", "order")]
-    ensure_topics(settings.kafka_bootstrap, list(bench_topics.values()))
+    ensure_topics(
+        settings.kafka_bootstrap,
+        list(bench_topics.values()),
+        replication=settings.kafka_replication_factor,
+        min_insync_replicas=settings.kafka_min_insync_replicas,
+    )
     with psycopg.connect(settings.postgres_dsn) as conn:
         tct = conn.execute("SHOW track_commit_timestamp").fetchone()
     if not tct or tct[0] != "on":

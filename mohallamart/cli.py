@@ -22,8 +22,8 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from mohallamart.errors import PipelineError
-from mohallamart.settings import PROJECT_ROOT, Settings, get_settings
+from core.errors import PipelineError
+from core.settings import PROJECT_ROOT, Settings, get_settings
 
 __all__ = ["main"]
 
@@ -257,7 +257,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_db_migrate(args: argparse.Namespace) -> int:
-    from mohallamart.db import migrate
+    from connectors.db import migrate
 
     applied = migrate(_settings().postgres_dsn)
     _out(f"applied {', '.join(applied)}" if applied else "database is up to date")
@@ -266,7 +266,7 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
 
 def _keys_dsn() -> str:
     """The database, migrated: a key can be made before the API has ever started."""
-    from mohallamart.db import migrate
+    from connectors.db import migrate
 
     dsn = _settings().postgres_dsn
     migrate(dsn)
@@ -274,7 +274,7 @@ def _keys_dsn() -> str:
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
-    from mohallamart.apikeys import create_key
+    from connectors.apikeys import create_key
 
     key, secret = create_key(
         _keys_dsn(),
@@ -296,7 +296,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
-    from mohallamart.apikeys import list_keys
+    from connectors.apikeys import list_keys
 
     keys = list_keys(_keys_dsn(), include_revoked=args.all)
     if args.json:
@@ -313,7 +313,7 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from mohallamart.apikeys import revoke_key
+    from connectors.apikeys import revoke_key
 
     key = revoke_key(_keys_dsn(), args.key_id)
     _out(f"revoked {key.key_id} ({key.name})")
@@ -321,7 +321,7 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
-    from mohallamart.db import migrate
+    from connectors.db import migrate
     from streams.dlq import list_dead_letters
 
     settings = _settings()
@@ -342,7 +342,7 @@ def _cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
-    from mohallamart.db import migrate
+    from connectors.db import migrate
     from streams.dlq import redrive
 
     settings = _settings()
@@ -361,8 +361,8 @@ def _cmd_search_reindex(args: argparse.Namespace) -> int:
 
     import psycopg
 
+    from connectors.db import migrate
     from connectors.typesense import ALIASES, SearchIndex, reindex
-    from mohallamart.db import migrate
 
     settings = _settings()
     migrate(settings.postgres_dsn)
@@ -401,10 +401,15 @@ def _cmd_search_reindex(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics_ensure(args: argparse.Namespace) -> int:
+    from connectors.topics import ensure_topics
     from schemas.catalog import TOPICS
-    from schemas.topics import ensure_topics
 
-    created = ensure_topics(_settings().kafka_bootstrap)
+    settings = _settings()
+    created = ensure_topics(
+        settings.kafka_bootstrap,
+        replication=settings.kafka_replication_factor,
+        min_insync_replicas=settings.kafka_min_insync_replicas,
+    )
     for t in TOPICS.values():
         state = "created" if t.name in created else "exists"
         _out(f"{t.name:<36} {t.partitions:>2} partitions  key: {t.key:<16} {state}")

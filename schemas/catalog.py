@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from core.settings import get_settings
 
 __all__ = [
     "ENVELOPE_FIELDS",
@@ -53,7 +56,8 @@ class Topic:
         default_factory=lambda: {
             "retention.ms": "-1",  # the log is the source of truth: keep every event
             "cleanup.policy": "delete",
-            "min.insync.replicas": "1",
+            # min.insync.replicas: set where the topic is created (connectors.topics), from the
+            # settings, like its replication factor
             "message.timestamp.type": "CreateTime",  # producers set it from occurred_at
         }
     )
@@ -129,14 +133,35 @@ def topics_in(namespace: str) -> dict[str, Topic]:
     }
 
 
-def _namespace() -> str:
-    from mohallamart.settings import get_settings
+class _Topics(Mapping[str, Topic]):
+    """The event topics of this process's namespace, by category. The namespace is read from the
+    settings on first use, not at import, and kept for the life of the process."""
 
-    return get_settings().topic_namespace
+    def __init__(self) -> None:
+        self._topics: dict[str, Topic] | None = None
+
+    def _resolved(self) -> dict[str, Topic]:
+        if self._topics is None:
+            # two threads racing here compute equal dicts: no lock needed
+            self._topics = topics_in(get_settings().topic_namespace)
+        return self._topics
+
+    def __getitem__(self, category: str) -> Topic:
+        return self._resolved()[category]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolved())
+
+    def __len__(self) -> int:
+        return len(self._resolved())
+
+    def __repr__(self) -> str:
+        # never resolves: printing it must not read the settings
+        return f"TOPICS({'<unresolved>' if self._topics is None else repr(self._topics)})"
 
 
 #: The event topics of this process's namespace (TOPIC_NAMESPACE, "mohallamart" by default).
-TOPICS: dict[str, Topic] = topics_in(_namespace())
+TOPICS: Mapping[str, Topic] = _Topics()
 
 # (type, key field of data, postable, description). The schema file is
 # avro/<category>/<name with dots after the category turned to underscores>.avsc

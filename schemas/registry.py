@@ -9,7 +9,7 @@ from typing import Any
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from mohallamart.errors import PipelineError
+from core.errors import PipelineError
 from schemas.catalog import EventType
 
 __all__ = ["RegistryError", "RegistryUnavailable", "SchemaRegistry", "UnknownSchema"]

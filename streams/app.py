@@ -22,11 +22,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mohallamart.settings import Settings
+from connectors.topics import TopicError, ensure_topics, wait_topics_ready
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES, TOPICS, Topic
 from schemas.codec import EventCodec, RegistryDecoder
 from schemas.registry import SchemaRegistry
-from schemas.topics import TopicError, ensure_topics, wait_topics_ready
 from streams.reliability import (
     EXIT_NOT_READY,
     Guard,
@@ -217,7 +217,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
         # RocksDB through rocksdict (faust picks it when python-rocksdb is absent)
         store="rocksdb://",
         processing_guarantee="at_least_once",
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka_replication_factor,
         topic_allow_declare=True,
         topic_partitions=settings.stock_partitions,
         datadir=str(datadir),
@@ -287,7 +287,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
 
 def run_worker(role: str, settings: Settings, web_port: int | None = None) -> None:
     """Run one worker of `role` in the foreground until SIGINT/SIGTERM."""
-    from mohallamart.db import migrate
+    from connectors.db import migrate
 
     if role != "stock":  # the stock role alone never touches PostgreSQL
         migrate(settings.postgres_dsn)  # the tables, before the first batch
@@ -302,7 +302,12 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
     # next metadata refresh, minutes later: the stock table's check then failed every record).
     topics = [*TOPICS.values(), *worker_topics(settings), *_faust_topics(app)]
     try:
-        ensure_topics(settings.kafka_bootstrap, topics)
+        ensure_topics(
+            settings.kafka_bootstrap,
+            topics,
+            replication=settings.kafka_replication_factor,
+            min_insync_replicas=settings.kafka_min_insync_replicas,
+        )
         wait_topics_ready(
             settings.kafka_bootstrap, topics, timeout_s=settings.worker_not_ready_timeout_s
         )

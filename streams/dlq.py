@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from api.producer import producer_config
+from connectors.kafka import consumer_config, producer_config
 from connectors.postgres import entity_of, version_of
-from mohallamart.errors import PipelineError
-from mohallamart.settings import Settings
+from core.errors import PipelineError
+from core.settings import Settings
 from schemas.catalog import TOPICS
 from schemas.codec import RegistryDecoder, UndecodableRecord
 from schemas.registry import RegistryError, SchemaRegistry
@@ -72,12 +72,11 @@ class DeadLetter:
 
 def _read(settings: Settings, topics: Iterable[str]) -> list[DeadLetter]:
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"mohallamart-dlq-reader-{uuid.uuid4()}",  # never commits
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+        consumer_config(
+            settings.kafka_bootstrap,
+            f"mohallamart-dlq-reader-{uuid.uuid4()}",  # never commits
+            {"enable.auto.commit": False, "enable.partition.eof": True},
+        )
     )
     out: list[DeadLetter] = []
     try:

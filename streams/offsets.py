@@ -15,8 +15,9 @@ from datetime import datetime
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from mohallamart.errors import PipelineError
-from mohallamart.settings import Settings
+from connectors.kafka import admin_config, consumer_config
+from core.errors import PipelineError
+from core.settings import Settings
 
 __all__ = ["OffsetMove", "reset_offsets"]
 
@@ -49,7 +50,7 @@ def reset_offsets(
     `to`, on every partition it has committed (its changelog topics excepted). Without `execute`
     only the plan is returned."""
     group = _group(settings, role)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 3})
+    admin = AdminClient(admin_config(settings.kafka_bootstrap, log_level=3))
     described = admin.describe_consumer_groups([group])[group].result(timeout=15)
     if described.members:
         raise PipelineError(
@@ -65,9 +66,7 @@ def reset_offsets(
     ]
     if not tps:
         raise PipelineError(f"group {group} has no committed offsets: nothing to move")
-    probe = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{group}-offset-probe"}
-    )
+    probe = Consumer(consumer_config(settings.kafka_bootstrap, f"{group}-offset-probe"))
     moves: list[OffsetMove] = []
     try:
         if to is None:

@@ -41,7 +41,7 @@ from faust.types import TP
 from prometheus_client import Counter, Gauge, Histogram
 
 from connectors.base import DependencyDown
-from mohallamart.errors import PipelineError
+from core.errors import PipelineError
 from schemas.codec import RegistryDecoder, UndecodableRecord
 from schemas.registry import RegistryUnavailable, UnknownSchema
 

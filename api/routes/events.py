@@ -14,7 +14,7 @@ from api.auth import Authenticator, RateLimiter
 from api.deps import BearerDep
 from api.ingest import Ingestor
 from api.problems import PROBLEM_JSON, Problem
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES
 from schemas.validate import FieldError as _fe
 

@@ -17,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import SettingsDep
 from connectors.cleanup import job_summary, publish_job_metrics
-from mohallamart.settings import Settings
+from connectors.kafka import admin_config
+from core.settings import Settings
 
 __all__ = ["router"]
 
@@ -30,7 +31,7 @@ _TIMEOUT_S = 3.0
 async def _kafka(s: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 0})
+    admin = AdminClient(admin_config(s.kafka_bootstrap, log_level=0))
     md = await asyncio.to_thread(admin.list_topics, timeout=_TIMEOUT_S)
     if not md.brokers:
         raise RuntimeError("no broker in metadata")

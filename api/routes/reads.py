@@ -18,7 +18,7 @@ from api.deps import BearerDep
 from api.live import LiveHub, SSEResponse, Subscription
 from api.problems import Problem
 from api.reads import ReadSide, can_see, json_bytes, not_found
-from mohallamart.apikeys import ApiKey
+from connectors.apikeys import ApiKey
 from schemas.validate import FieldError
 
 __all__ = ["router"]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mohallamart.errors import StackError
+from core.errors import StackError
 
 __all__ = ["fetch_apicurio", "fetch_kafka"]
 

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from mohallamart.errors import StackError
+from core.errors import StackError
 
 __all__ = ["Jdk", "find_jdk"]
 

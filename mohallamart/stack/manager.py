@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from mohallamart.errors import StackError
-from mohallamart.settings import Settings
+from core.errors import StackError
+from core.settings import Settings
 from mohallamart.stack import process
 from mohallamart.stack.services import Service, all_services
 

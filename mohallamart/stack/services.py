@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from mohallamart.errors import StackError
-from mohallamart.settings import Settings
+from core.errors import StackError
+from core.settings import Settings
 from mohallamart.stack import fetch
 from mohallamart.stack.java import Jdk, find_jdk
 from mohallamart.stack.process import ProcessRecord, spawn

@@ -17,7 +17,7 @@ from aiokafka.structs import TopicPartition as AioTP
 
 from connectors.base import DependencyDown
 from connectors.views import pending_events
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import TOPICS
 from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.reliability import Record, Rejection, redrive_topic

@@ -6,7 +6,7 @@
    (`<ns>.notification.email|sms|push`, header `x-channel`).
 2. `deliver_email`, `deliver_sms`, `deliver_push` each read their topic through their own guard,
    so one channel that is down pauses only itself: an outbox row before sending, the outcome after
-   (streams.notify.Outbox); a provider or SMTP server that is down is retried while down, never
+   (connectors.outbox.Outbox); a provider or SMTP server that is down is retried while down, never
    dead-lettered; a permanent refusal is dead-lettered at once, except an SMS, which falls back to
    email (dead-lettered only if that fails too).
 """
@@ -21,10 +21,11 @@ from psycopg.rows import dict_row
 
 from connectors.base import DependencyDown
 from connectors.email import EmailRefused, EmailSender
+from connectors.outbox import Outbox
 from connectors.provider import ProviderClient, ProviderRefused
 from schemas.catalog import TOPICS
 from streams.agents._read_side import PgReader, install_agent
-from streams.notify import Outbox, message_id, render
+from streams.notify import message_id, render
 from streams.reliability import SOURCE_HEADERS, Record, Rejection
 
 __all__ = ["CHANNELS", "channel_topic", "install"]

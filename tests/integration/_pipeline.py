@@ -19,7 +19,7 @@ import httpx
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES
 from schemas.codec import RegistryDecoder
 from schemas.registry import SchemaRegistry
@@ -315,7 +315,7 @@ class Pipeline:
         does not go through the API would."""
         from confluent_kafka import Producer
 
-        from api.producer import producer_config
+        from connectors.kafka import producer_config
         from schemas.codec import EventCodec
 
         prod = Producer(

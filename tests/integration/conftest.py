@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mohallamart.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from mohallamart.stack import Stack
 
 
@@ -115,8 +115,8 @@ def api(api_env: dict[str, str]) -> Iterator[str]:
 
 
 def _key(settings: Settings, name: str, scopes: list[str], **kw: object) -> str:
-    from mohallamart.apikeys import create_key
-    from mohallamart.db import migrate
+    from connectors.apikeys import create_key
+    from connectors.db import migrate
 
     migrate(settings.postgres_dsn)
     _, secret = create_key(

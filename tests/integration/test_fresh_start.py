@@ -36,7 +36,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors.redis_cache import cache_key
-from mohallamart.settings import Settings
+from core.settings import Settings
 from mohallamart.stack import Stack
 from schemas.catalog import EVENT_TYPES, record_defaults
 from tests.integration._support import free_port, poll

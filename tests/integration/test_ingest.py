@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_s
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES, TOPICS
 from schemas.partitioner import partition_for
 from tests.integration._support import poll

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES, TOPICS
 from tests.integration.conftest import _key
 

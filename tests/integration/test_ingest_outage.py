@@ -10,7 +10,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES
 from schemas.codec import EventCodec
 from tests.integration._cli import mohallamart

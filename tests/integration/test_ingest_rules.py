@@ -22,7 +22,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES, TOPICS
 from tests.integration._support import free_port, poll
 

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES
 from tests.integration._cli import mohallamart
 from tests.integration._support import poll

@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from mohallamart.settings import PROJECT_ROOT, Settings
+from core.settings import PROJECT_ROOT, Settings
 from schemas.catalog import EVENT_TYPES
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from mohallamart.stack import Stack
 from mohallamart.stack.smtpd import read_messages
 from tests.integration._support import poll

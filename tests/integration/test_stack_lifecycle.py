@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from mohallamart.stack import Stack
 from streams.app import ROLES
 from tests.integration._cli import mohallamart

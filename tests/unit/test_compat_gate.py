@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mohallamart.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 from schemas.catalog import EVENT_TYPES
 from schemas.compat import check_pair
 

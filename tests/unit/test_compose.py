@@ -1,7 +1,7 @@
 """docker-compose.yml and the Dockerfile stay reproducible, healthy, complete and free of secrets.
 
 No Docker is needed (nor run): the files are parsed and checked against the code, chiefly that
-the `api` and `worker` services receive every setting `mohallamart.settings.Settings` reads.
+the `api` and `worker` services receive every setting `core.settings.Settings` reads.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -143,7 +143,7 @@ def test_app_services_get_every_setting(name: str) -> None:
     env = _environment(SERVICES[name])
     missing = [var for var in setting_env_names() if var not in env]
     assert not missing, (
-        f"service {name!r} lacks settings the code reads (mohallamart.settings.Settings) "
+        f"service {name!r} lacks settings the code reads (core.settings.Settings) "
         f"under `environment:`: {', '.join(missing)}"
     )
 

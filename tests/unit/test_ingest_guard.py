@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from api.claims import ClaimStore
 from api.ingest import Ingestor
 from api.problems import Problem
 from api.producer import EventProducer
+from connectors.claims import ClaimStore
 from schemas.catalog import EVENT_TYPES
 from schemas.registry import SchemaRegistry
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-from api.claims import ClaimOutcome
 from api.ingest import Ingestor
 from api.problems import Problem
 from api.producer import Delivery, Failure, Record, failure_kind
 from api.routes.events import require_json
+from connectors.claims import ClaimOutcome
 from schemas.catalog import EVENT_TYPES
 
 # --- media type -----------------------------------------------------------------------------------

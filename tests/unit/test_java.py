@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mohallamart.errors import StackError
+from core.errors import StackError
 from mohallamart.stack.java import find_jdk
 
 

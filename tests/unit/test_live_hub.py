@@ -13,7 +13,7 @@ import pytest
 
 from api.live import LiveEvent, LiveHub, Subscription, _Client, _live_event
 from api.problems import Problem
-from mohallamart.settings import Settings
+from core.settings import Settings
 from schemas.catalog import EVENT_TYPES
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

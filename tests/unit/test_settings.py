@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from mohallamart.settings import PLACEHOLDER_SECRET, Settings
+from core.settings import PLACEHOLDER_SECRET, Settings
 
 
 def _settings(**env: str) -> Settings:
@@ -60,7 +60,7 @@ def test_bad_port_names_the_field() -> None:
 
 
 def test_provider_endpoints_default_to_the_stack_stand_in_and_can_be_switched_off() -> None:
-    from mohallamart.settings import Settings
+    from core.settings import Settings
 
     s = Settings(stack_providers_port=18999)
     assert s.provider_endpoint("sms") == "http://127.0.0.1:18999/sms"
@@ -69,3 +69,15 @@ def test_provider_endpoints_default_to_the_stack_stand_in_and_can_be_switched_of
     assert s.provider_endpoint("sms") == "https://sms.example/v1"
     assert s.provider_endpoint("push") is None
     assert Settings(push_provider_url="").provider_endpoint("push") is None
+
+
+def test_replication_of_created_topics() -> None:
+    s = _settings()
+    assert (s.kafka_replication_factor, s.kafka_min_insync_replicas) == (1, 1)
+    s = _settings(kafka_replication_factor="3", kafka_min_insync_replicas="2")
+    assert (s.kafka_replication_factor, s.kafka_min_insync_replicas) == (3, 2)
+    for field in ("kafka_replication_factor", "kafka_min_insync_replicas"):
+        with pytest.raises(ValidationError, match=field):
+            _settings(**{field: "0"})
+    with pytest.raises(ValidationError, match="KAFKA_MIN_INSYNC_REPLICAS"):
+        _settings(kafka_replication_factor="1", kafka_min_insync_replicas="2")

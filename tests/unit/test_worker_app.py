@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mohallamart.settings import Settings
+from core.settings import Settings
 from streams.app import ROLES, Runtime, worker_topics
 from streams.reliability import RetryPolicy
 

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     #: first part of every topic name (`<namespace>.<category>.events`); the worker benchmark
     #: runs in a namespace of its own so it never writes the pipeline's topics
     topic_namespace: str = Field("mohallamart", pattern=r"^[a-z][a-z0-9-]*$")
+    #: copies of every topic the project creates (event, dead-letter, redrive, the workers' own
+    #: and faust's changelogs), and how many must have a write before it is acknowledged
+    #: (`acks=all`); a cluster of 3 brokers: 3 and 2. Topics that exist already are left as
+    #: they are.
+    kafka_replication_factor: int = Field(1, ge=1)
+    kafka_min_insync_replicas: int = Field(1, ge=1)
 
     # --- workers (Faust) ---
     # The test profile shortens these so a killed worker is replaced in seconds, not a minute.
@@ -180,6 +186,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "INGEST_DELIVERY_TIMEOUT_MS must be shorter than INGEST_REQUEST_TIMEOUT_MS, so a "
                 "request that timed out never becomes a late write"
+            )
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                "KAFKA_MIN_INSYNC_REPLICAS must be at most KAFKA_REPLICATION_FACTOR: a topic with "
+                "fewer copies than that refuses every write"
             )
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError(

@@ -1,4 +1,9 @@
-"""Create the event topics with the settings that make replay possible (idempotent)."""
+"""Create the event topics with the settings that make replay possible (idempotent).
+
+What a topic is (name, partitions, retention) is the event contract's (`schemas.catalog`); how
+many copies the cluster keeps of it (replication factor, `min.insync.replicas`) is the caller's,
+from KAFKA_REPLICATION_FACTOR and KAFKA_MIN_INSYNC_REPLICAS.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from mohallamart.errors import PipelineError
+from connectors.kafka import admin_config
+from core.errors import PipelineError
 from schemas.catalog import TOPICS, Topic
 
 __all__ = ["TopicError", "TopicsNotReady", "ensure_topics", "wait_topics_ready"]
@@ -26,12 +32,15 @@ def ensure_topics(
     bootstrap: str,
     topics: Iterable[Topic] | None = None,
     *,
-    replication: int = 1,
+    replication: int,
+    min_insync_replicas: int,
     timeout_s: float = 15.0,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet (the event topics when `topics` is None), each with
+    `replication` copies and `min_insync_replicas` (unless its own config says otherwise);
+    return the names created. An existing topic is left as it is."""
     wanted = list(topics if topics is not None else TOPICS.values())
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(admin_config(bootstrap))
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
@@ -41,7 +50,7 @@ def ensure_topics(
             t.name,
             num_partitions=t.partitions,
             replication_factor=replication,
-            config=dict(t.config),
+            config={"min.insync.replicas": str(min_insync_replicas), **t.config},
         )
         for t in wanted
         if t.name not in existing
@@ -73,7 +82,7 @@ def wait_topics_ready(
     a worker that starts consuming before this holds wrong metadata for minutes. Raise
     `TopicsNotReady` after `timeout_s`, naming each topic and its partition counts."""
     wanted = {t.name: t.partitions for t in topics}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(admin_config(bootstrap))
     deadline = time.monotonic() + timeout_s
     problems: list[str] = []
     while True:

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from mohallamart.errors import PipelineError
+from core.errors import PipelineError
 
 __all__ = [
     "SCOPES",

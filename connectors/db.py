@@ -1,6 +1,6 @@
 """PostgreSQL: versioned migrations, applied by `mohallamart db migrate` and at process start.
 
-Migrations are `mohallamart/migrations/NNNN_name.sql`, applied in order, each in its own
+Migrations are `connectors/migrations/NNNN_name.sql`, applied in order, each in its own
 transaction, under an advisory lock so concurrent starters never race.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from mohallamart.errors import PipelineError
+from core.errors import PipelineError
 
 __all__ = ["DatabaseError", "MIGRATIONS_DIR", "migrate"]
 
