@@ -35,11 +35,15 @@ __all__ = ["Ingestor", "Result"]
 
 _log = logging.getLogger("mohallamart.api")
 
-EVENTS = Counter("mm_ingest_events_total", "Events accepted (202) by type", ["type"])
-DUPLICATES = Counter("mm_ingest_duplicates_total", "Events answered as duplicates", ["type"])
-REJECTS = Counter("mm_ingest_rejects_total", "Rejected ingest requests by reason", ["reason"])
+EVENTS = Counter("mohallamart_ingest_events_total", "Events accepted (202) by type", ["type"])
+DUPLICATES = Counter(
+    "mohallamart_ingest_duplicates_total", "Events answered as duplicates", ["type"]
+)
+REJECTS = Counter(
+    "mohallamart_ingest_rejects_total", "Rejected ingest requests by reason", ["reason"]
+)
 PRODUCE_LATENCY = Histogram(
-    "mm_produce_latency_seconds",
+    "mohallamart_produce_latency_seconds",
     "From produce to the broker's acknowledgement of a request's events",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )

@@ -36,26 +36,21 @@ from connectors.kafka import consumer_config
 from core.settings import Settings
 from schemas.catalog import TOPICS
 from schemas.codec import RegistryDecoder, UndecodableRecord
+from schemas.lifecycle import ORDER_STATUS_AFTER
 from schemas.registry import SchemaRegistry
 
 __all__ = ["LiveHub", "SSEResponse", "Subscription"]
 
 log = logging.getLogger("mohallamart.api.live")
 
-CLIENTS = Gauge("mm_api_live_clients", "Live-update (SSE) clients connected to this process")
-DISCONNECTED = Counter(
-    "mm_api_live_slow_disconnects_total", "Live clients disconnected because they fell behind"
+CLIENTS = Gauge(
+    "mohallamart_api_live_clients", "Live-update (SSE) clients connected to this process"
 )
-DELIVERED = Counter("mm_api_live_events_total", "Events queued to live clients")
-
-#: order event type -> the order's status after it
-_ORDER_STATUS = {
-    "order.created": "PENDING",
-    "order.accepted": "PROCESSING",
-    "order.rejected": "REJECTED",
-    "order.cancelled": "CANCELLED",
-    "order.refunded": "REFUNDED",
-}
+DISCONNECTED = Counter(
+    "mohallamart_api_live_slow_disconnects_total",
+    "Live clients disconnected because they fell behind",
+)
+DELIVERED = Counter("mohallamart_api_live_events_total", "Events queued to live clients")
 
 
 _POSITION = re.compile(r"^[0-9]+(\.[0-9]+)*$", re.ASCII)
@@ -77,7 +72,8 @@ def _live_event(slot: int, offset: int, ev: dict[str, Any]) -> LiveEvent | None:
     d = ev["data"]
     common = {"event_id": str(ev["id"]), "type": t, "occurred_at": ev["occurred_at"].isoformat()}
     if t.startswith("order."):
-        status = d.get("to_status") if t == "order.status_changed" else _ORDER_STATUS.get(t)
+        # the status the order lifecycle gives it (a status change names its own)
+        status = d.get("to_status") if t == "order.status_changed" else ORDER_STATUS_AFTER.get(t)
         if status is None:
             return None
         data = {

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["REQUESTS", "RequestMetrics"]
 
 REQUESTS = Counter(
-    "mm_api_requests_total", "HTTP requests by route and status", ["route", "status"]
+    "mohallamart_api_requests_total", "HTTP requests by route and status", ["route", "status"]
 )
 
 

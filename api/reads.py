@@ -23,7 +23,7 @@ from core.settings import Settings
 __all__ = ["CACHE", "ReadSide", "can_see"]
 
 CACHE = Counter(
-    "mm_api_cache_requests_total",
+    "mohallamart_api_cache_requests_total",
     "Read-through cache lookups by entity and result (hit, miss, error: Redis failed, "
     "skipped: Redis marked down)",
     ["entity", "result"],

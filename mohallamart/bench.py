@@ -35,8 +35,9 @@ from confluent_kafka import Producer
 
 from core.errors import PipelineError
 from core.settings import Settings
+from mohallamart.stack.supervisor import Supervisor
 
-__all__ = ["bench_key", "run_ingest_bench", "stop_child"]
+__all__ = ["bench_key", "run_ingest_bench"]
 
 _TYPE = "analytics.tracked"
 _VEGETA = "github.com/tsenart/vegeta/v12@v12.12.0"
@@ -73,7 +74,8 @@ def _vegeta(settings: Settings, echo: Callable[[str], None]) -> str:
 
 
 class _Api:
-    """An API process of our own, on a free port, for the benchmark's lifetime."""
+    """An API process of our own, on a free port, for the benchmark's lifetime (supervised but
+    never restarted: a restart would change what is measured)."""
 
     def __init__(
         self,
@@ -88,9 +90,9 @@ class _Api:
             self.port = s.getsockname()[1]
         self.log = settings.stack_dir / "api-bench.log"
         self.url = f"http://127.0.0.1:{self.port}"
-        self._out = open(self.log, "ab")  # noqa: SIM115
-        env = {**os.environ, "LOG_LEVEL": "WARNING", **(env or {})}
-        self.proc = subprocess.Popen(  # noqa: S603
+        self._procs = Supervisor(echo=lambda line: None)
+        self.proc = self._procs.start(
+            "api",
             [
                 sys.executable,
                 "-m",
@@ -100,10 +102,9 @@ class _Api:
                 str(self.port),
                 "--no-access-log",
             ],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+            output=self.log,
+            env={"LOG_LEVEL": "WARNING", **(env or {})},
+        ).proc
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
@@ -119,8 +120,7 @@ class _Api:
         raise PipelineError(f"the API did not become ready; see {self.log}")
 
     def stop(self) -> None:
-        stop_child(self.proc, 20)
-        self._out.close()
+        self._procs.stop_all(timeout_s=20)
 
 
 def bench_key(settings: Settings, name: str) -> tuple[str, str]:
@@ -135,17 +135,6 @@ def bench_key(settings: Settings, name: str) -> tuple[str, str]:
         rate_per_s=10_000_000,
     )
     return rec.key_id, secret
-
-
-def stop_child(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Stop a process the benchmark started: SIGTERM, then SIGKILL after `timeout_s`."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _raw_producer(settings: Settings) -> Producer:

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +41,8 @@ import redis
 
 from core.errors import PipelineError
 from core.settings import Settings
-from mohallamart.bench import _Api, _vegeta, _vegeta_attack, stop_child
+from mohallamart.bench import _Api, _vegeta, _vegeta_attack
+from mohallamart.stack.supervisor import Supervisor
 
 __all__ = ["run_reads_bench"]
 
@@ -87,7 +86,8 @@ class _Sandbox:
             "LOG_LEVEL": "WARNING",
             "LIVE_HEARTBEAT_S": "30",
         }
-        self.workers: list[tuple[subprocess.Popen[bytes], Any]] = []
+        # supervised but never restarted: a restart would change what is measured
+        self.workers = Supervisor(echo=lambda line: None)
         self.api: _Api | None = None
 
     def prepare(self) -> None:
@@ -112,13 +112,13 @@ class _Sandbox:
     def start(self) -> None:
         import socket
 
-        env = {**os.environ, **self.env}
         for role in ("projections", "stock", "cache", "search"):
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
-            log = open(self.settings.stack_dir / f"worker-bench-reads-{role}.log", "ab")  # noqa: SIM115
-            proc = subprocess.Popen(  # noqa: S603
+            log = self.settings.stack_dir / f"worker-bench-reads-{role}.log"
+            proc = self.workers.start(
+                role,
                 [
                     sys.executable,
                     "-m",
@@ -129,20 +129,16 @@ class _Sandbox:
                     "--web-port",
                     str(port),
                 ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**env, "WORKER_DATA_DIR": f"{self.tmp.name}/{role}"},
+                output=log,
+                env={**self.env, "WORKER_DATA_DIR": f"{self.tmp.name}/{role}"},
             )
-            self.workers.append((proc, log))
             self.echo(f"{role} worker started (pid {proc.pid}, log {log.name})")
         self.api = _Api(self.settings, self.echo, env=self.env)
 
     def stop(self) -> None:
         if self.api is not None:
             self.api.stop()
-        for proc, log in self.workers:
-            stop_child(proc, 30)
-            log.close()
+        self.workers.stop_all(timeout_s=30)
         self.tmp.cleanup()
 
 

@@ -45,6 +45,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from core.errors import PipelineError
 from core.settings import Settings
+from mohallamart.stack.supervisor import Supervisor
 
 __all__ = ["run_workers_bench"]
 
@@ -270,7 +271,8 @@ def _wait_rows(
 
 
 class _Worker:
-    """A projections worker of the benchmark's own: own group, own database, starts at the end."""
+    """A projections worker of the benchmark's own: own group, own database, starts at the end
+    (supervised but never restarted: a restart would change what is measured)."""
 
     def __init__(self, settings: Settings, echo: Callable[[str], None]) -> None:
         import socket
@@ -280,9 +282,7 @@ class _Worker:
             port = s.getsockname()[1]
         self.tmp = tempfile.TemporaryDirectory()
         self.log = settings.stack_dir / "worker-bench.log"
-        self._out = open(self.log, "ab")  # noqa: SIM115
         env = {
-            **os.environ,
             "DATABASE_URL": _dsn(settings, "bench_worker"),
             "WORKER_APP_PREFIX": f"mohallamart-bench-{uuid.uuid4().hex[:8]}",
             "WORKER_OFFSET_RESET": "latest",
@@ -290,7 +290,9 @@ class _Worker:
             "WORKER_DATA_DIR": self.tmp.name,
             "LOG_LEVEL": "WARNING",
         }
-        self.proc = subprocess.Popen(  # noqa: S603
+        self._procs = Supervisor(echo=lambda line: None)
+        self.proc = self._procs.start(
+            "projections",
             [
                 sys.executable,
                 "-m",
@@ -301,17 +303,13 @@ class _Worker:
                 "--web-port",
                 str(port),
             ],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
+            output=self.log,
             env=env,
-        )
+        ).proc
         echo(f"projections worker started (pid {self.proc.pid}, log {self.log})")
 
     def stop(self) -> None:
-        from mohallamart.bench import stop_child
-
-        stop_child(self.proc, 30)
-        self._out.close()
+        self._procs.stop_all(timeout_s=30)
         self.tmp.cleanup()
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "ORDER_STATUS_AFTER",
     "ORDER_TRANSITIONS",
     "PRODUCT_TRANSITIONS",
     "SHOPKEEPER_TRANSITIONS",
@@ -26,6 +27,20 @@ ORDER_TRANSITIONS: Mapping[tuple[str, str | None], str] = {
     ("order.status_changed:COMPLETED", "PROCESSING"): "COMPLETED",
     ("order.refunded", "COMPLETED"): "REFUNDED",
 }
+
+
+def _state_after(table: Mapping[tuple[str, str | None], str]) -> dict[str, str]:
+    """event type -> the state it leads to, for the events that lead to one state whatever the
+    state before (a status change is named by its target: it is left out)."""
+    targets: dict[str, set[str]] = {}
+    for (name, _before), to in table.items():
+        if ":" not in name:
+            targets.setdefault(name, set()).add(to)
+    return {name: to.pop() for name, to in targets.items() if len(to) == 1}
+
+
+#: order event type -> the order's status after it (`order.status_changed` names its own)
+ORDER_STATUS_AFTER: Mapping[str, str] = _state_after(ORDER_TRANSITIONS)
 
 PRODUCT_TRANSITIONS: Mapping[tuple[str, str | None], str] = {
     ("product.created", None): "DRAFT",

@@ -40,14 +40,14 @@ __all__ = ["ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
 
 log = logging.getLogger(__name__)
 
-#: role -> the agent modules it runs; each module has `install(runtime)`.
+#: role -> the agent modules it runs (each named as its role); each has `install(runtime)`.
 ROLES: dict[str, tuple[str, ...]] = {
-    "projections": ("streams.agents.persist",),
-    "stock": ("streams.agents.reserve_stock",),
+    "projections": ("streams.agents.projections",),
+    "stock": ("streams.agents.stock",),
     "cache": ("streams.agents.cache",),
     "search": ("streams.agents.search",),
     "workflows": ("streams.agents.workflows",),
-    "notifications": ("streams.agents.notify",),
+    "notifications": ("streams.agents.notifications",),
     "jobs": ("streams.agents.jobs",),
 }
 
@@ -65,7 +65,7 @@ def worker_topics(settings: Settings) -> list[Topic]:
         out.append(Topic(t.category, dead_letter_topic(t.name), t.partitions, t.key))
         out.append(Topic(t.category, redrive_topic(t.name), t.partitions, t.key))
     out.append(Topic("stock", stock_by_shop_topic(settings), settings.stock_partitions, "shop id"))
-    from streams.agents.notify import CHANNELS, channel_topic
+    from streams.agents.notifications import CHANNELS, channel_topic
 
     for channel in CHANNELS:  # the notifications role's per-channel topics (keyed like requests)
         name = channel_topic(settings.topic_namespace, channel)

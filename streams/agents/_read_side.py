@@ -1,5 +1,6 @@
-"""What the cache and search roles share: a PostgreSQL connection that reports outages as
-DependencyDown, and the agent wiring (one agent per topic, its redrive topic included)."""
+"""What the roles that read PostgreSQL share (cache, search, workflows, notifications, jobs): a
+connection that reports outages as DependencyDown, the wait for the projections to deal with a
+batch's events, and the agent wiring (one agent per topic, its redrive topic included)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.reliability import Record, Rejection, redrive_topic
 
 __all__ = [
+    "Pending",
     "PgReader",
     "ProjectionsProgress",
     "install_agent",
@@ -95,37 +97,55 @@ class ProjectionsProgress:
         return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
 
 
+#: the records of a batch the projections have still to deal with, as PostgreSQL shows it
+Pending = Callable[[psycopg.AsyncConnection[Any], list[Record]], Awaitable[list[Record]]]
+
+
+async def _not_applied(conn: psycopg.AsyncConnection[Any], records: list[Record]) -> list[Record]:
+    """The records whose entity row has not reached the event's version and whose event is not
+    recorded as refused (`connectors.views.pending_events`)."""
+    pending = {str(e["id"]) for e in await pending_events(conn, [r.event for r in records])}
+    return [r for r in records if str(r.event["id"]) in pending]
+
+
 async def wait_projected(
     conn: psycopg.AsyncConnection[Any],
     records: list[Record],
     progress: ProjectionsProgress,
     *,
     patience_s: float = 10.0,
-) -> None:
-    """Return once the projections have dealt with every record of the batch: its entity row has
-    reached the event's version, or the event is recorded as refused (fast, in PostgreSQL), or
-    the projections' group has committed past the record (anything else: an event dead-lettered
-    before refusals were recorded, one skipped as superseded). Raises DependencyDown when the
-    projections are still behind after `patience_s` (the guard then backs off, as for an outage;
-    a burst the projections are working through is waited for here, polling, not backed off)."""
+    pending: Pending = _not_applied,
+) -> list[Record]:
+    """Return once the projections have dealt with every record of the batch: `pending` no longer
+    names it (by default: its entity row has reached the event's version, or the event is
+    recorded as refused; fast, in PostgreSQL), or the projections' group has committed past the
+    record (anything else: an event dead-lettered before refusals were recorded, one skipped as
+    superseded). Returns the records passed that way, still pending in PostgreSQL's eyes. Raises
+    DependencyDown when the projections are still behind after `patience_s` (the guard then
+    backs off, as for an outage; a burst the projections are working through is waited for
+    here, polling, not backed off)."""
     start = time.monotonic()
     next_commit_check = start + 0.05
     delay = 0.01
+    passed: list[Record] = []
     waiting = [r for r in records if r.event.get("id")]
     while waiting:
-        pending = {str(e["id"]) for e in await pending_events(conn, [r.event for r in waiting])}
-        waiting = [r for r in waiting if str(r.event["id"]) in pending]
+        waiting = await pending(conn, waiting)
         if not waiting:
-            return
+            break
         now = time.monotonic()
         if now >= next_commit_check:
             next_commit_check = now + 0.25
             tps = {(r.topic, r.partition) for r in waiting if not r.topic.endswith(".redrive")}
             if tps:
                 done = await progress.committed(tps)
-                waiting = [r for r in waiting if done.get((r.topic, r.partition), -1) <= r.offset]
+                behind: list[Record] = []
+                for r in waiting:
+                    past = done.get((r.topic, r.partition), -1) > r.offset
+                    (passed if past else behind).append(r)
+                waiting = behind
                 if not waiting:
-                    return
+                    break
         if now - start >= patience_s:
             first = waiting[0].event
             raise DependencyDown(
@@ -134,6 +154,7 @@ async def wait_projected(
             )
         await asyncio.sleep(delay)
         delay = min(0.1, delay * 2)
+    return passed
 
 
 Write = Callable[[list[Record], PgReader], Awaitable[list[Rejection]]]

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import copy
-import os
 import signal
-import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +17,7 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
 from core.settings import Settings
+from mohallamart.stack.supervisor import Child, Supervisor
 from schemas.catalog import EVENT_TYPES
 from schemas.codec import RegistryDecoder
 from schemas.registry import SchemaRegistry
@@ -58,17 +56,17 @@ def example(type_: str, **over: Any) -> dict[str, Any]:
 
 
 @dataclass
-class _Proc:
+class _Worker:
     role: str
-    proc: subprocess.Popen[bytes]
-    log: Path
     web_port: int
+    log: Path
     env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Workers:
-    """Worker processes this test session started (stopped by PID, never by name).
+    """Worker processes this test session started (stopped by PID, never by name), supervised as
+    `mohallamart run` supervises its own (`mohallamart.stack.supervisor`).
 
     Like the supervisor of a deployment (compose's `restart: unless-stopped`), a worker that
     exits on its own is started again (a worker ends itself when it cannot go on, e.g. its Kafka
@@ -78,98 +76,68 @@ class Workers:
 
     settings: Settings
     logdir: Path
-    procs: dict[str, _Proc] = field(default_factory=dict)
     unplanned: list[str] = field(default_factory=lambda: UNPLANNED)
-    _down: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _watch: threading.Thread | None = None
-    _closing: threading.Event = field(default_factory=threading.Event)
+    _workers: dict[str, _Worker] = field(default_factory=dict)
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(on_exit=self._exited)
 
     def start(self, name: str, role: str, env: dict[str, str] | None = None) -> None:
-        with self._lock:
-            self._spawn(name, role, env)
-            self._down.discard(name)
-        if self._watch is None:
-            self._watch = threading.Thread(target=self._supervise, daemon=True)
-            self._watch.start()
-
-    def _spawn(self, name: str, role: str, env: dict[str, str] | None) -> None:
-        extra = env
         datadir = self.logdir / "worker-data" / name
         datadir.mkdir(parents=True, exist_ok=True)
-        log = self.logdir / f"worker-{name}.log"
-        env = {**os.environ, **WORKER_ENV, "WORKER_DATA_DIR": str(datadir), **(env or {})}
         port = free_port()
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(  # noqa: S603
-                [
-                    sys.executable,
-                    "-m",
-                    "mohallamart.cli",
-                    "worker",
-                    "--role",
-                    role,
-                    "--web-port",
-                    str(port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        self.procs[name] = _Proc(role, proc, log, port, dict(extra or {}))
+        # known before the process exists: its exit may be reported at once
+        w = self._workers[name] = _Worker(
+            role, port, self.logdir / f"worker-{name}.log", {**(env or {})}
+        )
+        self.supervisor.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "mohallamart.cli",
+                "worker",
+                "--role",
+                role,
+                "--web-port",
+                str(port),
+            ],
+            output=w.log,
+            env={**WORKER_ENV, "WORKER_DATA_DIR": str(datadir), **w.env},
+        )
+        self.supervisor.watch()
 
-    def _supervise(self) -> None:
-        while not self._closing.wait(0.5):
-            with self._lock:
-                for name, p in list(self.procs.items()):
-                    code = p.proc.poll()
-                    if code is None or name in self._down:
-                        continue
-                    line = (
-                        f"worker {name} (role {p.role}, pid {p.proc.pid}) exited on its own "
-                        f"with {code} at {datetime.now(UTC):%H:%M:%S}: restarted (log {p.log})"
-                    )
-                    self.unplanned.append(line)
-                    sys.stderr.write(f"[workers] {line}\n")
-                    sys.stderr.flush()
-                    self._spawn(name, p.role, p.env)
+    def _exited(self, child: Child, code: int) -> None:
+        w = self._workers[child.name]
+        line = (
+            f"worker {child.name} (role {w.role}, pid {child.pid}) exited on its own "
+            f"with {code} at {datetime.now(UTC):%H:%M:%S}: restarted (log {w.log})"
+        )
+        self.unplanned.append(line)
+        sys.stderr.write(f"[workers] {line}\n")
+        sys.stderr.flush()
 
     def restart(self, name: str) -> None:
         """Start a stopped worker again, as it was started (role, environment)."""
-        p = self.procs[name]
-        self.start(name, p.role, p.env)
+        w = self._workers[name]
+        self.start(name, w.role, w.env)
 
     def metrics(self, name: str) -> str:
         """The worker's /metrics page."""
-        return httpx.get(f"http://127.0.0.1:{self.procs[name].web_port}/metrics", timeout=5).text
+        return httpx.get(f"http://127.0.0.1:{self._workers[name].web_port}/metrics", timeout=5).text
 
     def alive(self, name: str) -> bool:
-        return self.procs[name].proc.poll() is None
+        return self.supervisor.children[name].alive
 
     def kill9(self, name: str) -> None:
-        with self._lock:
-            self._down.add(name)
-            p = self.procs[name].proc
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
+        self.supervisor.kill(name, signal.SIGKILL)
 
     def stop(self, name: str) -> None:
-        with self._lock:
-            self._down.add(name)
-            p = self.procs[name].proc
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        self.supervisor.stop(name, timeout_s=30)
 
     def stop_all(self) -> None:
-        self._closing.set()
-        for name in list(self.procs):
-            self.stop(name)
+        self.supervisor.stop_all(timeout_s=30)
         if self.unplanned:
             sys.stderr.write(
                 "[workers] restarted after exiting on their own:\n  "
@@ -180,16 +148,17 @@ class Workers:
     def describe(self, role: str) -> str:
         """The state of `role`'s workers and the end of their logs (for a failure message)."""
         out = []
-        for name, p in self.procs.items():
-            if p.role != role:
+        for name, w in self._workers.items():
+            if w.role != role:
                 continue
-            code = p.proc.poll()
+            child = self.supervisor.children[name]
+            code = child.proc.poll()
             state = "running" if code is None else f"exited with {code}"
             try:
-                tail = p.log.read_bytes()[-1500:].decode("utf-8", "replace")
+                tail = w.log.read_bytes()[-1500:].decode("utf-8", "replace")
             except OSError:
                 tail = ""
-            out.append(f"--- worker {name} (pid {p.proc.pid}) {state}; log ends:\n{tail}")
+            out.append(f"--- worker {name} (pid {child.pid}) {state}; log ends:\n{tail}")
         return "\n".join(out)
 
 

@@ -238,7 +238,7 @@ def test_health_ready_and_metrics(api: str, ingest_key: str) -> None:
     ready = httpx.get(f"{api}/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     metrics = httpx.get(f"{api}/metrics").text
-    assert 'mm_api_requests_total{route="/v1/events",status="202"}' in metrics
-    assert "mm_ingest_events_total{type=" in metrics
-    assert "mm_produce_latency_seconds_bucket" in metrics
-    assert 'mm_ingest_rejects_total{reason="invalid"}' in metrics
+    assert 'mohallamart_api_requests_total{route="/v1/events",status="202"}' in metrics
+    assert "mohallamart_ingest_events_total{type=" in metrics
+    assert "mohallamart_produce_latency_seconds_bucket" in metrics
+    assert 'mohallamart_ingest_rejects_total{reason="invalid"}' in metrics

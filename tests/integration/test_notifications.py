@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from schemas.catalog import TOPICS
-from streams.agents.notify import CHANNELS, channel_topic
+from streams.agents.notifications import CHANNELS, channel_topic
 from streams.agents.workflows import derived_id
 from streams.app import stock_by_shop_topic
-from streams.notify import message_id
+from streams.messages import message_id
 from tests.integration._cli import mohallamart
 from tests.integration._pipeline import Pipeline, example, order_created, uid
 from tests.integration._readside import reader

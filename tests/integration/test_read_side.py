@@ -457,4 +457,4 @@ def test_a_slow_live_client_is_disconnected_and_never_holds_up_the_others(
     assert eof, "the slow client's connection was never closed"
     assert received < n * 200, "the slow client received everything: it was not slow"
     metrics = p.http.get("/metrics").text
-    assert re.search(r"mm_api_live_slow_disconnects_total [1-9]", metrics), metrics[-2000:]
+    assert re.search(r"mohallamart_api_live_slow_disconnects_total [1-9]", metrics), metrics[-2000:]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from schemas.catalog import TOPICS
-from streams.agents.notify import CHANNELS, channel_topic
+from streams.agents.notifications import CHANNELS, channel_topic
 from streams.agents.workflows import derived_id
 from tests.integration._pipeline import Pipeline, example, uid
 from tests.integration._support import poll

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.lifecycle import ORDER_TRANSITIONS, PRODUCT_TRANSITIONS, transition
 from streams.reliability import Permanent
-from streams.stock import StockBook
+from streams.stock_book import StockBook
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

@@ -1,4 +1,5 @@
-"""persist: the projections role's agents, one per entity topic, writing PostgreSQL."""
+"""projections: the projections role's agents (`persist_<category>s`), one per entity topic,
+writing PostgreSQL."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from connectors.outbox import Outbox
 from connectors.provider import ProviderClient, ProviderRefused
 from schemas.catalog import TOPICS
 from streams.agents._read_side import PgReader, install_agent
-from streams.notify import message_id, render
+from streams.messages import message_id, render
 from streams.reliability import SOURCE_HEADERS, Record, Rejection
 
 __all__ = ["CHANNELS", "channel_topic", "install"]

@@ -1,4 +1,5 @@
-"""Notifications: templates and message ids (the outbox is `connectors.outbox`).
+"""Notification messages: templates and message ids (used by the notifications role,
+`streams.agents.notifications`; the outbox is `connectors.outbox`).
 
 Templates are Jinja2 files in `streams/templates/`: `<kind>.subject.j2`, `<kind>.txt.j2` and
 `<kind>.html.j2` (HTML autoescaped: user data never becomes markup); a kind without its own

@@ -1,5 +1,6 @@
-"""reserve_stock: the stock role. Stock-affecting events are re-keyed by shop id, so one worker
-owns every product of an order; a changelog-backed table (RocksDB) holds the stock.
+"""stock: the stock role (agent `reserve_stock`). Stock-affecting events are re-keyed by shop id,
+so one worker owns every product of an order; a changelog-backed table (RocksDB) holds the
+stock; the decisions are `streams.stock_book.StockBook`'s.
 
 Exactly once under at-least-once delivery, per batch of the by-shop topic:
 1. every record is decided in order against the table plus the batch's pending writes (nothing is
@@ -35,7 +36,7 @@ from streams.reliability import (
     Rejection,
     redrive_topic,
 )
-from streams.stock import Derived, StockBook
+from streams.stock_book import Derived, StockBook
 
 __all__ = ["ROUTED", "install"]
 

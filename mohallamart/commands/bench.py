@@ -1,0 +1,144 @@
+"""`mohallamart bench ingest|workers|reads`: benchmarks (they print figures; never run as tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mohallamart.commands._common import load_settings, out, stop_on_sigterm
+
+__all__ = ["register"]
+
+
+def _cmd_bench_workers(args: argparse.Namespace) -> int:
+    from mohallamart.bench_workers import run_workers_bench
+
+    stop_on_sigterm()  # so the benchmark's own worker and API are stopped on the way out
+    res = run_workers_bench(
+        load_settings(),
+        events=args.events,
+        runs=args.runs,
+        rate=args.rate,
+        duration_s=args.duration,
+        echo=out,
+    )
+    out("")
+    out(f"== projections worker, topic -> PostgreSQL ({res['machine']}, medians of {res['runs']})")
+    out(
+        f"throughput: worker {res['worker_events_per_s']:,.0f} events/s, plain confluent-kafka "
+        f"{res['baseline_events_per_s']:,.0f} events/s: {res['worker_vs_baseline']:.2f}x"
+    )
+    out(
+        f"  runs: worker {', '.join(f'{r:,.0f}' for r in res['worker_runs'])}; baseline "
+        f"{', '.join(f'{r:,.0f}' for r in res['baseline_runs'])}"
+    )
+    out(
+        f"latency at {res['latency_rate_per_s']:,} events/s, API ack -> row committed "
+        f"({res['latency_events']:,} events): worker p50 {res['worker_latency_p50_ms']:.1f} ms, "
+        f"p99 {res['worker_latency_p99_ms']:.1f} ms; baseline p50 "
+        f"{res['baseline_latency_p50_ms']:.1f} ms, p99 {res['baseline_latency_p99_ms']:.1f} ms"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def _cmd_bench_reads(args: argparse.Namespace) -> int:
+    from mohallamart.bench_reads import run_reads_bench
+
+    stop_on_sigterm()
+    figures = run_reads_bench(
+        load_settings(),
+        products=args.products,
+        samples=args.samples,
+        rate=args.rate,
+        search_rate=args.search_rate,
+        duration=args.duration,
+        runs=args.runs,
+        clients=args.clients,
+        echo=out,
+        json_path=args.json,
+    )
+    out(json.dumps(figures, indent=2))
+    return 0
+
+
+def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from mohallamart.bench import run_ingest_bench
+
+    stop_on_sigterm()
+
+    res = run_ingest_bench(
+        load_settings(),
+        events=args.events,
+        batch=args.batch,
+        concurrency=args.concurrency,
+        runs=args.runs,
+        rate=args.rate,
+        duration_s=args.duration,
+        saturation_workers=args.saturation_workers,
+        echo=lambda line: out(f"[bench] {line}"),
+    )
+    out("")
+    out("results (medians of runs; load generator on the same 2-core machine):")
+    out(f"  raw confluent-kafka producer      {res['raw_producer_events_per_s']:>10,.0f} events/s")
+    out(
+        f"  API batched                       {res['api_batched_events_per_s']:>10,.0f} events/s"
+        f"  ({res['api_batched_vs_raw']:.2f} x raw)"
+    )
+    out(
+        f"  API single events, saturation     {res['api_single_saturation_req_per_s']:>10,.0f}"
+        f" req/s   (p99 {res['api_single_saturation_p99_ms']:.1f} ms, success "
+        f"{res['api_single_saturation_success']:.3f})"
+    )
+    out(
+        f"  API single events at {res['fixed_rate_req_per_s']} req/s     p50 "
+        f"{res['api_fixed_rate_p50_ms']:.1f} ms, p99 {res['api_fixed_rate_p99_ms']:.1f} ms "
+        f"(success {res['api_fixed_rate_success']:.3f})"
+    )
+    out(
+        f"  raw producer at {res['fixed_rate_req_per_s']} msg/s          p50 "
+        f"{res['raw_fixed_rate_p50_ms']:.1f} ms, p99 {res['raw_fixed_rate_p99_ms']:.1f} ms"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        out(f"written to {args.json}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (they print figures; never run as tests)")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    bi = bsub.add_parser("ingest", help="the ingestion API beside a raw confluent-kafka producer")
+    bi.add_argument("--events", type=int, default=100_000, help="events per throughput run")
+    bi.add_argument("--batch", type=int, default=1000, help="events per batch request")
+    bi.add_argument("--concurrency", type=int, default=4, help="batch requests in flight")
+    bi.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
+    bi.add_argument("--rate", type=int, default=1000, help="fixed request rate for latency")
+    bi.add_argument("--duration", type=int, default=15, help="seconds per vegeta attack")
+    bi.add_argument("--saturation-workers", type=int, default=64, help="connections at saturation")
+    bi.add_argument("--json", default=None, help="also write the figures to this file")
+    bi.set_defaults(func=_cmd_bench_ingest)
+    bw = bsub.add_parser(
+        "workers", help="the projections worker (topic -> PostgreSQL) beside plain confluent-kafka"
+    )
+    bw.add_argument("--events", type=int, default=100_000, help="events per throughput run")
+    bw.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
+    bw.add_argument("--rate", type=int, default=1000, help="events/s for the latency phase")
+    bw.add_argument("--duration", type=int, default=15, help="seconds of the latency phase")
+    bw.add_argument("--json", default=None, help="also write the figures to this file")
+    bw.set_defaults(func=_cmd_bench_workers)
+
+    br = bsub.add_parser(
+        "reads", help="cache reads, search, reindex, live clients, each beside a baseline"
+    )
+    br.add_argument("--products", type=int, default=20_000, help="products seeded")
+    br.add_argument("--samples", type=int, default=20, help="time-to-searchable samples")
+    br.add_argument("--rate", type=int, default=500, help="product reads per second")
+    br.add_argument("--search-rate", type=int, default=100, help="searches per second")
+    br.add_argument("--duration", type=int, default=10, help="seconds per vegeta attack")
+    br.add_argument("--runs", type=int, default=3, help="reindex repetitions (median)")
+    br.add_argument("--clients", type=int, default=5000, help="idle live (SSE) clients to open")
+    br.add_argument("--json", default=None, help="also write the figures to this file")
+    br.set_defaults(func=_cmd_bench_reads)
