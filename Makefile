@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-reads lock up down status clean-stack
+.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-reads profile-workers lock up down status clean-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench: install ## the ingestion benchmark (needs the stack up: make up)
 
 bench-workers: install ## the workers' benchmark, topic -> PostgreSQL (needs the stack up)
 	$(BIN)/mohallamart bench workers
+
+profile-workers: install ## where the projections worker's CPU goes per event, fresh and with history (stack up)
+	$(BIN)/mohallamart bench profile-workers
 
 bench-reads: install ## the read side's benchmark: cache, search, reindex, live clients (stack up)
 	$(BIN)/mohallamart bench reads

@@ -1,4 +1,5 @@
-"""`mohallamart bench ingest|workers|reads`: benchmarks (they print figures; never run as tests)."""
+"""`mohallamart bench ingest|workers|reads|profile-workers`: benchmarks and profiles (they print
+figures; never run as tests)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,23 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_profile_workers(args: argparse.Namespace) -> int:
+    from mohallamart.profile_workers import profile_workers, render
+
+    stop_on_sigterm()
+    results = []
+    for history in args.history:
+        out(f"== profile: {args.events:,} events after a history of {history:,} events")
+        res = profile_workers(
+            load_settings(), events=args.events, history=history, rate_hz=args.rate, echo=out
+        )
+        out(render(res))
+        results.append(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="benchmarks (they print figures; never run as tests)")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -129,6 +147,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bw.add_argument("--duration", type=int, default=15, help="seconds of the latency phase")
     bw.add_argument("--json", default=None, help="also write the figures to this file")
     bw.set_defaults(func=_cmd_bench_workers)
+
+    bp = bsub.add_parser(
+        "profile-workers",
+        help="where the projections worker's CPU goes, per event (py-spy), fresh and with history",
+    )
+    bp.add_argument("--events", type=int, default=100_000, help="events in the profiled run")
+    bp.add_argument(
+        "--history",
+        type=int,
+        nargs="+",
+        default=[0, 500_000],
+        help="events loaded (not profiled) before each profiled run; one profile per value",
+    )
+    bp.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    bp.add_argument("--json", default=None, help="also write the figures to this file")
+    bp.set_defaults(func=_cmd_bench_profile_workers)
 
     br = bsub.add_parser(
         "reads", help="cache reads, search, reindex, live clients, each beside a baseline"
