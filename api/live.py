@@ -364,7 +364,7 @@ class LiveHub:
             self.clients.discard(client)
             CLIENTS.dec()
 
-    async def _chunks(self, client: _Client) -> AsyncIterator[bytes]:
+    async def chunks(self, client: _Client) -> AsyncIterator[bytes]:
         heartbeat = self.settings.live_heartbeat_s
         yield f": following {len(self.head)} partitions\nretry: 2000\n\n".encode()
         while not client.gone:
@@ -427,7 +427,7 @@ class SSEResponse(Response):
                     ],
                 }
             )
-            async for chunk in self.hub._chunks(client):
+            async for chunk in self.hub.chunks(client):
                 try:
                     await asyncio.wait_for(
                         send({"type": "http.response.body", "body": chunk, "more_body": True}),

@@ -18,8 +18,6 @@ from datetime import datetime
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.topics import TopicError, ensure_topics, wait_topics_ready
@@ -27,6 +25,7 @@ from core.settings import Settings
 from schemas.catalog import EVENT_TYPES, TOPICS, Topic
 from schemas.codec import EventCodec, RegistryDecoder
 from schemas.registry import SchemaRegistry
+from streams import transport
 from streams.reliability import (
     EXIT_NOT_READY,
     Guard,
@@ -75,71 +74,6 @@ def worker_topics(settings: Settings) -> list[Topic]:
     return out
 
 
-class _NeverRead(dict[Any, Any]):
-    """A read-offset map that never reports an offset: faust then drops nothing it fetched."""
-
-    def __getitem__(self, key: Any) -> None:
-        return None
-
-    def get(self, key: Any, default: Any = None) -> None:
-        return None
-
-
-class _Assigned:
-    """The partitions whose fetched records faust may hand on: active or paused (assigned)."""
-
-    def __init__(self, consumer: Any) -> None:
-        self.consumer = consumer
-
-    def __contains__(self, tp: object) -> bool:
-        c = self.consumer
-        return tp in (c._active_partitions or ()) or tp in c._paused_partitions
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    """faust treats a jump in a partition's offsets as a gap already processed, the message that
-    jumped included, and may commit past records no agent has seen (faust-streaming #606, #221:
-    around rebalances). Our topics have no gaps (no transactions, no compaction): a jump is never
-    acknowledged here; the records are delivered again instead of lost."""
-
-    # faust drops a fetched record whose offset is below its "read offset" of the partition (the
-    # last offset it handed on). A seek back (see streams.agents._batches) then loses a race with
-    # the fetch loop still handing on the records of an earlier fetch: it raises the read offset
-    # again and the records sought are dropped, so the seek is repeated, again and again. Here
-    # every record fetched is handed on; the agents admit each offset once, in order.
-    @property
-    def _read_offset(self) -> Any:
-        return self.__dict__.setdefault("_mm_read_offset", _NeverRead())
-
-    @_read_offset.setter
-    def _read_offset(self, value: Any) -> None:
-        pass
-
-    async def _wait_next_records(self, timeout: float) -> Any:
-        # faust hands on only the records of partitions still active once the fetch returns: a
-        # partition paused meanwhile (a dependency down) loses the records of that fetch, a gap.
-        # Hand on the records of every partition still assigned, paused or not (a revoked one
-        # is neither active nor paused: its records are still dropped).
-        records, _active = await super()._wait_next_records(timeout)
-        return records, _Assigned(self)
-
-    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        log.warning(
-            "offsets %d..%d of %s/%d skipped by the consumer: not acknowledged",
-            offset_from,
-            offset_to,
-            tp.topic,
-            tp.partition,
-        )
-
-
-class _IdempotentProducer(faust_aiokafka.Producer):
-    """faust's aiokafka producer asks for idempotence only inside transactions: always here."""
-
-    def _settings_extra(self) -> dict[str, Any]:
-        return {"acks": "all", "enable_idempotence": True}
-
-
 @dataclass
 class Runtime:
     """What every agent of a worker shares."""
@@ -168,18 +102,8 @@ class Runtime:
         )
 
     async def refresh_metadata(self) -> None:
-        """Fetch the cluster's metadata again, on the consumer's own thread (aiokafka is not
-        thread-safe). Used when Kafka is "not ready yet": a topic created after the consumer
-        last fetched metadata reads as 0 partitions until the next refresh (5 min by default),
-        which faust's table check takes for a partition mismatch."""
-        consumer: Any = self.app.consumer  # faust's aiokafka driver: a thread of its own
-        thread = consumer._thread
-        client = thread._ensure_consumer()._client
-
-        async def _refresh() -> None:
-            await client.force_metadata_update()
-
-        await thread.call_thread(_refresh)
+        """Fetch the cluster's metadata again (when Kafka is "not ready yet")."""
+        await transport.refresh_metadata(self.app)
 
     async def encode(
         self, type_: str, event_id: str, occurred_at: datetime, trace_id: str, data: dict[str, Any]
@@ -213,7 +137,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.worker_app_prefix}-{role}",
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=transport.broker_url(settings.kafka_bootstrap),
         # RocksDB through rocksdict (faust picks it when python-rocksdb is absent)
         store="rocksdb://",
         processing_guarantee="at_least_once",
@@ -236,8 +160,6 @@ def create_app(role: str, settings: Settings) -> faust.App:
         web_enabled=True,
         autodiscover=False,
     )
-    app.transport.Producer = _IdempotentProducer  # type: ignore[misc]  # before it is built
-    app.transport.Consumer = _Consumer  # type: ignore[misc]
     registry = SchemaRegistry(settings.registry_url)
     runtime = Runtime(
         app=app,
@@ -268,13 +190,9 @@ def create_app(role: str, settings: Settings) -> faust.App:
         # the process stays up consuming nothing. A worker that cannot consume ends instead,
         # so its supervisor restarts it; its uncommitted records come again (at least once,
         # applied idempotently), as after kill -9.
-        fetcher = getattr(app, "_fetcher", None)
-        if fetcher is not None and fetcher.crashed and not app.should_stop:
-            exit_worker(
-                70,
-                f"the Kafka fetcher crashed ({fetcher.crash_reason!r}): "
-                "exiting so the worker is restarted",
-            )
+        crash = transport.fetcher_crash(app)
+        if crash is not None:
+            exit_worker(70, f"the Kafka fetcher crashed ({crash}): exiting to be restarted")
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -289,6 +207,10 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
     """Run one worker of `role` in the foreground until SIGINT/SIGTERM."""
     from connectors.db import migrate
 
+    try:
+        transport.check_faust()  # before anything: faust provides what the transport relies on
+    except transport.TransportMismatch as exc:
+        exit_worker(EXIT_NOT_READY, f"worker {role} cannot start: {exc}")
     if role != "stock":  # the stock role alone never touches PostgreSQL
         migrate(settings.postgres_dsn)  # the tables, before the first batch
     if web_port is not None:
@@ -313,7 +235,7 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
         )
     except TopicError as exc:
         exit_worker(EXIT_NOT_READY, f"worker {role} cannot start: {exc}")
-    _Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    transport.run_app(app, settings.log_level.lower())
 
 
 def _faust_topics(app: faust.App) -> list[Topic]:
@@ -331,12 +253,3 @@ def _faust_topics(app: faust.App) -> list[Topic]:
     ]
     out.append(Topic("internal", f"{app.conf.id}-__assignor-__leader", 1, "", config={}))
     return out
-
-
-class _Worker(faust.Worker):
-    """At WARNING and above faust adds a terminal spinner and sets the root logger to DEBUG: every
-    aiokafka debug line was then formatted (a third of a core at low rates, and 250-500 ms tails
-    from produce to row). No spinner: the root logger stays at the configured level."""
-
-    def _setup_spinner_handler(self, logger: logging.Logger, level: int) -> None:
-        logger.setLevel(level)

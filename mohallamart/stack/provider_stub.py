@@ -70,7 +70,8 @@ class ProviderStub:
                 if r["path"] == path and r["to"] == to and r["status"] < 300
             ]
 
-    def _keep(self, entry: dict[str, Any]) -> None:
+    def keep(self, entry: dict[str, Any]) -> None:
+        """Record one request (and append it to the record file, if any)."""
         with self.lock:
             self.requests.append(entry)
             if self.record is not None:
@@ -126,7 +127,7 @@ class ProviderStub:
                     self._answer(200, {"to": body["to"], "status": body.get("status")})
                     return
                 status = stub.status_for.get(body["to"], 202)
-                stub._keep(
+                stub.keep(
                     {
                         "path": self.path,
                         "auth": (

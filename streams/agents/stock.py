@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import faust
-from faust.streams import _current_event
 
 from schemas.catalog import TOPICS
 from streams.agents._batches import raw_batches, raw_topic, settle
@@ -37,6 +35,7 @@ from streams.reliability import (
     redrive_topic,
 )
 from streams.stock_book import Derived, StockBook
+from streams.transport import in_partition_of
 
 __all__ = ["ROUTED", "install"]
 
@@ -66,7 +65,7 @@ class _Pending(MutableMapping[str, Any]):
         for layer in (self.writes, self.batch):
             if key in layer:
                 return layer[key]
-        _current_event.set(weakref.ref(self.event))  # read this record's partition
+        in_partition_of(self.event)  # read this record's partition
         return self.table[key]
 
     def __contains__(self, key: object) -> bool:
@@ -147,7 +146,7 @@ def install(rt: Any) -> None:
     # --- 2. decide, emit, then record ---------------------------------------------------------
     def _in(event: faust.EventT[Any]) -> None:
         """Table reads and writes go to `event`'s partition (its changelog partition too)."""
-        _current_event.set(weakref.ref(event))
+        in_partition_of(event)
 
     def _heal(p: int, event: faust.EventT[Any]) -> dict[str, Any]:
         """The partition's marker; if its batch's entries were not all written (a crash in the

@@ -1,0 +1,41 @@
+"""The one place that knows faust's and aiokafka's internals.
+
+Every accommodation of faust-streaming and aiokafka lives here: the transport driver
+`mohallamart://` (our consumer and producer, registered as a faust transport), the consumer's
+positions and seeks, the table partition context, the fetcher watchdog's probe, the worker's
+logging, and the check at start that the installed faust provides all of it. Outside this
+package no module touches a private attribute of a faust or aiokafka object
+(tests/unit/test_private_access.py).
+"""
+
+from __future__ import annotations
+
+from streams.transport.check import FAUST_VERSION, TransportMismatch, check_faust
+from streams.transport.consumer import (
+    AppPositions,
+    committed_offset,
+    fetcher_crash,
+    in_partition_of,
+    refresh_metadata,
+    seek,
+)
+from streams.transport.continuity import Continuity, Positions
+from streams.transport.driver import SCHEME, broker_url
+from streams.transport.worker import run_app
+
+__all__ = [
+    "FAUST_VERSION",
+    "SCHEME",
+    "AppPositions",
+    "Continuity",
+    "Positions",
+    "TransportMismatch",
+    "broker_url",
+    "check_faust",
+    "committed_offset",
+    "fetcher_crash",
+    "in_partition_of",
+    "refresh_metadata",
+    "run_app",
+    "seek",
+]

@@ -1,0 +1,84 @@
+"""At start: the installed faust provides what this package relies on, or the worker refuses to
+start, naming the version."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+import faust
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import TRANSPORTS
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from core.errors import ConfigError
+
+__all__ = ["FAUST_VERSION", "TransportMismatch", "check_faust"]
+
+log = logging.getLogger(__name__)
+
+#: the faust-streaming version this package was written against (pinned in pyproject.toml)
+FAUST_VERSION = "0.15.3"
+
+# (where, the name it must have): what streams.transport overrides or reads
+_METHODS = (
+    (faust_aiokafka.Consumer, "_wait_next_records"),
+    (faust_aiokafka.Consumer, "_add_gap"),
+    (faust_aiokafka.Producer, "_settings_extra"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "seek_wait"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "call_thread"),
+    (faust.Worker, "_setup_spinner_handler"),
+)
+# attributes set at run time, looked for in the source of the class that sets them
+_ATTRIBUTES = (
+    (faust_consumer.Consumer, ("_read_offset", "_committed_offset", "_active_partitions")),
+    (faust_consumer.Consumer, ("_paused_partitions",)),
+    (faust_consumer.ThreadDelegateConsumer, ("_thread",)),
+)
+
+
+class TransportMismatch(ConfigError):
+    """The installed faust lacks what streams.transport relies on."""
+
+
+def _installed() -> str:
+    try:
+        return version("faust-streaming")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def check_faust() -> None:
+    """Raise `TransportMismatch` naming the installed version and what is missing."""
+    missing = [f"{cls.__name__}.{name}" for cls, name in _METHODS if not hasattr(cls, name)]
+    for cls, names in _ATTRIBUTES:
+        source = inspect.getsource(cls)
+        missing += [f"{cls.__name__}.{n}" for n in names if n not in source]
+    if not hasattr(__import__("faust.streams", fromlist=["_current_event"]), "_current_event"):
+        missing.append("faust.streams._current_event")
+    try:
+        from streams.transport.driver import SCHEME, Transport
+
+        if TRANSPORTS.by_url(f"{SCHEME}://localhost") is not Transport:
+            missing.append(f"the {SCHEME}:// transport (entry point faust.transports)")
+    except ModuleNotFoundError:
+        missing.append(
+            "the mohallamart:// transport: the package's entry points are not installed "
+            "(run `make install`)"
+        )
+    installed = _installed()
+    if missing:
+        raise TransportMismatch(
+            f"faust-streaming {installed} lacks what streams.transport relies on "
+            f"({', '.join(missing)}); install faust-streaming=={FAUST_VERSION} "
+            "(`make install` uses requirements.lock)"
+        )
+    if installed != FAUST_VERSION:
+        log.warning(
+            "faust-streaming %s installed, streams.transport was written against %s: "
+            "everything it relies on is there, but check the release notes",
+            installed,
+            FAUST_VERSION,
+        )

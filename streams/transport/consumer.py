@@ -1,0 +1,87 @@
+"""What agents and the runtime ask of faust's consumer beyond its public API, in one place."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+from faust.types import TP, AppT
+
+__all__ = [
+    "AppPositions",
+    "committed_offset",
+    "fetcher_crash",
+    "in_partition_of",
+    "refresh_metadata",
+    "seek",
+]
+
+
+def committed_offset(app: AppT, tp: TP) -> int | None:
+    """The next offset to read of `tp`, as the group last committed it (None: not known)."""
+    consumer: Any = app.consumer
+    value = consumer._committed_offset.get(tp)
+    return None if value is None else int(value)
+
+
+async def seek(app: AppT, tp: TP, offset: int) -> None:
+    """Seek on the consumer's own thread. faust runs aiokafka in a thread of its own, and its
+    `Consumer.seek` calls aiokafka from the caller's thread: aiokafka's `seek_to` then deletes
+    the partition's fetched records while that thread iterates over them in `fetched_records`
+    (a KeyError that crashes the fetcher: the worker stays up and consumes nothing) and sets a
+    future of the other thread's loop. `seek_wait` runs the seek on the consumer thread."""
+    consumer: Any = app.consumer
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:  # a consumer without a thread of its own
+        await consumer.seek(tp, offset)
+        return
+    await thread.seek_wait({tp: offset})
+
+
+async def refresh_metadata(app: AppT) -> None:
+    """Fetch the cluster's metadata again, on the consumer's own thread (aiokafka is not
+    thread-safe). A topic created after the consumer last fetched metadata reads as 0
+    partitions until the next refresh (5 min by default), which faust's table check takes for a
+    partition mismatch."""
+    consumer: Any = app.consumer
+    thread = consumer._thread
+    client = thread._ensure_consumer()._client
+
+    async def _refresh() -> None:
+        await client.force_metadata_update()
+
+    await thread.call_thread(_refresh)
+
+
+def fetcher_crash(app: AppT) -> str | None:
+    """Why the app's Kafka fetcher crashed, or None while it runs (faust only logs the crash and
+    the process stays up consuming nothing)."""
+    fetcher = getattr(app, "_fetcher", None)
+    if fetcher is not None and fetcher.crashed and not app.should_stop:
+        return repr(fetcher.crash_reason)
+    return None
+
+
+def in_partition_of(event: faust.EventT[Any]) -> None:
+    """Make table reads and writes from here on go to `event`'s partition (faust takes the
+    partition of a table key from the event being processed, a context variable)."""
+    _current_event.set(weakref.ref(event))
+
+
+class AppPositions:
+    """A faust app's partition positions, as `streams.transport.continuity` needs them."""
+
+    def __init__(self, app: AppT) -> None:
+        self.app = app
+
+    def generation(self) -> int | None:
+        value = self.app.consumer_generation_id
+        return None if value is None else int(value)
+
+    def committed(self, tp: TP) -> int | None:
+        return committed_offset(self.app, tp)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        await seek(self.app, tp, offset)

@@ -1,0 +1,84 @@
+"""Records of a partition must come in offset order, from the committed offset on, each once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import faust
+from faust.types import TP
+
+__all__ = ["Continuity", "Positions"]
+
+log = logging.getLogger(__name__)
+
+
+class Positions(Protocol):
+    """Where the consumer stands: its group generation, the committed offsets, a seek."""
+
+    def generation(self) -> int | None: ...
+
+    def committed(self, tp: TP) -> int | None: ...
+
+    async def seek(self, tp: TP, offset: int) -> None: ...
+
+
+class Continuity:
+    """Around rebalances faust can hand over a record beyond the committed offset
+    (faust-streaming #221: prefetched records) and skip the ones before it. Such a jump is not
+    processed: the partition is sought back to the offset expected (once; again only if the
+    records sought have not come within `RESEEK_S`), and the partition's records are held (never
+    acknowledged) until the one expected comes. A record below the one expected was admitted
+    already in this generation (a copy fetched again after a seek): it is held too, not
+    processed twice."""
+
+    RESEEK_S = 5.0
+
+    def __init__(self, positions: Positions) -> None:
+        self.positions = positions
+        self.next: dict[TP, int] = {}
+        self.sought: dict[TP, tuple[int, float]] = {}  # partition -> (offset, when)
+        self.generation: int | None = None
+
+    async def admit(
+        self, events: Sequence[faust.EventT[Any]]
+    ) -> tuple[list[faust.EventT[Any]], list[faust.EventT[Any]]]:
+        """(the events to process, the events held back: never to be acknowledged)."""
+        pos = self.positions
+        if pos.generation() != self.generation:  # a rebalance: start afresh
+            self.generation = pos.generation()
+            self.next.clear()
+            self.sought.clear()
+        keep: list[faust.EventT[Any]] = []
+        held: list[faust.EventT[Any]] = []
+        for e in events:
+            m = e.message
+            tp = m.tp
+            expected = self.next.get(tp)
+            if expected is None:
+                expected = pos.committed(tp)  # the next offset to read
+            if expected is not None and m.offset < expected and tp in self.next:
+                held.append(e)  # a copy of a record admitted already
+                continue
+            if expected is not None and m.offset > expected:
+                held.append(e)
+                self.next[tp] = expected
+                last = self.sought.get(tp)
+                now = time.monotonic()
+                if last is None or last[0] != expected or now - last[1] > self.RESEEK_S:
+                    log.warning(
+                        "%s/%d: offset %d delivered, %d expected: seeking back, holding the "
+                        "partition's records until it comes",
+                        tp.topic,
+                        tp.partition,
+                        m.offset,
+                        expected,
+                    )
+                    self.sought[tp] = (expected, now)
+                    await pos.seek(tp, expected)
+                continue
+            keep.append(e)
+            self.next[tp] = m.offset + 1
+        return keep, held

@@ -1,0 +1,95 @@
+"""The faust transport driver `mohallamart://`: faust's aiokafka driver with our consumer and
+producer, registered under the `faust.transports` entry point (pyproject.toml), so the app is
+configured with a URL instead of having its instances patched."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+__all__ = ["SCHEME", "Consumer", "Producer", "Transport", "broker_url"]
+
+log = logging.getLogger(__name__)
+
+#: the URL scheme of this driver (`broker="mohallamart://host:port"`)
+SCHEME = "mohallamart"
+
+
+def broker_url(bootstrap: str) -> str:
+    """faust's `broker` setting for a Kafka bootstrap list ("host:port,host:port")."""
+    return ";".join(f"{SCHEME}://{server.strip()}" for server in bootstrap.split(","))
+
+
+class _NeverRead(dict[Any, Any]):
+    """A read-offset map that never reports an offset: faust then drops nothing it fetched."""
+
+    def __getitem__(self, key: Any) -> None:
+        return None
+
+    def get(self, key: Any, default: Any = None) -> None:
+        return None
+
+
+class _Assigned:
+    """The partitions whose fetched records faust may hand on: active or paused (assigned)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+
+    def __contains__(self, tp: object) -> bool:
+        c = self.consumer
+        return tp in (c._active_partitions or ()) or tp in c._paused_partitions
+
+
+class Consumer(faust_aiokafka.Consumer):
+    """faust treats a jump in a partition's offsets as a gap already processed, the message that
+    jumped included, and may commit past records no agent has seen (faust-streaming #606, #221:
+    around rebalances). Our topics have no gaps (no transactions, no compaction): a jump is never
+    acknowledged here; the records are delivered again instead of lost."""
+
+    # faust drops a fetched record whose offset is below its "read offset" of the partition (the
+    # last offset it handed on). A seek back (see streams.transport.continuity) then loses a race
+    # with the fetch loop still handing on the records of an earlier fetch: it raises the read
+    # offset again and the records sought are dropped, so the seek is repeated, again and again.
+    # Here every record fetched is handed on; the agents admit each offset once, in order.
+    @property
+    def _read_offset(self) -> Any:
+        return self.__dict__.setdefault("_mm_read_offset", _NeverRead())
+
+    @_read_offset.setter
+    def _read_offset(self, value: Any) -> None:
+        pass
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        # faust hands on only the records of partitions still active once the fetch returns: a
+        # partition paused meanwhile (a dependency down) loses the records of that fetch, a gap.
+        # Hand on the records of every partition still assigned, paused or not (a revoked one
+        # is neither active nor paused: its records are still dropped).
+        records, _active = await super()._wait_next_records(timeout)
+        return records, _Assigned(self)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        log.warning(
+            "offsets %d..%d of %s/%d skipped by the consumer: not acknowledged",
+            offset_from,
+            offset_to,
+            tp.topic,
+            tp.partition,
+        )
+
+
+class Producer(faust_aiokafka.Producer):
+    """faust's aiokafka producer asks for idempotence only inside transactions: always here."""
+
+    def _settings_extra(self) -> dict[str, Any]:
+        return {"acks": "all", "enable_idempotence": True}
+
+
+class Transport(faust_aiokafka.Transport):
+    """faust's aiokafka transport with the consumer and producer above."""
+
+    Consumer: ClassVar[type[Consumer]] = Consumer
+    Producer: ClassVar[type[Producer]] = Producer
