@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     #: how long a worker waits for Kafka's topic metadata to be ready (at start, and when a
     #: batch meets "not ready yet" errors) before it exits with status 78 naming the topics
     worker_not_ready_timeout_s: float = Field(60.0, gt=0)
+    #: records parked for a retry per partition (a failing record and those of its key behind
+    #: it) before the partition pauses
+    worker_max_parked: int = Field(1000, ge=1)
     worker_batch_size: int = Field(1000, ge=1)
     #: the longest a record waits for its batch to fill (latency at low rates)
     worker_batch_window_s: float = Field(0.02, gt=0)

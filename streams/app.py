@@ -86,8 +86,16 @@ class Runtime:
     policy: RetryPolicy
     _codecs: dict[str, tuple[int, EventCodec]] = field(default_factory=dict)
 
-    def guard(self, stage: str, *, owns_decode: bool = True, on_dead_letter: Any = None) -> Guard:
-        """The reliability mechanism for one agent; its retry delays can be set per stage."""
+    def guard(
+        self,
+        stage: str,
+        *,
+        owns_decode: bool = True,
+        on_dead_letter: Any = None,
+        park: bool = True,
+    ) -> Guard:
+        """The reliability mechanism for one agent; its retry delays can be set per stage. A
+        stage with offset markers of its own (`park=False`) retries a record in line."""
         delays = self.settings.worker_retry_delays_by_stage.get(f"{self.role}/{stage}")
         policy = self.policy if delays is None else replace(self.policy, delays=tuple(delays))
         return Guard(
@@ -99,6 +107,7 @@ class Runtime:
             owns_decode=owns_decode,
             on_dead_letter=on_dead_letter,
             refresh_metadata=self.refresh_metadata,
+            park=park,
         )
 
     async def refresh_metadata(self) -> None:
@@ -171,6 +180,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
             delays=tuple(settings.worker_retry_delays_s),
             down_cap_s=settings.worker_down_backoff_cap_s,
             not_ready_s=settings.worker_not_ready_timeout_s,
+            max_parked=settings.worker_max_parked,
         ),
     )
 

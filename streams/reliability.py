@@ -11,8 +11,14 @@ holds the line that Faust does not (an agent that raises has its messages acked 
   consumer's metadata refreshed, for at most `RetryPolicy.not_ready_s` (60 s); then the worker
   exits with status 78, naming the topics: a real mismatch is loud, never a dead letter;
 - any other error fails the batch: it is split in halves until the record at fault is alone, so one
-  bad record never fails the good ones; that record is retried after each of the policy's delays
-  (1 s, 5 s, 15 s by default) and then dead-lettered;
+  bad record never fails the good ones; that record is **parked**: retried after each of the
+  policy's delays (1 s, 5 s, 15 s by default) by a task of its own and then dead-lettered, while
+  the stage goes on with other keys; later records of the same key queue behind it (order per
+  key is kept). A parked record is held (never acknowledged) until it is settled, and the
+  transport's commit rule never commits past the lowest record not acknowledged, so a crash
+  brings it back (at attempt 1; the records after it are applied again without effect). At
+  most `RetryPolicy.max_parked` records per partition are parked: beyond, the partition pauses.
+  A stage that keeps offset markers of its own (the stock role) retries in line instead;
 - a permanent failure (bytes that do not decode, a `Permanent` error, a record the handler rejects,
   such as an illegal transition) is dead-lettered at once;
 - a dead-lettered record goes to `<original topic>.dlq` with headers naming the original topic,
@@ -29,9 +35,12 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import faust
@@ -44,6 +53,7 @@ from connectors.base import DependencyDown
 from core.errors import PipelineError
 from schemas.codec import RegistryDecoder, UndecodableRecord
 from schemas.registry import RegistryUnavailable, UnknownSchema
+from streams import transport
 
 __all__ = [
     "DLQ_HEADERS",
@@ -100,6 +110,14 @@ LAG_SECONDS = Histogram(
     "Age of a batch's oldest record (its Kafka timestamp: the event's occurred_at) as it starts",
     ["role", "stage"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600),
+)
+PARKED = Gauge(
+    "mohallamart_worker_parked_records",
+    "Records parked for a retry (and the records of the same keys queued behind them)",
+    ["role", "stage"],
+)
+PARKED_KEYS = Gauge(
+    "mohallamart_worker_parked_keys", "Keys with a record parked for a retry", ["role", "stage"]
 )
 BATCH_SECONDS = Histogram(
     "mohallamart_worker_batch_seconds",
@@ -191,6 +209,9 @@ class RetryPolicy:
     down_cap_s: float = 10.0
     #: how long Kafka may stay "not ready" (metadata) before the worker exits with status 78
     not_ready_s: float = 60.0
+    #: records parked per partition (a failing record and the ones of its key behind it) before
+    #: the partition pauses
+    max_parked: int = 1000
 
 
 Handler = Callable[[list[Record]], Awaitable[Sequence[Rejection]]]
@@ -231,6 +252,17 @@ def exit_worker(code: int, message: str) -> None:
     os._exit(code)
 
 
+@dataclass
+class _Lot:
+    """One key's parked records, in offset order; the first is the one being retried."""
+
+    records: deque[Record]
+    attempts: int
+    first_failure: float
+    last: BaseException | None = None
+    due: float = 0.0
+
+
 class Guard:
     """Runs one stage's handler over batches of raw records, as the module docstring says."""
 
@@ -245,10 +277,20 @@ class Guard:
         owns_decode: bool = True,
         on_dead_letter: DeadLetterHook | None = None,
         refresh_metadata: Callable[[], Awaitable[None]] | None = None,
+        park: bool = True,
     ) -> None:
         self.app = app
         self.on_dead_letter = on_dead_letter
         self.refresh_metadata = refresh_metadata
+        self.park = park
+        # key -> its parked records, the first the one failing; one handler call at a time
+        self._lots: dict[tuple[str, bytes | int], _Lot] = {}
+        self._parked: Tally[TP] = Tally()
+        self._full: set[TP] = set()
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._retrier: asyncio.Task[None] | None = None
+        self._handler: Handler | None = None
         # Undecodable bytes are a fault of the record, not of a stage: the first role that reads
         # a topic dead-letters them (one record), the others skip them (counted).
         self.owns_decode = owns_decode
@@ -267,9 +309,13 @@ class Guard:
         oldest = min(r.timestamp_ms for r in records)
         LAG_SECONDS.labels(*self._labels).observe(max(0.0, time.time() * 1000 - oldest) / 1000)
         good = await self._decode(records)
+        if self._lots:
+            self._drop_revoked()
+            good = self._divert(good)
         if good:
             with BATCH_SECONDS.labels(*self._labels).time():
-                await self._run(good, handler)
+                async with self._lock:
+                    await self._run(good, handler)
 
     def _mine(self, record: Record) -> bool:
         """A redriven copy is for the role that dead-lettered it, not for every consumer."""
@@ -308,6 +354,10 @@ class Guard:
 
     # --- the mechanism ------------------------------------------------------------------------
     async def _run(self, batch: list[Record], handler: Handler) -> None:
+        if self._lots:  # a record of this batch was parked: the later ones of its key queue
+            batch = self._divert(batch)
+            if not batch:
+                return
         try:
             rejected = await self._until_up(batch, lambda: handler(batch))
         except Exception as exc:  # noqa: BLE001 - any error of the batch: find the record at fault
@@ -315,10 +365,165 @@ class Guard:
                 mid = len(batch) // 2
                 await self._run(batch[:mid], handler)
                 await self._run(batch[mid:], handler)
+            elif self.park and not isinstance(exc, Permanent) and self.policy.delays:
+                self._park_failed(batch[0], handler, exc)
             else:
                 await self._retry_one(batch[0], handler, exc)
             return
         await self._settle(batch, rejected)
+
+    # --- parking ------------------------------------------------------------------------------
+    @staticmethod
+    def _key(record: Record) -> tuple[str, bytes | int]:
+        """Records of one key keep their order; a record without a key is a key of its own."""
+        return (record.topic, record.key if record.key is not None else record.offset)
+
+    def _divert(self, records: list[Record]) -> list[Record]:
+        """The records free to go; those of a parked key queue behind it."""
+        free: list[Record] = []
+        for r in records:
+            lot = self._lots.get(self._key(r))
+            if lot is None:
+                free.append(r)
+            else:
+                lot.records.append(r)
+                self._hold(r)
+        return free
+
+    def _hold(self, record: Record) -> None:
+        transport.hold(record.source)
+        tp = record.tp
+        self._parked[tp] += 1
+        if self._parked[tp] >= self.policy.max_parked and tp not in self._full:
+            self._full.add(tp)
+            self.app.consumer.pause_partitions({tp})
+            log.warning(
+                "%s: %d records parked on %s/%d: partition paused",
+                self.stage,
+                self._parked[tp],
+                tp.topic,
+                tp.partition,
+            )
+        self._gauges()
+
+    def _release(self, record: Record) -> None:
+        transport.release(self.app, record.source)
+        self._forget(record)
+
+    def _forget(self, record: Record) -> None:
+        tp = record.tp
+        self._parked[tp] -= 1
+        if self._parked[tp] <= 0:
+            del self._parked[tp]
+        if tp in self._full and self._parked[tp] < self.policy.max_parked:
+            self._full.discard(tp)
+            self.app.consumer.resume_partitions({tp})
+        self._gauges()
+
+    def _gauges(self) -> None:
+        PARKED.labels(*self._labels).set(sum(self._parked.values()))
+        PARKED_KEYS.labels(*self._labels).set(len(self._lots))
+
+    def _park_failed(self, record: Record, handler: Handler, exc: Exception) -> None:
+        now = time.monotonic()
+        lot = _Lot(deque([record]), attempts=1, first_failure=time.time(), last=exc)
+        lot.due = now + self.policy.delays[0]
+        self._lots[self._key(record)] = lot
+        self._handler = handler
+        self._hold(record)
+        RETRIES.labels(*self._labels).inc()
+        log.warning(
+            "%s: %s at %s/%d@%d failed (%s: %s); parked, retrying in %.1f s (other keys go on)",
+            self.stage,
+            record.event.get("type"),
+            record.topic,
+            record.partition,
+            record.offset,
+            type(exc).__name__,
+            exc,
+            self.policy.delays[0],
+        )
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.ensure_future(self._retry_parked())
+        self._wake.set()
+
+    def _drop_revoked(self) -> None:
+        """Parked records of partitions no longer ours are dropped (never acknowledged: the
+        partition's new owner reads them again from the committed offset)."""
+        assigned = self.app.assignor.assigned_actives()
+        for key, lot in list(self._lots.items()):
+            if lot.records[0].tp not in assigned:
+                del self._lots[key]
+                for r in lot.records:
+                    self._forget(r)
+
+    async def _retry_parked(self) -> None:
+        """Retry each parked key's first record when it is due, then let its queue go on."""
+        while self._lots:
+            self._drop_revoked()
+            now = time.monotonic()
+            due = [k for k, lot in self._lots.items() if lot.due <= now]
+            if not due:
+                nearest = min((lot.due for lot in self._lots.values()), default=now + 1)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, nearest - now))
+                except TimeoutError:
+                    pass
+                continue
+            for key in due:
+                await self._retry_lot(key)
+
+    async def _retry_lot(self, key: tuple[str, bytes | int]) -> None:
+        lot = self._lots.get(key)
+        handler = self._handler
+        assert handler is not None
+        while lot is not None and lot.records:
+            head = lot.records[0]
+            one = [head]
+            try:
+                async with self._lock:
+                    rejected = await self._until_up(one, partial(handler, one))
+            except Exception as exc:  # noqa: BLE001 - counted, retried, then dead-lettered
+                if self._lots.get(key) is not lot:  # dropped meanwhile (revoked)
+                    return
+                lot.attempts += 1
+                lot.last = exc
+                if isinstance(exc, Permanent) or lot.attempts > len(self.policy.delays):
+                    await self.dead_letter(
+                        head, exc, attempts=lot.attempts, first_failure=lot.first_failure
+                    )
+                    self._next(lot, head)
+                    continue
+                delay = self.policy.delays[lot.attempts - 1]
+                lot.due = time.monotonic() + delay
+                RETRIES.labels(*self._labels).inc()
+                log.warning(
+                    "%s: %s at %s/%d@%d failed again (%s: %s); retrying in %.1f s",
+                    self.stage,
+                    head.event.get("type"),
+                    head.topic,
+                    head.partition,
+                    head.offset,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                return
+            if self._lots.get(key) is not lot:
+                return
+            await self._settle([head], rejected)
+            self._next(lot, head)
+        if lot is not None and not lot.records and self._lots.get(key) is lot:
+            del self._lots[key]
+            self._gauges()
+
+    def _next(self, lot: _Lot, settled: Record) -> None:
+        """`settled` is applied or dead-lettered: acknowledge it; the next of its key is tried
+        at once, as a record never tried."""
+        lot.records.popleft()
+        self._release(settled)
+        lot.attempts, lot.first_failure, lot.due = 0, time.time(), time.monotonic()
 
     async def _retry_one(self, record: Record, handler: Handler, exc: Exception) -> None:
         first = time.time()

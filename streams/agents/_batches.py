@@ -10,7 +10,7 @@ from typing import Any
 import faust
 
 from streams.reliability import Record
-from streams.transport import AppPositions, Continuity
+from streams.transport import AppPositions, Continuity, hold
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def hold_unsettled(events: Sequence[faust.EventT[Any]]) -> None:
     cancelled mid-batch at shutdown): marked as acked without recording their offsets, they are
     delivered again after a restart, and applied idempotently."""
     for e in events:
-        e.message.acked = True
+        hold(e)
 
 
 async def settle(events: Sequence[faust.EventT[Any]], work: Any) -> None:

@@ -106,8 +106,10 @@ def install(rt: Any) -> None:
     )
     by_shop = raw_topic(app, by_shop_name, partitions=s.stock_partitions)
     # the projections read (and dead-letter) undecodable bytes of these topics
-    route_guard = rt.guard("route_stock_events", owns_decode=False)
-    reserve_guard = rt.guard("reserve_stock")
+    # in-line retries, not parking: the table's applied-offset marker would skip a record
+    # parked below it after a crash, and the by-shop topic keeps each shop's events in order
+    route_guard = rt.guard("route_stock_events", owns_decode=False, park=False)
+    reserve_guard = rt.guard("reserve_stock", park=False)
 
     # --- 1. re-key by shop id -----------------------------------------------------------------
     async def forward(records: list[Record]) -> list[Rejection]:

@@ -15,8 +15,10 @@ from streams.transport.consumer import (
     AppPositions,
     committed_offset,
     fetcher_crash,
+    hold,
     in_partition_of,
     refresh_metadata,
+    release,
     seek,
 )
 from streams.transport.continuity import Continuity, Positions
@@ -34,8 +36,10 @@ __all__ = [
     "check_faust",
     "committed_offset",
     "fetcher_crash",
+    "hold",
     "in_partition_of",
     "refresh_metadata",
+    "release",
     "run_app",
     "seek",
 ]

@@ -11,6 +11,8 @@ from faust.types import TP, AppT
 
 __all__ = [
     "AppPositions",
+    "hold",
+    "release",
     "committed_offset",
     "fetcher_crash",
     "in_partition_of",
@@ -85,3 +87,16 @@ class AppPositions:
 
     async def seek(self, tp: TP, offset: int) -> None:
         await seek(self.app, tp, offset)
+
+
+def hold(event: faust.EventT[Any]) -> None:
+    """Keep faust from acknowledging `event` (its `take()` acks every event of a batch in a
+    finally): marked as acked without its offset recorded, it holds the partition's commit at
+    its offset (see `driver.Consumer._new_offset`) and comes again after a restart."""
+    event.message.acked = True
+
+
+def release(app: AppT, event: faust.EventT[Any]) -> None:
+    """Acknowledge an event held by `hold` now that it is settled: its offset counts again."""
+    event.message.acked = False
+    app.consumer.ack(event.message)
