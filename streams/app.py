@@ -9,12 +9,9 @@ reliability mechanism (`streams.reliability.Guard`).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import importlib
 import logging
-from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 import faust
@@ -22,18 +19,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.topics import TopicError, ensure_topics, wait_topics_ready
 from core.settings import Settings
-from schemas.catalog import EVENT_TYPES, TOPICS, Topic
-from schemas.codec import EventCodec, RegistryDecoder
+from schemas.catalog import TOPICS, Topic
+from schemas.codec import RegistryDecoder
 from schemas.registry import SchemaRegistry
 from streams import transport
 from streams.reliability import (
     EXIT_NOT_READY,
-    Guard,
     RetryPolicy,
     dead_letter_topic,
     exit_worker,
     redrive_topic,
 )
+from streams.runtime import Runtime
 
 __all__ = ["ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
 
@@ -72,70 +69,6 @@ def worker_topics(settings: Settings) -> list[Topic]:
         out.append(Topic("notification", name, parts, "user id"))
         out.append(Topic("notification", redrive_topic(name), parts, "user id"))
     return out
-
-
-@dataclass
-class Runtime:
-    """What every agent of a worker shares."""
-
-    app: faust.App
-    role: str
-    settings: Settings
-    registry: SchemaRegistry
-    decoder: RegistryDecoder
-    policy: RetryPolicy
-    _codecs: dict[str, tuple[int, EventCodec]] = field(default_factory=dict)
-
-    def guard(
-        self,
-        stage: str,
-        *,
-        owns_decode: bool = True,
-        on_dead_letter: Any = None,
-        park: bool = True,
-    ) -> Guard:
-        """The reliability mechanism for one agent; its retry delays can be set per stage. A
-        stage with offset markers of its own (`park=False`) retries a record in line."""
-        delays = self.settings.worker_retry_delays_by_stage.get(f"{self.role}/{stage}")
-        policy = self.policy if delays is None else replace(self.policy, delays=tuple(delays))
-        return Guard(
-            self.app,
-            role=self.role,
-            stage=stage,
-            decoder=self.decoder,
-            policy=policy,
-            owns_decode=owns_decode,
-            on_dead_letter=on_dead_letter,
-            refresh_metadata=self.refresh_metadata,
-            park=park,
-        )
-
-    async def refresh_metadata(self) -> None:
-        """Fetch the cluster's metadata again (when Kafka is "not ready yet")."""
-        await transport.refresh_metadata(self.app)
-
-    async def encode(
-        self, type_: str, event_id: str, occurred_at: datetime, trace_id: str, data: dict[str, Any]
-    ) -> tuple[str, bytes]:
-        """(topic, Confluent-framed Avro value) of a derived event."""
-        et = EVENT_TYPES[type_]
-        known = self._codecs.get(type_)
-        if known is None:
-            sid = await asyncio.to_thread(self.registry.register, et)
-            known = self._codecs[type_] = (sid, EventCodec(et.schema))
-        sid, codec = known
-        value = codec.encode(
-            sid,
-            {
-                "id": event_id,
-                "type": type_,
-                "occurred_at": occurred_at,
-                "source": f"mohallamart-{self.role}",
-                "trace_id": trace_id,
-                "data": data,
-            },
-        )
-        return et.topic.name, value
 
 
 def create_app(role: str, settings: Settings) -> faust.App:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import psycopg
@@ -22,6 +22,9 @@ from core.settings import Settings
 from schemas.catalog import TOPICS
 from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.reliability import Record, Rejection, redrive_topic
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
 
 __all__ = [
     "Pending",
@@ -161,7 +164,12 @@ Write = Callable[[list[Record], PgReader], Awaitable[list[Rejection]]]
 
 
 def install_agents(
-    rt: Any, prefix: str, categories: tuple[str, ...], write: Write, *, owns_decode: bool = False
+    rt: Runtime,
+    prefix: str,
+    categories: tuple[str, ...],
+    write: Write,
+    *,
+    owns_decode: bool = False,
 ) -> None:
     """One agent per topic of `categories`, named `<prefix>_<category>s`, each with its own
     connection, applying `write` to its batches through the role's guard (the projections read,
@@ -171,7 +179,7 @@ def install_agents(
         install_agent(rt, f"{prefix}_{category}s", TOPICS[category].name, write, owns_decode)
 
 
-def install_agent(rt: Any, stage: str, topic: str, write: Write, owns_decode: bool) -> None:
+def install_agent(rt: Runtime, stage: str, topic: str, write: Write, owns_decode: bool) -> None:
     """One agent reading `topic` and its redrive topic, with its own connection and guard."""
     app: faust.App = rt.app
     size, within = rt.settings.worker_batch_size, rt.settings.worker_batch_window_s

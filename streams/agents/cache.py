@@ -7,7 +7,7 @@ archived product becomes a tombstone, so a racing read-through fill cannot bring
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
@@ -15,6 +15,9 @@ from connectors.redis_cache import ViewCache
 from connectors.views import View, affected, load_views
 from streams.agents._read_side import PgReader, ProjectionsProgress, install_agents, wait_projected
 from streams.reliability import Record, Rejection
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
 
 __all__ = ["install"]
 
@@ -25,7 +28,7 @@ WRITES = Counter(
 )
 
 
-def install(rt: Any) -> None:
+def install(rt: Runtime) -> None:
     cache = ViewCache(rt.settings.redis_dsn, ttl_s=rt.settings.cache_ttl_s)
     progress = ProjectionsProgress(rt.settings)
 

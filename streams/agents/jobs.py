@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from connectors.cleanup import (
     CutoffRefused,
@@ -25,12 +25,15 @@ from streams.agents._read_side import PgReader, install_agent
 from streams.jobs import JOB_EVENTS, due, run_data, run_event_id, schedule
 from streams.reliability import Record, Rejection
 
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
+
 __all__ = ["install"]
 
 log = logging.getLogger(__name__)
 
 
-def install(rt: Any) -> None:
+def install(rt: Runtime) -> None:
     app = rt.app
     settings = rt.settings
     emitted: set[str] = set()

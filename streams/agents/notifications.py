@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from psycopg.rows import dict_row
@@ -27,6 +27,9 @@ from schemas.catalog import TOPICS
 from streams.agents._read_side import PgReader, install_agent
 from streams.messages import message_id, render
 from streams.reliability import SOURCE_HEADERS, Record, Rejection
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
 
 __all__ = ["CHANNELS", "channel_topic", "install"]
 
@@ -59,7 +62,7 @@ async def _user(conn: Any, user_id: str) -> dict[str, Any] | None:
         return row
 
 
-def install(rt: Any) -> None:
+def install(rt: Runtime) -> None:
     s = rt.settings
     app: faust.App = rt.app
     host, port = s.smtp_address

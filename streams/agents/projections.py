@@ -3,7 +3,7 @@ writing PostgreSQL."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
@@ -12,13 +12,16 @@ from schemas.catalog import TOPICS
 from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.reliability import Record, Rejection, redrive_topic
 
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
+
 __all__ = ["install"]
 
 #: the topics the projections read (analytics, notification, search, cleanup have other roles)
 CATEGORIES = ("user", "shop", "shopkeeper", "product", "order")
 
 
-def install(rt: Any) -> None:
+def install(rt: Runtime) -> None:
     app: faust.App = rt.app
     size, within = rt.settings.worker_batch_size, rt.settings.worker_batch_window_s
 

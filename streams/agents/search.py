@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from prometheus_client import Counter
@@ -31,6 +31,9 @@ from connectors.typesense import (
 from connectors.views import affected, product_search_docs, shop_search_docs
 from streams.agents._read_side import PgReader, ProjectionsProgress, install_agents, wait_projected
 from streams.reliability import Record, Rejection
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
 
 __all__ = ["install"]
 
@@ -79,7 +82,7 @@ async def write_docs(
             DOCS.labels(alias, "removed").inc(len(drop))
 
 
-def install(rt: Any) -> None:
+def install(rt: Runtime) -> None:
     s = rt.settings
     index = SearchIndex(
         s.typesense_base_url,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
@@ -36,6 +36,9 @@ from streams.reliability import (
 )
 from streams.stock_book import Derived, StockBook
 from streams.transport import in_partition_of
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
 
 __all__ = ["ROUTED", "install"]
 
@@ -88,7 +91,7 @@ class _Pending(MutableMapping[str, Any]):
         raise NotImplementedError
 
 
-def install(rt: Any) -> None:
+def install(rt: Runtime) -> None:
     from streams.app import stock_by_shop_topic
 
     app: faust.App = rt.app

@@ -25,13 +25,16 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.base import DependencyDown
 from connectors.workflows import Judgement, WorkflowStore
 from streams.agents._read_side import PgReader, ProjectionsProgress, install_agents, wait_projected
 from streams.notices import NOTICES, OWNER, USER, WATCHERS, fill
 from streams.reliability import Record, Rejection
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
 
 __all__ = ["derived_id", "install"]
 
@@ -187,7 +190,7 @@ async def _derive(conn: Any, ev: dict[str, Any], r: Record) -> list[_Derived]:
     return out
 
 
-def install(rt: Any) -> None:
+def install(rt: Runtime) -> None:
     app = rt.app
     progress = ProjectionsProgress(rt.settings)
 
