@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-__all__ = ["free_port", "poll", "report"]
+__all__ = ["api_process", "free_port", "poll", "report"]
 
 T = TypeVar("T")
 
@@ -41,3 +44,38 @@ def report(line: str) -> None:
     import logging
 
     logging.getLogger("tests.figures").warning("%s", line)
+
+
+@contextlib.contextmanager
+def api_process(env: dict[str, str], log_name: str) -> Iterator[str]:
+    """An API process with `env`, logging to `<STACK_DIR>/<log_name>`, ready; its base URL.
+    Stopped (by its PID) on the way out."""
+    import httpx
+
+    from core.settings import get_settings
+
+    port = free_port()
+    log = open(get_settings().stack_dir / log_name, "ab")  # noqa: SIM115
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "mohallamart.cli", "api", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        poll(
+            lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200,
+            timeout=90,
+            interval=0.5,
+            what=f"the API to be ready (log: {log.name})",
+        )
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

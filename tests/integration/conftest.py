@@ -7,7 +7,6 @@ without their servers. Set KEEP_STACK=1 to leave what the session started runnin
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -83,35 +82,10 @@ def api_env(stack: Stack) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def api(api_env: dict[str, str]) -> Iterator[str]:
     """A real API process (uvicorn) on a free port, ready to ingest; its base URL."""
-    import httpx
+    from tests.integration._support import api_process
 
-    from tests.integration._support import free_port, poll
-
-    port = free_port()
-    log = open(get_settings().stack_dir / "api-under-test.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "mohallamart.cli", "api", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=api_env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        poll(
-            lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200,
-            timeout=90,
-            interval=0.5,
-            what=f"the API to be ready (log: {log.name})",
-        )
+    with api_process(api_env, "api-under-test.log") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _key(settings: Settings, name: str, scopes: list[str], **kw: object) -> str:

@@ -10,8 +10,6 @@ naming the event, never a 503, and leaves its id free too.
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from core.settings import Settings
 from schemas.catalog import EVENT_TYPES, TOPICS
-from tests.integration._support import free_port, poll
+from tests.integration._support import api_process
 
 pytestmark = pytest.mark.integration
 
@@ -206,31 +204,9 @@ def test_a_batch_names_the_event_too_far_ahead_and_writes_nothing(
 def lenient_api(api_env: dict[str, str], settings: Settings) -> Iterator[str]:
     """A second API process that lets a day of clock skew through its own check, so the record
     reaches Kafka and Kafka refuses it (log.message.timestamp.after.max.ms, 1 h)."""
-    port = free_port()
-    log = open(settings.stack_dir / "api-under-test-lenient.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "mohallamart.cli", "api", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**api_env, "INGEST_MAX_CLOCK_SKEW_S": "86400"},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        poll(
-            lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200,
-            timeout=90,
-            interval=0.5,
-            what=f"the lenient API to be ready (log: {log.name})",
-        )
+    env = {**api_env, "INGEST_MAX_CLOCK_SKEW_S": "86400"}
+    with api_process(env, "api-under-test-lenient.log") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_a_record_kafka_refuses_is_422_not_503_and_the_id_stays_free(
