@@ -139,6 +139,10 @@ class Settings(BaseSettings):
 
     # --- notifications ---
     email_from: str = "MohallaMart <no-reply@mohallamart.example>"
+    #: SMTP connections the email agent keeps and sends on at once
+    email_pool_size: int = Field(4, ge=1, le=64)
+    #: SMS or push provider calls in flight at once (per channel agent)
+    provider_concurrency: int = Field(8, ge=1, le=256)
     #: SMS and push providers (HTTP, see connectors/provider.py); unset: the local stack's
     #: stand-in (`/sms`, `/push`); `off`: the channel is not configured (skipped)
     sms_provider_url: str | None = None

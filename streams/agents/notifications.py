@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -38,6 +40,17 @@ CHANNELS = ("EMAIL", "SMS", "PUSH")
 _OPT_IN = {"EMAIL": "email_opt_in", "SMS": "sms_opt_in", "PUSH": "push_opt_in"}
 #: how long a request waits for its user's row before it is refused (UNKNOWN_USER)
 _UNKNOWN_USER_AFTER_S = 15.0
+
+
+@dataclass
+class _Message:
+    """One message of a batch, claimed in the outbox, ready to send."""
+
+    record: Record
+    channel: str
+    recipient: str
+    key: dict[str, str]  # its outbox row: event id, channel, recipient
+    body: Any  # an EmailMessage, or a provider's payload
 
 
 def channel_topic(namespace: str, channel: str) -> str:
@@ -66,7 +79,9 @@ def install(rt: Runtime) -> None:
     s = rt.settings
     app: faust.App = rt.app
     host, port = s.smtp_address
-    email = EmailSender(host, port, s.email_from)
+    email = EmailSender(host, port, s.email_from, pool_size=s.email_pool_size)
+    # provider calls in flight at once per channel agent
+    in_flight = asyncio.Semaphore(s.provider_concurrency)
     providers: dict[str, ProviderClient] = {}
     for channel, name, key in (
         ("SMS", "SMS provider", s.sms_provider_key),
@@ -150,19 +165,53 @@ def install(rt: Runtime) -> None:
     # --- 2. one agent per channel --------------------------------------------------------------
     def deliverer(channel: str) -> Any:
         async def deliver(records: list[Record], db: PgReader) -> list[Rejection]:
+            """Claim every message of the batch in the outbox, send them at once (the SMTP pool
+            or concurrent provider calls), each settled as soon as it is sent: a crash may repeat
+            the messages in flight then (each recognisable by its Message-ID)."""
             refused: list[Rejection] = []
             async with db.connection() as conn:
+                ready = []
                 for r in records:
                     if r.headers.get("x-channel", b"").decode() != channel:
                         continue
-                    failure = await _send(conn, r, channel)
-                    if failure is not None:
-                        refused.append(Rejection(r, *failure))
+                    out = await _prepare(conn, r, channel)
+                    if isinstance(out, tuple):
+                        refused.append(Rejection(r, *out))
+                    elif out is not None:
+                        ready.append(out)
+                # each message settled as soon as it is sent, so a crash repeats at most the
+                # messages in flight (the pool's size), not the batch's
+                db_turn = asyncio.Lock()  # one statement at a time on the batch's connection
+
+                async def one(m: _Message) -> BaseException | None:
+                    try:
+                        await _transmit(m)
+                    except (EmailRefused, ProviderRefused) as exc:
+                        async with db_turn:
+                            await Outbox.settle(conn, **m.key, status="FAILED", error=str(exc))
+                        if channel == "SMS":  # as the seeds do: the message goes by email
+                            await (await forward(m.record, "EMAIL", {"x-fallback-from": "SMS"}))
+                        else:
+                            reason = f"{exc} (to {m.recipient})"
+                            refused.append(Rejection(m.record, reason, type(exc).__name__))
+                        return None
+                    except Exception as exc:  # noqa: BLE001 - DependencyDown above all: retried
+                        async with db_turn:
+                            await Outbox.settle(conn, **m.key, status="SENDING", error=str(exc))
+                        return exc
+                    async with db_turn:
+                        await Outbox.settle(conn, **m.key, status="SENT")
+                    return None
+
+                failures = [e for e in await asyncio.gather(*map(one, ready)) if e is not None]
+                if failures:  # retried (while down); those sent are settled: never again
+                    raise failures[0]
             return refused
 
         return deliver
 
-    async def _send(conn: Any, r: Record, channel: str) -> tuple[str, str] | None:
+    async def _prepare(conn: Any, r: Record, channel: str) -> _Message | tuple[str, str] | None:
+        """The message to send, a refusal (reason, class), or None: settled already."""
         ev, d = r.event, r.event["data"]
         user = await _user(conn, d["user_id"])
         if user is None:  # the request step saw it: only a deleted row gets here
@@ -188,39 +237,31 @@ def install(rt: Runtime) -> None:
         params.setdefault("body", d.get("body") or "")
         subject, text, html = render(kind, params)
         subject = d.get("title") or subject
-        try:
-            if channel == "EMAIL":
-                await email.send(
-                    email.build(
-                        to=recipient,
-                        subject=subject,
-                        text=text,
-                        html=html,
-                        message_id=msg_id,
-                        headers={"X-MohallaMart-Event-Id": eid, "X-MohallaMart-Trace-Id": trace},
-                    )
-                )
-            else:
-                await providers[channel].send(
-                    {
-                        "to": recipient,
-                        "title": subject,
-                        "body": d.get("body") or subject,
-                        "message_id": msg_id,
-                        "kind": kind,
-                    }
-                )
-        except (EmailRefused, ProviderRefused) as exc:
-            await Outbox.settle(conn, **key, status="FAILED", error=str(exc))
-            if channel == "SMS":  # as the seeds do: the message goes by email instead
-                await (await forward(r, "EMAIL", {"x-fallback-from": "SMS"}))
-                return None
-            return f"{exc} (to {recipient})", type(exc).__name__
-        except DependencyDown as exc:
-            await Outbox.settle(conn, **key, status="SENDING", error=str(exc))
-            raise
-        await Outbox.settle(conn, **key, status="SENT")
-        return None
+        if channel == "EMAIL":
+            body: Any = email.build(
+                to=recipient,
+                subject=subject,
+                text=text,
+                html=html,
+                message_id=msg_id,
+                headers={"X-MohallaMart-Event-Id": eid, "X-MohallaMart-Trace-Id": trace},
+            )
+        else:
+            body = {
+                "to": recipient,
+                "title": subject,
+                "body": d.get("body") or subject,
+                "message_id": msg_id,
+                "kind": kind,
+            }
+        return _Message(r, channel, recipient, key, body)
+
+    async def _transmit(m: _Message) -> None:
+        if m.channel == "EMAIL":
+            await email.send(m.body)
+            return
+        async with in_flight:
+            await providers[m.channel].send(m.body)
 
     for channel in CHANNELS:
         install_agent(

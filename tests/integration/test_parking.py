@@ -153,7 +153,15 @@ def test_the_poison_keys_next_record_is_applied_after_its_dead_letter(parking: P
         data = example("user.updated", user_id=user, name=name, email=f"{user}@example.in")
         return p.post("user.updated", data)
 
+    parked_before = _metric(p, "mohallamart_worker_parked_records")
     bad = update(poisoned)
+    # parked before the next update is posted: in one batch the projections would fold both
+    # updates into the final row and the poisoned name would never reach the trigger
+    poll(
+        lambda: _metric(p, "mohallamart_worker_parked_records") > parked_before,
+        timeout=30,
+        what="the poisoned update parked",
+    )
     after = update("After")
     # behind the poisoned update: not applied while it is retried
     time_limit = sum(DELAYS) + 30
