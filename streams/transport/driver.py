@@ -69,15 +69,23 @@ class Consumer(faust_aiokafka.Consumer):
         # Hand on the records of every partition still assigned, paused or not (a revoked one
         # is neither active nor paused: its records are still dropped).
         records, _active = await super()._wait_next_records(timeout)
+        if records:
+            first = self.__dict__.setdefault("_mm_first_offset", {})
+            for tp, fetched in records.items():
+                if fetched and tp not in first:
+                    first[tp] = fetched[0].offset
         return records, _Assigned(self)
 
     def _new_offset(self, tp: TP) -> int | None:
         # The offset to commit: never past the lowest record not acknowledged. faust's own rule
         # lets one unacknowledged record at the committed offset through (committed 100, 100
         # unacked, 101-110 acked: it commits 111), which would lose a record parked for a retry
-        # (streams.reliability) at a crash. (Without a committed offset yet, faust's rule.)
+        # (streams.reliability) at a crash. A group that has not committed yet starts at the
+        # first offset this consumer fetched of the partition.
         acked = self._acked[tp]
         committed = self._committed_offset[tp]
+        if committed is None:
+            committed = self.__dict__.get("_mm_first_offset", {}).get(tp)
         if acked and committed is not None and min(acked) > committed:
             return None
         result: int | None = super()._new_offset(tp)
