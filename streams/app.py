@@ -80,6 +80,8 @@ def create_app(role: str, settings: Settings) -> faust.App:
     app = faust.App(
         f"{settings.worker_app_prefix}-{role}",
         broker=transport.broker_url(settings.kafka_bootstrap),
+        # take_events in bulk (streams.transport.stream)
+        Stream=transport.Stream,
         # RocksDB through rocksdict (faust picks it when python-rocksdb is absent)
         store="rocksdb://",
         processing_guarantee="at_least_once",

@@ -23,11 +23,13 @@ from streams.transport.consumer import (
 )
 from streams.transport.continuity import Continuity, Positions
 from streams.transport.driver import SCHEME, broker_url
+from streams.transport.stream import Stream
 from streams.transport.worker import run_app
 
 __all__ = [
     "FAUST_VERSION",
     "SCHEME",
+    "Stream",
     "AppPositions",
     "Continuity",
     "Positions",

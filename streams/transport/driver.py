@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streams.transport.stream import drain_messages
+
 __all__ = ["SCHEME", "Consumer", "Producer", "Transport", "broker_url"]
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,10 @@ class Consumer(faust_aiokafka.Consumer):
             return None
         result: int | None = super()._new_offset(tp)
         return result
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        # the loop feeding the agents' queues, delivering inline (see streams.transport.stream)
+        await drain_messages(self, fetcher)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         log.warning(
