@@ -1,5 +1,11 @@
 """The notification outbox in PostgreSQL: each notification is recorded before it is sent, once
 per event, channel and recipient, so a redelivery or a replay never sends it again.
+
+A row being sent belongs to the worker process that claimed it (`owner`): another process that
+meets the same notification meanwhile (the next owner of its partition after a rebalance, while
+the last one still finishes its batch) is told to wait (`ClaimedElsewhere`, a DependencyDown:
+its batch backs off and is tried again) until the row is settled or the claim is older than
+`CLAIM_LEASE_S` (the claimant crashed). So two workers never send the same message at once.
 """
 
 from __future__ import annotations
@@ -8,11 +14,20 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["Outbox"]
+from connectors.base import DependencyDown
+
+__all__ = ["CLAIM_LEASE_S", "ClaimedElsewhere", "Outbox"]
+
+#: how long a claim holds against other worker processes (a send gives up after 10 s)
+CLAIM_LEASE_S = 30.0
+
+
+class ClaimedElsewhere(DependencyDown):
+    """Another worker process is sending this notification now: wait until it is settled."""
 
 
 class Outbox:
-    """The `notification_outbox` table (migration 0006)."""
+    """The `notification_outbox` table (migrations 0006, 0010)."""
 
     @staticmethod
     async def claim(
@@ -25,23 +40,45 @@ class Outbox:
         kind: str,
         msg_id: str,
         trace_id: str,
+        owner: str,
         fallback: bool = False,
         redriven: bool = False,
+        lease_s: float = CLAIM_LEASE_S,
     ) -> bool:
-        """Record the notification before sending it; False if it was settled already (sent,
-        failed or skipped): never send it again. A `fallback` may take over a skipped row; a
-        `redriven` one (an operator's `dlq redrive`) reopens a failed row: it is tried again."""
+        """Record the notification before sending it, as `owner`'s; False if it was settled
+        already (sent, failed or skipped): never send it again. A `fallback` may take over a
+        skipped row; a `redriven` one (an operator's `dlq redrive`) reopens a failed row: it is
+        tried again. Raises ClaimedElsewhere while another owner's claim of the row holds."""
         again = ["'SENDING'"] + ["'SKIPPED'"] * fallback + ["'FAILED'"] * redriven
         again_sql = f"({', '.join(again)})"
         cur = await conn.execute(
             "INSERT INTO notification_outbox (event_id, channel, recipient, user_id, kind, "
-            "status, attempts, message_id, trace_id) VALUES (%s, %s, %s, %s, %s, 'SENDING', 1, "
-            "%s, %s) ON CONFLICT (event_id, channel, recipient) DO UPDATE SET attempts = "
-            "notification_outbox.attempts + 1, status = 'SENDING', updated_at = now() "
-            f"WHERE notification_outbox.status IN {again_sql} RETURNING status",
-            (event_id, channel, recipient, user_id, kind, msg_id, trace_id),
+            "status, attempts, message_id, trace_id, claimed_by, claimed_at) VALUES (%s, %s, %s, "
+            "%s, %s, 'SENDING', 1, %s, %s, %s, now()) ON CONFLICT (event_id, channel, recipient) "
+            "DO UPDATE SET attempts = notification_outbox.attempts + 1, status = 'SENDING', "
+            "updated_at = now(), claimed_by = EXCLUDED.claimed_by, claimed_at = now() "
+            f"WHERE notification_outbox.status IN {again_sql} "
+            "AND (notification_outbox.status <> 'SENDING' "
+            "OR notification_outbox.claimed_by IS NULL "
+            "OR notification_outbox.claimed_by = EXCLUDED.claimed_by "
+            "OR notification_outbox.claimed_at < now() - make_interval(secs => %s)) "
+            "RETURNING status",
+            (event_id, channel, recipient, user_id, kind, msg_id, trace_id, owner, lease_s),
         )
-        return await cur.fetchone() is not None
+        if await cur.fetchone() is not None:
+            return True
+        cur = await conn.execute(
+            "SELECT status, extract(epoch FROM now() - claimed_at) FROM notification_outbox "
+            "WHERE event_id = %s AND channel = %s AND recipient = %s",
+            (event_id, channel, recipient),
+        )
+        row = await cur.fetchone()
+        if row is not None and row[0] == "SENDING":
+            raise ClaimedElsewhere(
+                f"the {channel} notification of event {event_id} is being sent by another worker "
+                f"(claimed {float(row[1] or 0):.0f} s ago; its claim lapses after {lease_s:.0f} s)"
+            )
+        return False
 
     @staticmethod
     async def settle(

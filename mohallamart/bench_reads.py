@@ -16,7 +16,13 @@ Typesense collections prefixed `bench_`; the pipeline's data is never touched.
 5. reindex: `--runs` full reindexes of the products (new collection + alias swap), docs/s;
    baseline: a bulk import of the same documents into a scratch collection, without PostgreSQL;
 6. idle live clients: `--clients` SSE connections held by the one API process; its RSS before and
-   after, and how long one stock change takes to reach all of them.
+   after, and how long one stock change takes to reach all of them;
+7. notification bursts: `--notifications` `notification.requested` events for one user, EMAIL
+   only, then SMS only, posted at once; messages/s from the first post until the outbox holds
+   every one SENT. Baseline, in the same run: a raw client sending the same messages to the same
+   servers: the stack's SMTP server over EMAIL_POOL_SIZE smtplib connections in threads (the
+   sender the worker uses, without Kafka, PostgreSQL or the outbox), and the SMS provider
+   stand-in with httpx, PROVIDER_CONCURRENCY requests in flight.
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ class _Sandbox:
     def start(self) -> None:
         import socket
 
-        for role in ("projections", "stock", "cache", "search"):
+        for role in ("projections", "stock", "cache", "search", "notifications"):
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
@@ -213,7 +219,7 @@ def _found(ts: httpx.Client, shop: str) -> int:
 
 def _seed(
     settings: Settings, api: httpx.Client, clock: _Clock, n: int, echo: Callable[[str], None]
-) -> tuple[str, list[str], float]:
+) -> tuple[str, list[str], float, float]:
     from schemas.catalog import EVENT_TYPES
 
     shop = f"shop_bench_{uuid.uuid4().hex[:8]}"
@@ -235,19 +241,178 @@ def _seed(
         if r.status_code != 202:
             raise PipelineError(f"seeding failed: {r.status_code} {r.text[:300]}")
     echo(f"seed: {len(events):,} events posted in {time.monotonic() - t0:.1f} s")
-    with _typesense(settings) as ts:
+    # when the projections had every product (PostgreSQL), when search had them (Typesense)
+    projected_at: float | None = None
+    with _typesense(settings) as ts, psycopg.connect(_dsn(settings), autocommit=True) as conn:
         deadline = time.monotonic() + 600
         last = 0.0
         while (got := _found(ts, shop)) < n:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if projected_at is None:
+                row = conn.execute(
+                    "SELECT count(*) FROM products WHERE shop_id = %s AND status = 'PUBLISHED'",
+                    (shop,),
+                ).fetchone()
+                if row is not None and row[0] >= n:
+                    projected_at = now
+            if now > deadline:
                 raise PipelineError(f"only {got} of {n} products became searchable in 600 s")
-            if time.monotonic() - last > 2:
+            if now - last > 2:
                 echo(f"seed: {got:,} of {n:,} products searchable")
-                last = time.monotonic()
-            time.sleep(0.2)
-    seconds = time.monotonic() - t0
-    echo(f"seed: {n:,} products searchable after {seconds:.1f} s ({n / seconds:,.0f} products/s)")
-    return shop, pids, seconds
+                last = now
+            time.sleep(0.05)
+    done = time.monotonic()
+    seconds = done - t0
+    behind = done - (projected_at if projected_at is not None else done)
+    echo(
+        f"seed: {n:,} products searchable after {seconds:.1f} s ({n / seconds:,.0f} products/s), "
+        f"{behind:.2f} s after the projections had them all"
+    )
+    return shop, pids, seconds, behind
+
+
+def _raw_email(settings: Settings, msgs: list[Any]) -> float:
+    """Seconds for a raw client to send `msgs` over EMAIL_POOL_SIZE smtplib connections."""
+    import smtplib
+    from concurrent.futures import ThreadPoolExecutor
+
+    host, port = settings.smtp_address
+    pool = settings.email_pool_size
+    shares = [msgs[i::pool] for i in range(pool)]
+
+    def send(share: list[Any]) -> None:
+        with smtplib.SMTP(host, port, timeout=10) as smtp:
+            for m in share:
+                smtp.send_message(m)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(pool) as ex:
+        list(ex.map(send, shares))
+    return time.monotonic() - t0
+
+
+async def _raw_sms(settings: Settings, payloads: list[dict[str, Any]]) -> float:
+    """Seconds for httpx to post `payloads` to the SMS provider, PROVIDER_CONCURRENCY at once."""
+    url = settings.provider_endpoint("sms")
+    if url is None:
+        raise PipelineError("the SMS provider is off (SMS_PROVIDER_URL=off)")
+    key = settings.sms_provider_key.get_secret_value()
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    gate = asyncio.Semaphore(settings.provider_concurrency)
+    async with httpx.AsyncClient(timeout=10, headers=auth) as http:
+
+        async def one(body: dict[str, Any]) -> None:
+            async with gate:
+                r = await http.post(url, json=body, headers={"Idempotency-Key": body["message_id"]})
+                r.raise_for_status()
+
+        t0 = time.monotonic()
+        await asyncio.gather(*map(one, payloads))
+        return time.monotonic() - t0
+
+
+def _notification_bursts(
+    settings: Settings, api: httpx.Client, clock: _Clock, n: int, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """Phase 7 (see the module's text)."""
+    from connectors.email import EmailSender
+    from schemas.catalog import EVENT_TYPES
+
+    user = f"usr_bench_{uuid.uuid4().hex[:8]}"
+    data = {
+        **EVENT_TYPES["user.registered"].example,
+        "user_id": user,
+        "email": f"{user}@example.in",
+        "phone": "+919800000001",
+    }
+    data["preferences"] = {
+        **data["preferences"],
+        "email_opt_in": True,
+        "sms_opt_in": True,
+        "push_opt_in": False,
+    }
+    r = api.post("/v1/events", json=_event(clock, "user.registered", data))
+    if r.status_code != 202:
+        raise PipelineError(f"registering the bench's user failed: {r.status_code} {r.text[:200]}")
+    out: dict[str, Any] = {"messages": n}
+    with psycopg.connect(_dsn(settings), autocommit=True) as conn:
+        deadline = time.monotonic() + 60
+        while not conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user,)).fetchone():
+            if time.monotonic() > deadline:
+                raise PipelineError("the bench's user was not projected within 60 s")
+            time.sleep(0.05)
+        # the welcome email of the registration goes first, not counted
+        time.sleep(1)
+        for channel in ("EMAIL", "SMS"):
+            tag = f"burst-{channel.lower()}-{uuid.uuid4().hex[:6]}"
+            events = [
+                _event(
+                    clock,
+                    "notification.requested",
+                    {
+                        "user_id": user,
+                        "kind": "GENERIC",
+                        "channels": [channel],
+                        "title": f"{tag} {i:05d}",
+                        "body": f"Message {i} of the burst",
+                        "params": {},
+                    },
+                )
+                for i in range(n)
+            ]
+            echo(f"notifications: a burst of {n:,} {channel} messages ...")
+            t0 = time.monotonic()
+            for i in range(0, n, 1000):
+                r = api.post("/v1/events/batch", json={"events": events[i : i + 1000]})
+                if r.status_code != 202:
+                    raise PipelineError(f"posting the burst failed: {r.status_code}")
+            deadline = t0 + 600
+            while True:
+                row = conn.execute(
+                    "SELECT count(*) FROM notification_outbox WHERE user_id = %s "
+                    "AND kind = 'GENERIC' AND channel = %s AND status = 'SENT'",
+                    (user, channel),
+                ).fetchone()
+                if row is not None and row[0] >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"only {row} of {n} {channel} messages sent in 600 s")
+                time.sleep(0.05)
+            took = time.monotonic() - t0
+            if channel == "EMAIL":
+                host, port = settings.smtp_address
+                sender = EmailSender(host, port, settings.email_from)
+                msgs = [
+                    sender.build(
+                        to=data["email"],
+                        subject=f"{tag}-raw {i:05d}",
+                        text=f"Message {i} of the burst",
+                        html=f"<p>Message {i} of the burst</p>",
+                        message_id=f"<{uuid.uuid4()}@bench.mohallamart>",
+                    )
+                    for i in range(n)
+                ]
+                raw = _raw_email(settings, msgs)
+            else:
+                payloads = [
+                    {
+                        "to": data["phone"],
+                        "title": f"{tag}-raw {i:05d}",
+                        "body": f"Message {i} of the burst",
+                        "message_id": f"<{uuid.uuid4()}@bench.mohallamart>",
+                        "kind": "GENERIC",
+                    }
+                    for i in range(n)
+                ]
+                raw = asyncio.run(_raw_sms(settings, payloads))
+            res = {
+                "pipeline_per_s": round(n / took, 1),
+                "raw_client_per_s": round(n / raw, 1),
+                "ratio_to_raw": round(raw / took, 2),
+            }
+            out[channel.lower()] = res
+            echo(f"  {channel}: {res}")
+    return out
 
 
 def _time_to_searchable(
@@ -437,6 +602,7 @@ def run_reads_bench(
     duration: int = 10,
     runs: int = 3,
     clients: int = 5000,
+    notifications: int = 1000,
     echo: Callable[[str], None] = print,  # noqa: T202
     json_path: str | None = None,
 ) -> dict[str, Any]:
@@ -459,11 +625,12 @@ def run_reads_bench(
                 if time.monotonic() > deadline:
                     raise PipelineError("the search worker did not create its collections")
                 time.sleep(0.5)
-        shop, pids, seed_s = _seed(settings, api, clock, products, echo)
+        shop, pids, seed_s, behind_s = _seed(settings, api, clock, products, echo)
         # a burst: 2 events per product posted in batches, until every product is searchable
         figures["seed_burst"] = {
             "seconds": round(seed_s, 1),
             "products_per_s": round(products / seed_s, 1),
+            "searchable_behind_projections_s": round(behind_s, 2),
         }
 
         tts = _time_to_searchable(settings, api, clock, shop, samples)
@@ -553,6 +720,10 @@ def run_reads_bench(
             _idle_clients(box.api.url, key, follow, clients, box.api.proc.pid, change, echo)
         )
         echo(f"live: {figures['live_idle_clients']}")
+
+        figures["notification_bursts"] = _notification_bursts(
+            settings, api, clock, notifications, echo
+        )
     finally:
         box.stop()
     if json_path:

@@ -11,7 +11,8 @@ of its own that starts at the end of the topics.
    produced straight to the event topics; events/s until every row is visible. The baseline then
    reads the same records (same offsets) with confluent-kafka, `consume(batch)` -> the same
    `PostgresProjections.write_batch`, and is timed the same way;
-2. latency: `user.registered` events posted to the API at `--rate` (vegeta) for `--duration` s;
+2. latency: `user.registered` events posted to the API at each `--rate` (1,000 and 500/s by
+   default; vegeta) for `--duration` s;
    per event, from the API's acknowledgement (vegeta's timestamp + latency) to the commit time of
    its row (`pg_xact_commit_timestamp`, PostgreSQL runs with track_commit_timestamp=on): first
    the worker alone, then (the worker stopped) the baseline consuming live, each after a 3 s
@@ -313,6 +314,14 @@ class _Worker:
         self.tmp.cleanup()
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
 def _wait_ready(settings: Settings, echo: Callable[[str], None]) -> None:
     """The worker starts at the end of the topics: send probes until one becomes a row."""
     deadline = time.monotonic() + 120
@@ -508,7 +517,7 @@ def run_workers_bench(
     *,
     events: int,
     runs: int,
-    rate: int,
+    rates: list[int],
     duration_s: int,
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -549,6 +558,12 @@ def run_workers_bench(
     }
     w_rates: list[float] = []
     b_rates: list[float] = []
+    # CPU per event: the worker process (psutil) and this process while the baseline runs
+    w_cpu: list[float] = []
+    b_cpu: list[float] = []
+    lw: dict[int, list[float]] = {}
+    lw_seconds: dict[int, list[tuple[float, float]]] = {}
+    lb: dict[int, list[float]] = {}
     try:
         _wait_ready(settings, echo)
         for run in range(1, runs + 1):
@@ -558,14 +573,18 @@ def run_workers_bench(
             records = _encode(settings, mix)
             starts = _high_watermarks(settings, topics)
             echo(f"run {run}/{runs}: {events:,} events -> projections worker ...")
+            cpu0 = _cpu_s(worker.proc.pid)
             t0 = time.monotonic()
             _produce(settings, records)
             t1 = _wait_rows(_dsn(settings, "bench_worker"), tag, events // 10, 600, echo)
             w_rates.append(events / (t1 - t0))
+            w_cpu.append((_cpu_s(worker.proc.pid) - cpu0) / events * 1e6)
             echo(f"  worker: {w_rates[-1]:,.0f} events/s ({t1 - t0:.1f} s)")
             ends = _high_watermarks(settings, topics)
             echo(f"run {run}/{runs}: the same records -> plain confluent-kafka consumer ...")
+            cpu0 = time.process_time()
             took = _baseline(settings, starts, ends, batch, within)
+            b_cpu.append((time.process_time() - cpu0) / events * 1e6)
             if _counts(_dsn(settings, "bench_baseline"), tag) != (
                 events // 10,
                 events // 10,
@@ -573,21 +592,25 @@ def run_workers_bench(
             ):
                 raise PipelineError("the baseline did not write every row")
             b_rates.append(events / took)
-            echo(f"  baseline: {b_rates[-1]:,.0f} events/s ({took:.1f} s)")
+            echo(
+                f"  baseline: {b_rates[-1]:,.0f} events/s ({took:.1f} s); CPU per event: "
+                f"worker {w_cpu[-1]:.0f} us, baseline {b_cpu[-1]:.0f} us"
+            )
 
-        # --- latency at a fixed rate, through the API: the worker alone, then the baseline
+        # --- latency at fixed rates, through the API: the worker alone, then the baseline
         # alone (the worker stopped), so neither takes CPU from the other's measurement -------
         vegeta = _vegeta(settings, echo)
         key_id, key = bench_key(settings, "bench-workers")
         _empty_databases(settings)
         api = _Api(settings, echo, env={"TOPIC_NAMESPACE": BENCH_NAMESPACE})
         try:
-            _attack(vegeta, api.url, key, rate, 3, echo, measured=False)
-            time.sleep(2)
-            echo(f"latency, worker: {rate} user.registered/s to the API for {duration_s} s ...")
-            acks = _attack(vegeta, api.url, key, rate, duration_s, echo)
-            lw = _wait_latencies(_dsn(settings, "bench_worker"), acks)
-            lw_seconds = _latencies_by_ack(_dsn(settings, "bench_worker"), acks)
+            for r in rates:
+                _attack(vegeta, api.url, key, r, 3, echo, measured=False)
+                time.sleep(2)
+                echo(f"latency, worker: {r} user.registered/s to the API for {duration_s} s ...")
+                acks = _attack(vegeta, api.url, key, r, duration_s, echo)
+                lw[r] = _wait_latencies(_dsn(settings, "bench_worker"), acks)
+                lw_seconds[r] = _latencies_by_ack(_dsn(settings, "bench_worker"), acks)
             worker.stop()
             user_topic = bench_topics["user"].name
             stop_base = threading.Event()
@@ -604,11 +627,12 @@ def run_workers_bench(
                 daemon=True,
             )
             base.start()
-            _attack(vegeta, api.url, key, rate, 3, echo, measured=False)
-            time.sleep(2)
-            echo(f"latency, baseline: {rate} user.registered/s for {duration_s} s ...")
-            base_acks = _attack(vegeta, api.url, key, rate, duration_s, echo)
-            lb = _wait_latencies(_dsn(settings, "bench_baseline"), base_acks)
+            for r in rates:
+                _attack(vegeta, api.url, key, r, 3, echo, measured=False)
+                time.sleep(2)
+                echo(f"latency, baseline: {r} user.registered/s for {duration_s} s ...")
+                base_acks = _attack(vegeta, api.url, key, r, duration_s, echo)
+                lb[r] = _wait_latencies(_dsn(settings, "bench_baseline"), base_acks)
             stop_base.set()
             base.join(30)
         finally:
@@ -625,16 +649,24 @@ def run_workers_bench(
             "worker_vs_baseline": med(w_rates) / med(b_rates),
             "worker_runs": w_rates,
             "baseline_runs": b_rates,
-            "latency_rate_per_s": rate,
-            "latency_events": len(lw),
-            "worker_latency_p50_ms": _percentile(lw, 0.5),
-            "worker_latency_p90_ms": _percentile(lw, 0.9),
-            "worker_latency_p99_ms": _percentile(lw, 0.99),
-            "worker_latency_max_ms": max(lw),
-            # p99 of each second of the run: a steady tail, or one pause?
-            "worker_latency_p99_by_second_ms": _by_second(lw_seconds),
-            "baseline_latency_p50_ms": _percentile(lb, 0.5) if lb else None,
-            "baseline_latency_p99_ms": _percentile(lb, 0.99) if lb else None,
+            "worker_cpu_us_per_event": med(w_cpu),
+            "baseline_cpu_us_per_event": med(b_cpu),
+            "runtime_adds_cpu_us_per_event": med(w_cpu) - med(b_cpu),
+            "latency": [
+                {
+                    "rate_per_s": r,
+                    "events": len(lw[r]),
+                    "worker_p50_ms": _percentile(lw[r], 0.5),
+                    "worker_p90_ms": _percentile(lw[r], 0.9),
+                    "worker_p99_ms": _percentile(lw[r], 0.99),
+                    "worker_max_ms": max(lw[r]),
+                    # p99 of each second of the run: a steady tail, or one pause?
+                    "worker_p99_by_second_ms": _by_second(lw_seconds[r]),
+                    "baseline_p50_ms": _percentile(lb[r], 0.5) if lb.get(r) else None,
+                    "baseline_p99_ms": _percentile(lb[r], 0.99) if lb.get(r) else None,
+                }
+                for r in rates
+            ],
         }
     )
     return results

@@ -20,7 +20,7 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
         load_settings(),
         events=args.events,
         runs=args.runs,
-        rate=args.rate,
+        rates=args.rate,
         duration_s=args.duration,
         echo=out,
     )
@@ -35,11 +35,17 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
         f"{', '.join(f'{r:,.0f}' for r in res['baseline_runs'])}"
     )
     out(
-        f"latency at {res['latency_rate_per_s']:,} events/s, API ack -> row committed "
-        f"({res['latency_events']:,} events): worker p50 {res['worker_latency_p50_ms']:.1f} ms, "
-        f"p99 {res['worker_latency_p99_ms']:.1f} ms; baseline p50 "
-        f"{res['baseline_latency_p50_ms']:.1f} ms, p99 {res['baseline_latency_p99_ms']:.1f} ms"
+        f"CPU per event: worker {res['worker_cpu_us_per_event']:.0f} us, plain consumer "
+        f"{res['baseline_cpu_us_per_event']:.0f} us: the runtime adds "
+        f"{res['runtime_adds_cpu_us_per_event']:.0f} us"
     )
+    for lat in res["latency"]:
+        out(
+            f"latency at {lat['rate_per_s']:,} events/s, API ack -> row committed "
+            f"({lat['events']:,} events): worker p50 {lat['worker_p50_ms']:.1f} ms, "
+            f"p99 {lat['worker_p99_ms']:.1f} ms; baseline p50 "
+            f"{lat['baseline_p50_ms']:.1f} ms, p99 {lat['baseline_p99_ms']:.1f} ms"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
@@ -58,6 +64,7 @@ def _cmd_bench_reads(args: argparse.Namespace) -> int:
         duration=args.duration,
         runs=args.runs,
         clients=args.clients,
+        notifications=args.notifications,
         echo=out,
         json_path=args.json,
     )
@@ -143,7 +150,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     bw.add_argument("--events", type=int, default=100_000, help="events per throughput run")
     bw.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
-    bw.add_argument("--rate", type=int, default=1000, help="events/s for the latency phase")
+    bw.add_argument(
+        "--rate",
+        type=int,
+        nargs="+",
+        default=[1000, 500],
+        help="events/s of the latency phases (one phase per rate)",
+    )
     bw.add_argument("--duration", type=int, default=15, help="seconds of the latency phase")
     bw.add_argument("--json", default=None, help="also write the figures to this file")
     bw.set_defaults(func=_cmd_bench_workers)
@@ -173,6 +186,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     br.add_argument("--search-rate", type=int, default=100, help="searches per second")
     br.add_argument("--duration", type=int, default=10, help="seconds per vegeta attack")
     br.add_argument("--runs", type=int, default=3, help="reindex repetitions (median)")
+    br.add_argument(
+        "--notifications", type=int, default=1000, help="messages per notification burst"
+    )
     br.add_argument("--clients", type=int, default=5000, help="idle live (SSE) clients to open")
     br.add_argument("--json", default=None, help="also write the figures to this file")
     br.set_defaults(func=_cmd_bench_reads)

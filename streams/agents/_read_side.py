@@ -179,10 +179,19 @@ def install_agents(
         install_agent(rt, f"{prefix}_{category}s", TOPICS[category].name, write, owns_decode)
 
 
-def install_agent(rt: Runtime, stage: str, topic: str, write: Write, owns_decode: bool) -> None:
-    """One agent reading `topic` and its redrive topic, with its own connection and guard."""
+def install_agent(
+    rt: Runtime,
+    stage: str,
+    topic: str,
+    write: Write,
+    owns_decode: bool,
+    *,
+    batch_size: int | None = None,
+) -> None:
+    """One agent reading `topic` and its redrive topic, with its own connection and guard, in
+    batches of at most `batch_size` (WORKER_BATCH_SIZE by default)."""
     app: faust.App = rt.app
-    size, within = rt.settings.worker_batch_size, rt.settings.worker_batch_window_s
+    size, within = batch_size or rt.settings.worker_batch_size, rt.settings.worker_batch_window_s
     guard = rt.guard(stage, owns_decode=owns_decode)
     db = PgReader(rt.settings.postgres_dsn)
 

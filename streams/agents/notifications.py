@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +94,8 @@ def install(rt: Runtime) -> None:
         if url is not None:
             providers[channel] = ProviderClient(name, url, key.get_secret_value())
     requests_topic = TOPICS["notification"].name
+    # this process, as the owner of the outbox rows it is sending (connectors.outbox)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     async def forward(r: Record, channel: str, extra: dict[str, str] | None = None) -> Any:
         topic, partition, offset = r.origin
@@ -171,9 +176,16 @@ def install(rt: Runtime) -> None:
             refused: list[Rejection] = []
             async with db.connection() as conn:
                 ready = []
+                seen: set[tuple[str, ...]] = set()
                 for r in records:
                     if r.headers.get("x-channel", b"").decode() != channel:
                         continue
+                    # a copy of a request forwarded twice (the request step is at-least-once)
+                    # in the same batch: its outbox row is claimed by the first copy
+                    copy = (str(r.event.get("id")), r.headers.get("x-fallback-from", b"").decode())
+                    if copy in seen:
+                        continue
+                    seen.add(copy)
                     out = await _prepare(conn, r, channel)
                     if isinstance(out, tuple):
                         refused.append(Rejection(r, *out))
@@ -222,11 +234,14 @@ def install(rt: Runtime) -> None:
         msg_id = message_id(eid, channel)
         if not await Outbox.claim(
             conn,
-            **key,
+            event_id=eid,
+            channel=channel,
+            recipient=recipient,
             user_id=user["user_id"],
             kind=kind,
             msg_id=msg_id,
             trace_id=trace,
+            owner=owner,
             # a fallback from SMS goes out even where the email was skipped as opted out
             fallback="x-fallback-from" in r.headers,
             redriven="x-redriven" in r.headers,
@@ -263,6 +278,13 @@ def install(rt: Runtime) -> None:
         async with in_flight:
             await providers[m.channel].send(m.body)
 
+    # A channel's batch is what its connections send in about a second: a rebalance waits for
+    # the batches in flight, and a long one would outlast the group's session
+    batch = {
+        "EMAIL": s.email_pool_size * 8,
+        "SMS": s.provider_concurrency * 4,
+        "PUSH": s.provider_concurrency * 4,
+    }
     for channel in CHANNELS:
         install_agent(
             rt,
@@ -270,4 +292,5 @@ def install(rt: Runtime) -> None:
             channel_topic(s.topic_namespace, channel),
             deliverer(channel),
             owns_decode=True,
+            batch_size=batch[channel],
         )

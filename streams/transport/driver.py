@@ -93,6 +93,16 @@ class Consumer(faust_aiokafka.Consumer):
         result: int | None = super()._new_offset(tp)
         return result
 
+    async def perform_seek(self) -> None:
+        # At assignment: every partition is sought to its committed offset. Acknowledgements
+        # recorded since its revocation are of records no agent processed in this generation
+        # (faust acknowledges records of the previous one as it drops them); left in place they
+        # would let the commit run past records not processed yet.
+        await super().perform_seek()
+        for tp in list(self._committed_offset):
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+
     async def _drain_messages(self, fetcher: Any) -> None:
         # the loop feeding the agents' queues, delivering inline (see streams.transport.stream)
         await drain_messages(self, fetcher)

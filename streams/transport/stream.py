@@ -8,18 +8,20 @@ a buffer the agent then takes. At 10,000 records/s that is most of a worker's CP
 (`make profile-workers`: "event loop" and "faust consumer loop" were two thirds of it).
 
 Here:
-- `drain` (the consumer's loop) runs the delivery callback inline: it almost always completes
-  without suspending (the queues have room, flow control is on); only when it does suspend is
+- `drain_messages` (the consumer's loop) runs the delivery callback inline: it almost always
+  completes without suspending (the queues have room, flow control is on); only when it does
+  suspend is
   the rest of it awaited under faust's `wait_first(..., suspend_flow.wait())`, so a rebalance
   still interrupts a delivery blocked on a full queue;
 - `Stream.take_events` takes what the agent's queue holds in one go (up to `max_`): it waits for
-  the first record, then takes every record already queued, and yields at once (no `within`
-  wait while records are queued behind it; `within` only bounds how long an empty queue is
-  waited on before the loop checks whether the stream stops). Each record gets the bookkeeping
-  faust's per-record loop gives it: skipped (and acknowledged) when its consumer generation is
-  stale or flow control is off, tracked as unacknowledged, acknowledged after the agent has
-  handled the batch (when it asks for the next). faust's per-stream sensor calls (its `/stats`
-  page) are not made; the per-message ones are.
+  the first record, then takes every record already queued, and yields at once: `within` is
+  not waited (a batch under load is what queued while the last one was handled; a lone record
+  goes at once). Each record gets the bookkeeping
+  faust's per-record loop gives it: tracked as unacknowledged, acknowledged after the agent has
+  handled the batch (when it asks for the next). A record fetched before a rebalance (its
+  consumer generation is stale, or flow control is off) is dropped without an acknowledgement:
+  faust acknowledges it, so its offset could be committed although no agent saw it. faust's
+  per-stream sensor calls (its `/stats` page) are not made; the per-message ones are.
 Agents keep the ordinary API: `async for events in stream.take_events(n, within=s)`.
 """
 
@@ -153,7 +155,6 @@ class Stream(faust.Stream[Any]):
                 except StopAsyncIteration:  # how faust ends a stream (at stop): what was taken
                     return  # is neither tracked nor acknowledged, so it comes again
                 events: list[EventT[Any]] = []
-                skipped: list[EventT[Any]] = []
                 generation = app.consumer_generation_id
                 active = flow_active()
                 for event in taken:
@@ -161,15 +162,16 @@ class Stream(faust.Stream[Any]):
                         continue
                     message = event.message
                     if not active or message.generation_id != generation:
-                        skipped.append(event)
+                        # fetched before a rebalance: dropped, never acknowledged (faust acks
+                        # it, and its offset could then be committed although no agent saw it:
+                        # the partition's new owner would start past it). The seek to the
+                        # committed offset at assignment brings it again.
                         continue
                     if message.topic in acking_topics and not message.tracked:
                         message.tracked = True
                         add_unacked(message)
                         on_message_in(message.tp, message.offset, message)
                     events.append(event)
-                for event in skipped:
-                    _ack(event, on_message_out)
                 if not events:
                     continue
                 self.events_total += len(events)

@@ -118,6 +118,14 @@ class Workers:
         sys.stderr.write(f"[workers] {line}\n")
         sys.stderr.flush()
 
+    def start_like(self, name: str, like: str) -> None:
+        """Start a worker `name` of the same role and environment as worker `like`."""
+        w = self._workers[like]
+        self.start(name, w.role, w.env)
+
+    def log_of(self, name: str) -> Path:
+        return self._workers[name].log
+
     def restart(self, name: str) -> None:
         """Start a stopped worker again, as it was started (role, environment)."""
         w = self._workers[name]
