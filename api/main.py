@@ -129,9 +129,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         except Exception as exc:  # noqa: BLE001 - retried below; the type is enough
             _log.warning("creating topics at start failed (%s); retrying", type(exc).__name__)
         tasks = [
-            asyncio.create_task(
-                _keep_trying("creating topics", create_topics, done=topics)
-            ),
+            asyncio.create_task(_keep_trying("creating topics", create_topics, done=topics)),
             asyncio.create_task(
                 _keep_trying(
                     "registering schemas", registry.register_all, list(EVENT_TYPES.values())

@@ -6,11 +6,15 @@ transaction, under an advisory lock so concurrent starters never race.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
+from connectors.base import DependencyDown
 from core.errors import PipelineError
 
 __all__ = ["DatabaseError", "MIGRATIONS_DIR", "migrate"]
@@ -70,3 +74,27 @@ def migrate(dsn: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied
+
+
+class PgReader:
+    """One autocommit connection, reopened after a failure; a failure to reach PostgreSQL is
+    reported as DependencyDown."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=5
+                )
+            yield self._conn
+        except (psycopg.OperationalError, OSError) as exc:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
+from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from connectors.base import ConnectorError, DependencyDown
+from connectors.base import ConnectorError, DependencyDown, Outcome, Settled, send_all
 
-__all__ = ["EmailRefused", "EmailSender"]
+__all__ = ["EmailChannel", "EmailRefused", "EmailSender"]
 
 
 class EmailRefused(ConnectorError):
@@ -127,3 +128,21 @@ class EmailSender:
             await asyncio.to_thread(self._send, c, msg)
         finally:
             self._free.put_nowait(c)
+
+
+class EmailChannel:
+    """The email channel's sink: a batch of messages sent on the sender's pool of connections,
+    each outcome settled as soon as it is known (a crash repeats at most the messages in flight,
+    each recognisable by its Message-ID); a 5xx is a refusal, an unreachable server is down."""
+
+    def __init__(self, sender: EmailSender) -> None:
+        self.sender = sender
+
+    async def write_batch(
+        self, items: Sequence[EmailMessage], settled: Settled | None = None
+    ) -> list[Outcome]:
+        async def send(msg: object) -> None:
+            assert isinstance(msg, EmailMessage)
+            await self.sender.send(msg)
+
+        return await send_all(items, send, EmailRefused, settled)

@@ -51,29 +51,40 @@ class Outbox:
         tried again. Raises ClaimedElsewhere while another owner's claim of the row holds."""
         again = ["'SENDING'"] + ["'SKIPPED'"] * fallback + ["'FAILED'"] * redriven
         again_sql = f"({', '.join(again)})"
+        # one round trip: the claim, or (when the row is not ours to send) the row as it was
         cur = await conn.execute(
-            "INSERT INTO notification_outbox (event_id, channel, recipient, user_id, kind, "
-            "status, attempts, message_id, trace_id, claimed_by, claimed_at) VALUES (%s, %s, %s, "
-            "%s, %s, 'SENDING', 1, %s, %s, %s, now()) ON CONFLICT (event_id, channel, recipient) "
-            "DO UPDATE SET attempts = notification_outbox.attempts + 1, status = 'SENDING', "
-            "updated_at = now(), claimed_by = EXCLUDED.claimed_by, claimed_at = now() "
+            "WITH claim AS (INSERT INTO notification_outbox (event_id, channel, recipient, "
+            "user_id, kind, status, attempts, message_id, trace_id, claimed_by, claimed_at) "
+            "VALUES (%(e)s, %(c)s, %(r)s, %(u)s, %(k)s, 'SENDING', 1, %(m)s, %(t)s, %(o)s, now()) "
+            "ON CONFLICT (event_id, channel, recipient) DO UPDATE SET "
+            "attempts = notification_outbox.attempts + 1, status = 'SENDING', updated_at = now(), "
+            "claimed_by = EXCLUDED.claimed_by, claimed_at = now() "
             f"WHERE notification_outbox.status IN {again_sql} "
             "AND (notification_outbox.status <> 'SENDING' "
             "OR notification_outbox.claimed_by IS NULL "
             "OR notification_outbox.claimed_by = EXCLUDED.claimed_by "
-            "OR notification_outbox.claimed_at < now() - make_interval(secs => %s)) "
-            "RETURNING status",
-            (event_id, channel, recipient, user_id, kind, msg_id, trace_id, owner, lease_s),
-        )
-        if await cur.fetchone() is not None:
-            return True
-        cur = await conn.execute(
-            "SELECT status, extract(epoch FROM now() - claimed_at) FROM notification_outbox "
-            "WHERE event_id = %s AND channel = %s AND recipient = %s",
-            (event_id, channel, recipient),
+            "OR notification_outbox.claimed_at < now() - make_interval(secs => %(l)s)) "
+            "RETURNING 1) "
+            "SELECT 'CLAIMED', 0.0 FROM claim UNION ALL "
+            "SELECT status, extract(epoch FROM now() - claimed_at)::float8 "
+            "FROM notification_outbox WHERE event_id = %(e)s AND channel = %(c)s "
+            "AND recipient = %(r)s AND NOT EXISTS (SELECT 1 FROM claim)",
+            {
+                "e": event_id,
+                "c": channel,
+                "r": recipient,
+                "u": user_id,
+                "k": kind,
+                "m": msg_id,
+                "t": trace_id,
+                "o": owner,
+                "l": lease_s,
+            },
         )
         row = await cur.fetchone()
-        if row is not None and row[0] == "SENDING":
+        if row is None or row[0] == "CLAIMED":
+            return True
+        if row[0] == "SENDING":
             raise ClaimedElsewhere(
                 f"the {channel} notification of event {event_id} is being sent by another worker "
                 f"(claimed {float(row[1] or 0):.0f} s ago; its claim lapses after {lease_s:.0f} s)"

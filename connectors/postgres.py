@@ -22,7 +22,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from connectors.base import DependencyDown, Refusal
+from connectors.base import APPLIED, DependencyDown, Outcome, Settled, refused, settle_each
 from connectors.cleanup import Cutoffs, is_removed_session, load_cutoffs
 from schemas.catalog import record_defaults
 from schemas.lifecycle import (
@@ -165,17 +165,22 @@ class PostgresProjections:
         await conn.commit()
 
     # --- the sink contract --------------------------------------------------------------------
-    async def write_batch(self, events: Sequence[dict[str, Any]]) -> list[Refusal]:
+    async def write_batch(
+        self, items: Sequence[dict[str, Any]], settled: Settled | None = None
+    ) -> list[Outcome]:
+        """Apply a batch of events in one transaction: each applied (or already applied, or
+        older than its row), or refused as an illegal transition."""
         try:
             conn = await self._connection()
             async with conn.transaction():
-                return await self._apply(conn, events)
+                outcomes = await self._apply(conn, items)
         except psycopg.OperationalError as exc:
             await self._drop()
             raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
         except OSError as exc:
             await self._drop()
             raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        return await settle_each(outcomes, settled)
 
     async def record_refusal(self, event: dict[str, Any], error_class: str, reason: str) -> None:
         """Remember that `event` was dead-lettered: the read side stops waiting for it."""
@@ -201,7 +206,7 @@ class PostgresProjections:
 
     async def _apply(
         self, conn: psycopg.AsyncConnection[Row], events: Sequence[dict[str, Any]]
-    ) -> list[Refusal]:
+    ) -> list[Outcome]:
         # held shared until commit: a cleanup waits for this batch, and this batch sees every
         # cleanup recorded before it (nothing a cleanup removed is written again)
         cutoffs = await load_cutoffs(conn)
@@ -222,7 +227,7 @@ class PostgresProjections:
         out = _Batch(
             audit=[], items=[], returned=[], movements=[], categories={}, created_products=[]
         )
-        refused: list[Refusal] = []
+        outcomes: list[Outcome] = [APPLIED] * len(events)
         for i, ev in enumerate(events):
             ent = entity_of(ev)
             if ent is None:
@@ -245,7 +250,7 @@ class PostgresProjections:
             try:
                 new = _APPLY[ev["type"]](ev, current, out)
             except _Illegal as exc:
-                refused.append(Refusal(i, str(exc)))
+                outcomes[i] = refused(str(exc), "IllegalTransition")
                 continue
             at, vid = version_of(ev)
             new["version_at"], new["version_id"] = at, vid
@@ -270,7 +275,7 @@ class PostgresProjections:
         # one round trip for every write of the batch
         async with conn.pipeline():
             await self._write(conn, dirty, out)
-        return refused
+        return outcomes
 
     @staticmethod
     def _stock_changed(ev: dict[str, Any], current: Row | None, out: _Batch) -> None:

@@ -8,13 +8,15 @@ down). Any other 4xx: refused for good (`ProviderRefused`).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from connectors.base import ConnectorError, DependencyDown
+from connectors.base import ConnectorError, DependencyDown, Outcome, Settled, send_all
 
-__all__ = ["ProviderClient", "ProviderRefused"]
+__all__ = ["ProviderChannel", "ProviderClient", "ProviderRefused"]
 
 
 class ProviderRefused(ConnectorError):
@@ -44,3 +46,23 @@ class ProviderClient:
             raise DependencyDown(f"{self.name}: HTTP {resp.status_code}")
         if resp.status_code >= 400:
             raise ProviderRefused(f"{self.name}: HTTP {resp.status_code}: {resp.text[:200]}")
+
+
+class ProviderChannel:
+    """An SMS or push channel's sink: a batch of payloads posted to the provider with at most
+    `concurrency` calls in flight, each outcome settled as soon as it is known; a 4xx (not 429)
+    is a refusal, a 429, a 5xx or no answer is down."""
+
+    def __init__(self, client: ProviderClient, concurrency: int) -> None:
+        self.client = client
+        self.gate = asyncio.Semaphore(concurrency)
+
+    async def write_batch(
+        self, items: Sequence[dict[str, Any]], settled: Settled | None = None
+    ) -> list[Outcome]:
+        async def send(payload: object) -> None:
+            assert isinstance(payload, dict)
+            async with self.gate:
+                await self.client.send(payload)
+
+        return await send_all(items, send, ProviderRefused, settled)

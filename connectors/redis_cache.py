@@ -14,12 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import NoScriptError, RedisError
 
-from connectors.base import DependencyDown
-from connectors.views import View
+from connectors.base import APPLIED, DependencyDown, Outcome, Settled, settle_each
+from connectors.db import PgReader
+from connectors.views import View, affected, load_views
 
-__all__ = ["ViewCache", "cache_key"]
+__all__ = ["RedisViews", "ViewCache", "cache_key"]
 
 _CAS = """
 local n = #ARGV - 2
@@ -105,3 +107,30 @@ class ViewCache:
         if value is None:
             return None
         return value if isinstance(value, bytes) else value.encode()
+
+
+WRITES = Counter(
+    "mohallamart_cache_writes_total",
+    "Views written to Redis by the cache role, by outcome (unchanged: the cache had them)",
+    ["kind", "outcome"],
+)
+
+
+class RedisViews:
+    """The cache role's sink: the views a batch of events touches (users, shops, products),
+    rendered from PostgreSQL and compare-and-set in Redis (a deleted user or an archived product
+    becomes a tombstone, so a racing read-through fill cannot bring it back)."""
+
+    def __init__(self, reader: PgReader, cache: ViewCache) -> None:
+        self.reader, self.cache = reader, cache
+
+    async def write_batch(
+        self, items: Sequence[dict[str, Any]], settled: Settled | None = None
+    ) -> list[Outcome]:
+        views: list[View] = []
+        async with self.reader.connection() as conn:
+            for kind, ids in affected(items).items():
+                views.extend((await load_views(conn, kind, ids)).values())
+        for view, written in zip(views, await self.cache.put(views), strict=True):
+            WRITES.labels(view.kind, "written" if written else "unchanged").inc()
+        return await settle_each([APPLIED] * len(items), settled)

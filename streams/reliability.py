@@ -58,6 +58,7 @@ from streams import transport
 __all__ = [
     "DLQ_HEADERS",
     "Guard",
+    "Later",
     "Permanent",
     "Record",
     "Rejection",
@@ -153,6 +154,8 @@ class Record:
     event: dict[str, Any] = field(default_factory=dict)
     #: the Faust event it came from (table writes need it as their context)
     source: Any = field(default=None, repr=False, compare=False)
+    #: parked by the guard (offered again by its retrier)
+    parked: bool = field(default=False, compare=False)
 
     @classmethod
     def from_event(cls, ev: faust.EventT[Any]) -> Record:
@@ -200,6 +203,15 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Later(Rejection):
+    """A record the handler cannot apply yet for a reason outside it (the read side: the
+    projections have parked its event while they applied later ones): parked for its key like a
+    failing record and offered again every `RetryPolicy.later_s`, never dead-lettered."""
+
+    error_class: str = "NotYet"
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Delays between the attempts of a failing record, and the backoff while a dependency is
     down (doubling from `down_initial_s` up to `down_cap_s`, for as long as it takes)."""
@@ -212,6 +224,8 @@ class RetryPolicy:
     #: records parked per partition (a failing record and the ones of its key behind it) before
     #: the partition pauses
     max_parked: int = 1000
+    #: how often a record the handler answered `Later` for is offered again
+    later_s: float = 0.5
 
 
 Handler = Callable[[list[Record]], Awaitable[Sequence[Rejection]]]
@@ -261,6 +275,8 @@ class _Lot:
     first_failure: float
     last: BaseException | None = None
     due: float = 0.0
+    #: the head waits for something outside it (`Later`), it has not failed
+    waiting: bool = False
 
 
 class Guard:
@@ -370,7 +386,7 @@ class Guard:
             else:
                 await self._retry_one(batch[0], handler, exc)
             return
-        await self._settle(batch, rejected)
+        await self._settle(batch, self._defer(rejected, handler))
 
     # --- parking ------------------------------------------------------------------------------
     @staticmethod
@@ -391,6 +407,7 @@ class Guard:
         return free
 
     def _hold(self, record: Record) -> None:
+        record.parked = True
         transport.hold(record.source)
         tp = record.tp
         self._parked[tp] += 1
@@ -446,6 +463,40 @@ class Guard:
         if self._retrier is None or self._retrier.done():
             self._retrier = asyncio.ensure_future(self._retry_parked())
         self._wake.set()
+
+    def _defer(self, rejected: Sequence[Rejection], handler: Handler) -> list[Rejection]:
+        """Park the records answered `Later` (each key's first; the rest of its key behind it);
+        return the refusals proper."""
+        later = [r for r in rejected if isinstance(r, Later)]
+        if not later:
+            return list(rejected)
+        if not self.park:
+            raise DependencyDown(later[0].reason)  # the whole batch waits and comes again
+        for rej in later:
+            record = rej.record
+            lot = self._lots.get(self._key(record))
+            if lot is not None:
+                lot.records.append(record)
+                self._hold(record)
+                continue
+            lot = _Lot(deque([record]), attempts=0, first_failure=time.time(), waiting=True)
+            lot.due = time.monotonic() + self.policy.later_s
+            self._lots[self._key(record)] = lot
+            self._handler = handler
+            self._hold(record)
+            log.info(
+                "%s: %s at %s/%d@%d parked: %s (other keys go on)",
+                self.stage,
+                record.event.get("type"),
+                record.topic,
+                record.partition,
+                record.offset,
+                rej.reason,
+            )
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.ensure_future(self._retry_parked())
+        self._wake.set()
+        return [r for r in rejected if not isinstance(r, Later)]
 
     def _drop_revoked(self) -> None:
         """Parked records of partitions no longer ours are dropped (never acknowledged: the
@@ -512,6 +563,10 @@ class Guard:
                 return
             if self._lots.get(key) is not lot:
                 return
+            if any(isinstance(r, Later) for r in rejected):
+                lot.waiting = True
+                lot.due = time.monotonic() + self.policy.later_s
+                return
             await self._settle([head], rejected)
             self._next(lot, head)
         if lot is not None and not lot.records and self._lots.get(key) is lot:
@@ -524,6 +579,7 @@ class Guard:
         lot.records.popleft()
         self._release(settled)
         lot.attempts, lot.first_failure, lot.due = 0, time.time(), time.monotonic()
+        lot.waiting = False
 
     async def _retry_one(self, record: Record, handler: Handler, exc: Exception) -> None:
         first = time.time()

@@ -7,21 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import faust
 import psycopg
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition as AioTP
 
-from connectors.base import DependencyDown
+from connectors.base import DependencyDown, Sink
+from connectors.db import PgReader
 from connectors.views import pending_events
 from core.settings import Settings
 from schemas.catalog import TOPICS
-from streams.agents._batches import raw_batches, raw_topic, settle
-from streams.reliability import Record, Rejection, redrive_topic
+from streams.reliability import Later, Record, Rejection
+from streams.sinks import install_loop, install_sink
 
 if TYPE_CHECKING:
     from streams.runtime import Runtime
@@ -32,31 +32,9 @@ __all__ = [
     "ProjectionsProgress",
     "install_agent",
     "install_agents",
+    "install_read_sinks",
     "wait_projected",
 ]
-
-
-class PgReader:
-    """One autocommit connection, reopened after a failure."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=5
-                )
-            yield self._conn
-        except (psycopg.OperationalError, OSError) as exc:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
 
 
 class ProjectionsProgress:
@@ -118,6 +96,8 @@ async def wait_projected(
     *,
     patience_s: float = 10.0,
     pending: Pending = _not_applied,
+    deferred: list[Record] | None = None,
+    defer_after_s: float = 1.0,
 ) -> list[Record]:
     """Return once the projections have dealt with every record of the batch: `pending` no longer
     names it (by default: its entity row has reached the event's version, or the event is
@@ -126,12 +106,17 @@ async def wait_projected(
     superseded). Returns the records passed that way, still pending in PostgreSQL's eyes. Raises
     DependencyDown when the projections are still behind after `patience_s` (the guard then
     backs off, as for an outage; a burst the projections are working through is waited for
-    here, polling, not backed off)."""
+    here, polling, not backed off). Given a `deferred` list, a record still pending after
+    `defer_after_s` at which the projections' group holds its commit (their lowest unsettled
+    record of the partition: parked for a retry) goes there instead, and the wait goes on for
+    the rest (the projections apply other keys meanwhile)."""
     start = time.monotonic()
     next_commit_check = start + 0.05
     delay = 0.01
     passed: list[Record] = []
     waiting = [r for r in records if r.event.get("id")]
+    if deferred is not None and defer_after_s <= 0:
+        next_commit_check = start  # a parked record offered again: ask at once
     while waiting:
         waiting = await pending(conn, waiting)
         if not waiting:
@@ -144,8 +129,15 @@ async def wait_projected(
                 done = await progress.committed(tps)
                 behind: list[Record] = []
                 for r in waiting:
-                    past = done.get((r.topic, r.partition), -1) > r.offset
-                    (passed if past else behind).append(r)
+                    at = done.get((r.topic, r.partition), -1)
+                    if at > r.offset:
+                        passed.append(r)
+                    elif deferred is not None and at == r.offset and now - start >= defer_after_s:
+                        # the projections hold their commit at this very record (their
+                        # lowest unsettled one) while it stays unapplied: parked for a retry
+                        deferred.append(r)
+                    else:
+                        behind.append(r)
                 waiting = behind
                 if not waiting:
                     break
@@ -190,16 +182,56 @@ def install_agent(
 ) -> None:
     """One agent reading `topic` and its redrive topic, with its own connection and guard, in
     batches of at most `batch_size` (WORKER_BATCH_SIZE by default)."""
-    app: faust.App = rt.app
-    size, within = batch_size or rt.settings.worker_batch_size, rt.settings.worker_batch_window_s
     guard = rt.guard(stage, owns_decode=owns_decode)
     db = PgReader(rt.settings.postgres_dsn)
 
     async def handler(records: list[Record]) -> list[Rejection]:
         return await write(records, db)
 
-    async def agent(stream: faust.StreamT[Any]) -> None:
-        async for events, records in raw_batches(stream, size, within):
-            await settle(events, guard.process(records, handler))
+    install_loop(rt, stage, topic, guard, handler, batch_size=batch_size or 0)
 
-    app.agent(raw_topic(app, topic, redrive_topic(topic)), name=stage)(agent)
+
+def install_read_sinks(
+    rt: Runtime, prefix: str, categories: tuple[str, ...], make_sink: Callable[[], Sink]
+) -> None:
+    """One agent per topic of `categories`, named `<prefix>_<category>s`, driving a sink of its
+    own (`make_sink()`) once the projections have applied the batch (`wait_projected`). A
+    record whose event the projections have parked, and the later records of its key, are
+    answered `Later`: parked here too, for their keys only, until the projections settle it."""
+    progress = ProjectionsProgress(rt.settings)
+    for category in categories:
+        db = PgReader(rt.settings.postgres_dsn)
+
+        async def projected(
+            records: list[Record], db: PgReader = db
+        ) -> tuple[list[Record], list[Later]]:
+            deferred: list[Record] = []
+            # a parked record offered again is set aside at once if the projections still hold it
+            defer_after_s = 0.0 if all(r.parked for r in records) else 1.0
+            async with db.connection() as conn:
+                await wait_projected(
+                    conn, records, progress, deferred=deferred, defer_after_s=defer_after_s
+                )
+            if not deferred:
+                return records, []
+            keys = set()
+            ready: list[Record] = []
+            later: list[Later] = []
+            waiting = {id(r) for r in deferred}
+            for r in records:  # a key's later records wait behind it
+                if id(r) in waiting or (r.topic, r.key) in keys:
+                    keys.add((r.topic, r.key))
+                    later.append(Later(r, "its event is parked by the projections"))
+                else:
+                    ready.append(r)
+            # (in later batches the guard queues the key's records behind the parked one)
+            return ready, later
+
+        install_sink(
+            rt,
+            f"{prefix}_{category}s",
+            TOPICS[category].name,
+            make_sink(),
+            before=projected,
+            owns_decode=False,
+        )

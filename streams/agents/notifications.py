@@ -5,10 +5,12 @@
    each other channel gets the request forwarded to its own topic
    (`<ns>.notification.email|sms|push`, header `x-channel`).
 2. `deliver_email`, `deliver_sms`, `deliver_push` each read their topic through their own guard,
-   so one channel that is down pauses only itself: an outbox row before sending, the outcome after
-   (connectors.outbox.Outbox); a provider or SMTP server that is down is retried while down, never
-   dead-lettered; a permanent refusal is dead-lettered at once, except an SMS, which falls back to
-   email (dead-lettered only if that fails too).
+   so one channel that is down pauses only itself: an outbox row claimed before sending, then the
+   batch goes to the channel's sink (`EmailChannel`: the SMTP pool; `ProviderChannel`: concurrent
+   provider calls), each outcome settled in the outbox as soon as it is known; a provider or SMTP
+   server that is down is retried while down, never dead-lettered; a permanent refusal is
+   dead-lettered at once, except an SMS, which falls back to email (dead-lettered only if that
+   fails too).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import faust
 from psycopg.rows import dict_row
 
-from connectors.base import DependencyDown
-from connectors.email import EmailRefused, EmailSender
+from connectors.base import DependencyDown, Outcome, Sink
+from connectors.email import EmailChannel, EmailSender
 from connectors.outbox import Outbox
-from connectors.provider import ProviderClient, ProviderRefused
+from connectors.provider import ProviderChannel, ProviderClient
 from schemas.catalog import TOPICS
 from streams.agents._read_side import PgReader, install_agent
 from streams.messages import message_id, render
@@ -83,8 +85,8 @@ def install(rt: Runtime) -> None:
     app: faust.App = rt.app
     host, port = s.smtp_address
     email = EmailSender(host, port, s.email_from, pool_size=s.email_pool_size)
-    # provider calls in flight at once per channel agent
-    in_flight = asyncio.Semaphore(s.provider_concurrency)
+    # each channel's sink: the SMTP pool; SMS and push with their calls in flight
+    sinks: dict[str, Sink] = {"EMAIL": EmailChannel(email)}
     providers: dict[str, ProviderClient] = {}
     for channel, name, key in (
         ("SMS", "SMS provider", s.sms_provider_key),
@@ -93,6 +95,7 @@ def install(rt: Runtime) -> None:
         url = s.provider_endpoint(channel.lower())
         if url is not None:
             providers[channel] = ProviderClient(name, url, key.get_secret_value())
+            sinks[channel] = ProviderChannel(providers[channel], s.provider_concurrency)
     requests_topic = TOPICS["notification"].name
     # this process, as the owner of the outbox rows it is sending (connectors.outbox)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -195,29 +198,23 @@ def install(rt: Runtime) -> None:
                 # messages in flight (the pool's size), not the batch's
                 db_turn = asyncio.Lock()  # one statement at a time on the batch's connection
 
-                async def one(m: _Message) -> BaseException | None:
-                    try:
-                        await _transmit(m)
-                    except (EmailRefused, ProviderRefused) as exc:
-                        async with db_turn:
-                            await Outbox.settle(conn, **m.key, status="FAILED", error=str(exc))
-                        if channel == "SMS":  # as the seeds do: the message goes by email
-                            await (await forward(m.record, "EMAIL", {"x-fallback-from": "SMS"}))
-                        else:
-                            reason = f"{exc} (to {m.recipient})"
-                            refused.append(Rejection(m.record, reason, type(exc).__name__))
-                        return None
-                    except Exception as exc:  # noqa: BLE001 - DependencyDown above all: retried
-                        async with db_turn:
-                            await Outbox.settle(conn, **m.key, status="SENDING", error=str(exc))
-                        return exc
+                async def settled(i: int, o: Outcome) -> None:
+                    m = ready[i]
+                    status = {"applied": "SENT", "refused": "FAILED", "down": "SENDING"}[o.status]
                     async with db_turn:
-                        await Outbox.settle(conn, **m.key, status="SENT")
-                    return None
+                        await Outbox.settle(conn, **m.key, status=status, error=o.reason or None)
+                    if o.status != "refused":
+                        return
+                    if channel == "SMS":  # as the seeds do: the message goes by email
+                        await (await forward(m.record, "EMAIL", {"x-fallback-from": "SMS"}))
+                    else:
+                        reason = f"{o.reason} (to {m.recipient})"
+                        refused.append(Rejection(m.record, reason, o.error_class))
 
-                failures = [e for e in await asyncio.gather(*map(one, ready)) if e is not None]
-                if failures:  # retried (while down); those sent are settled: never again
-                    raise failures[0]
+                outcomes = await sinks[channel].write_batch([m.body for m in ready], settled)
+                for o in outcomes:  # retried (while down); those sent are settled: never again
+                    if o.status == "down":
+                        raise DependencyDown(o.reason)
             return refused
 
         return deliver
@@ -271,19 +268,12 @@ def install(rt: Runtime) -> None:
             }
         return _Message(r, channel, recipient, key, body)
 
-    async def _transmit(m: _Message) -> None:
-        if m.channel == "EMAIL":
-            await email.send(m.body)
-            return
-        async with in_flight:
-            await providers[m.channel].send(m.body)
-
     # A channel's batch is what its connections send in about a second: a rebalance waits for
     # the batches in flight, and a long one would outlast the group's session
     batch = {
-        "EMAIL": s.email_pool_size * 8,
-        "SMS": s.provider_concurrency * 4,
-        "PUSH": s.provider_concurrency * 4,
+        "EMAIL": s.email_pool_size * 25,
+        "SMS": s.provider_concurrency * 16,
+        "PUSH": s.provider_concurrency * 16,
     }
     for channel in CHANNELS:
         install_agent(

@@ -1,16 +1,15 @@
 """projections: the projections role's agents (`persist_<category>s`), one per entity topic,
-writing PostgreSQL."""
+each driving a `PostgresProjections` sink of its own (a connection per agent: the agents run
+concurrently, each batch one transaction)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import faust
+from typing import TYPE_CHECKING
 
 from connectors.postgres import PostgresProjections
 from schemas.catalog import TOPICS
-from streams.agents._batches import raw_batches, raw_topic, settle
-from streams.reliability import Record, Rejection, redrive_topic
+from streams.reliability import Record
+from streams.sinks import install_sink
 
 if TYPE_CHECKING:
     from streams.runtime import Runtime
@@ -22,27 +21,17 @@ CATEGORIES = ("user", "shop", "shopkeeper", "product", "order")
 
 
 def install(rt: Runtime) -> None:
-    app: faust.App = rt.app
-    size, within = rt.settings.worker_batch_size, rt.settings.worker_batch_window_s
-
     for category in CATEGORIES:
-        name = TOPICS[category].name
-        # a connection per agent: the agents run concurrently, each batch one transaction
         sink = PostgresProjections(rt.settings.postgres_dsn)
-        guard = rt.guard(
+
+        # the read side waits for the projections to apply an event, unless it is refused
+        async def refused(r: Record, cls: str, msg: str, sink: PostgresProjections = sink) -> None:
+            await sink.record_refusal(r.event, cls, msg)
+
+        install_sink(
+            rt,
             f"persist_{category}s",
-            # the read side waits for the projections to apply an event, unless it is refused
-            on_dead_letter=lambda r, cls, msg, sink=sink: sink.record_refusal(r.event, cls, msg),
+            TOPICS[category].name,
+            sink,
+            on_dead_letter=refused,
         )
-
-        async def write(records: list[Record], sink: PostgresProjections = sink) -> list[Rejection]:
-            refused = await sink.write_batch([r.event for r in records])
-            return [Rejection(records[f.index], f.reason) for f in refused]
-
-        async def persist(
-            stream: faust.StreamT[Any], guard: Any = guard, write: Any = write
-        ) -> None:
-            async for events, records in raw_batches(stream, size, within):
-                await settle(events, guard.process(records, write))
-
-        app.agent(raw_topic(app, name, redrive_topic(name)), name=f"persist_{category}s")(persist)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -146,3 +147,53 @@ def test_smtp_down_for_20_s_email_waits_sms_and_push_keep_flowing(
         request = derived_id(accepted["id"], "order_confirmed")
         assert p.dead_letters(TOPICS["notification"].name, request) == []
     assert len([m for m in _mails(p, address) if m["Subject"] in subjects]) == 5
+
+
+def test_a_notification_being_sent_by_one_worker_is_not_sent_by_another(
+    settings: Any,
+) -> None:
+    """The outbox row of a message being sent belongs to the process that claimed it: another
+    process (the partition's next owner after a rebalance, while the last one finishes its batch)
+    is told to wait while the claim holds, and finds it settled afterwards; a claim older than
+    the lease (its claimant crashed) is taken over."""
+    import asyncio
+
+    import psycopg
+
+    from connectors.outbox import ClaimedElsewhere, Outbox
+
+    event_id = str(uuid.uuid4())
+    row = {
+        "event_id": event_id,
+        "channel": "EMAIL",
+        "recipient": "someone@example.in",
+        "user_id": uid("usr"),
+        "kind": "GENERIC",
+        "msg_id": f"<{event_id}.email@tests>",
+        "trace_id": event_id,
+    }
+    key = {k: row[k] for k in ("event_id", "channel", "recipient")}
+
+    async def run() -> list[Any]:
+        seen: list[Any] = []
+        async with await psycopg.AsyncConnection.connect(
+            settings.postgres_dsn, autocommit=True
+        ) as conn:
+            seen.append(await Outbox.claim(conn, **row, owner="worker-a"))
+            seen.append(await Outbox.claim(conn, **row, owner="worker-a"))  # its own: again
+            try:
+                await Outbox.claim(conn, **row, owner="worker-b")
+                seen.append("claimed")
+            except ClaimedElsewhere as exc:
+                seen.append(str(exc))
+            # a claim older than the lease is taken over (its claimant is gone)
+            seen.append(await Outbox.claim(conn, **row, owner="worker-b", lease_s=0))
+            await Outbox.settle(conn, **key, status="SENT")
+            seen.append(await Outbox.claim(conn, **row, owner="worker-c"))  # settled: never again
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen[0] is True and seen[1] is True
+    assert "being sent by another worker" in seen[2], seen[2]
+    assert seen[3] is True
+    assert seen[4] is False

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from connectors.redis_cache import cache_key
 from schemas.catalog import TOPICS
 from schemas.partitioner import partition_for
 from tests.integration._pipeline import Pipeline, example, uid
@@ -119,6 +121,16 @@ def test_a_parked_record_holds_only_its_key_survives_commits_and_kill_9(parking:
     assert _metric(p, "mohallamart_worker_retries_total") == retries_at_park, (
         "the other keys waited for the parked record's second attempt"
     )
+    # the read side too: the cache role fills the other keys' views while the projections still
+    # hold the poisoned record (the cache parks its copy of it, for its key only)
+    cache = redis.Redis.from_url(p.settings.redis_dsn)
+    poll(
+        lambda: all(cache.exists(cache_key("user", u)) for u in others) or None,
+        timeout=6,
+        interval=0.1,
+        what="the other keys' views in the cache while the projections hold the poisoned record",
+    )
+    assert _metric(p, "mohallamart_worker_retries_total") == retries_at_park
     # the partition never commits past the parked record, over more than 3 commit intervals
     deadline = time.monotonic() + 3.5
     while time.monotonic() < deadline:
