@@ -70,14 +70,18 @@ def _recipient(user: dict[str, Any], channel: str) -> str:
     return str(user["user_id"])  # push: the provider maps the user to their devices
 
 
-async def _user(conn: Any, user_id: str) -> dict[str, Any] | None:
+async def _users(conn: Any, records: list[Record]) -> dict[str, dict[str, Any]]:
+    """The rows of the users a batch's requests name, in one query."""
+    ids = sorted({str(r.event["data"]["user_id"]) for r in records if r.event.get("data")})
+    if not ids:
+        return {}
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT user_id, name, email, phone, preferences, status FROM users WHERE user_id = %s",
-            (user_id,),
+            "SELECT user_id, name, email, phone, preferences, status FROM users "
+            "WHERE user_id = ANY(%s)",
+            (ids,),
         )
-        row: dict[str, Any] | None = await cur.fetchone()
-        return row
+        return {str(row["user_id"]): row for row in await cur.fetchall()}
 
 
 def install(rt: Runtime) -> None:
@@ -128,12 +132,12 @@ def install(rt: Runtime) -> None:
         refused: list[Rejection] = []
         pending = []
         async with db.connection() as conn:
-            for r in records:
+            requests = [r for r in records if r.event.get("type") == "notification.requested"]
+            users = await _users(conn, requests)
+            for r in requests:
                 ev = r.event
-                if ev.get("type") != "notification.requested":
-                    continue
                 d = ev["data"]
-                user = await _user(conn, d["user_id"])
+                user = users.get(str(d["user_id"]))
                 if user is None:
                     if time.time() - ev["occurred_at"].timestamp() > _UNKNOWN_USER_AFTER_S:
                         refused.append(Rejection(r, f"UNKNOWN_USER: {d['user_id']}", "UnknownUser"))
@@ -180,6 +184,7 @@ def install(rt: Runtime) -> None:
             async with db.connection() as conn:
                 ready = []
                 seen: set[tuple[str, ...]] = set()
+                users = await _users(conn, records)
                 for r in records:
                     if r.headers.get("x-channel", b"").decode() != channel:
                         continue
@@ -189,7 +194,9 @@ def install(rt: Runtime) -> None:
                     if copy in seen:
                         continue
                     seen.add(copy)
-                    out = await _prepare(conn, r, channel)
+                    out = await _prepare(
+                        conn, r, channel, users.get(str(r.event["data"]["user_id"]))
+                    )
                     if isinstance(out, tuple):
                         refused.append(Rejection(r, *out))
                     elif out is not None:
@@ -219,10 +226,11 @@ def install(rt: Runtime) -> None:
 
         return deliver
 
-    async def _prepare(conn: Any, r: Record, channel: str) -> _Message | tuple[str, str] | None:
+    async def _prepare(
+        conn: Any, r: Record, channel: str, user: dict[str, Any] | None
+    ) -> _Message | tuple[str, str] | None:
         """The message to send, a refusal (reason, class), or None: settled already."""
         ev, d = r.event, r.event["data"]
-        user = await _user(conn, d["user_id"])
         if user is None:  # the request step saw it: only a deleted row gets here
             return f"UNKNOWN_USER: {d['user_id']}", "UnknownUser"
         eid, trace, kind = str(ev["id"]), ev.get("trace_id") or str(ev["id"]), d["kind"]
