@@ -10,6 +10,7 @@ its batch backs off and is tried again) until the row is settled or the claim is
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -90,6 +91,109 @@ class Outbox:
                 f"(claimed {float(row[1] or 0):.0f} s ago; its claim lapses after {lease_s:.0f} s)"
             )
         return False
+
+    @staticmethod
+    async def claim_many(
+        conn: psycopg.AsyncConnection[Any],
+        rows: list[dict[str, Any]],
+        *,
+        owner: str,
+        lease_s: float = CLAIM_LEASE_S,
+    ) -> list[bool]:
+        """`claim` for a batch, in three statements whatever its size: one bool per row (True:
+        claimed by `owner`, send it). Each row: event_id, channel, recipient, user_id, kind,
+        msg_id, trace_id, fallback, redriven. Raises ClaimedElsewhere if another owner's claim
+        of a row holds (the rows claimed here stay `owner`'s: the batch comes again)."""
+        if not rows:
+            return []
+        cols = ("event_id", "channel", "recipient", "user_id", "kind", "msg_id", "trace_id")
+        arrays = [[str(r[c]) for r in rows] for c in cols]
+        arrays[0] = [str(uuid.UUID(e)) for e in arrays[0]]  # as PostgreSQL prints it
+        flags = [[bool(r.get("fallback")) for r in rows], [bool(r.get("redriven")) for r in rows]]
+        # 1. new rows: claimed at once
+        cur = await conn.execute(
+            "INSERT INTO notification_outbox (event_id, channel, recipient, user_id, kind, "
+            "status, attempts, message_id, trace_id, claimed_by, claimed_at) "
+            "SELECT v.e::uuid, v.c, v.r, v.u, v.k, 'SENDING', 1, v.m, v.t, %s, now() "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+            "%s::text[], %s::text[]) AS v(e, c, r, u, k, m, t) "
+            "ON CONFLICT (event_id, channel, recipient) DO NOTHING "
+            "RETURNING event_id::text, channel, recipient",
+            (owner, *arrays),
+        )
+        claimed = {tuple(x) for x in await cur.fetchall()}
+        keys = list(zip(*arrays[:3], strict=True))
+        # 2. rows that were there: claimed again where the rules allow (a row being sent by this
+        # owner or by none, or whose claim lapsed; a fallback takes over a skipped row; a
+        # redrive reopens a failed one)
+        again = [i for i, k in enumerate(keys) if k not in claimed]
+        if again:
+            cur = await conn.execute(
+                "UPDATE notification_outbox o SET attempts = o.attempts + 1, "
+                "status = 'SENDING', updated_at = now(), claimed_by = %s, claimed_at = now() "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bool[], %s::bool[]) "
+                "AS v(e, c, r, fb, rd) "
+                "WHERE o.event_id = v.e::uuid AND o.channel = v.c AND o.recipient = v.r "
+                "AND ((o.status = 'SENDING' AND (o.claimed_by IS NULL OR o.claimed_by = %s "
+                "OR o.claimed_at < now() - make_interval(secs => %s))) "
+                "OR (o.status = 'SKIPPED' AND v.fb) OR (o.status = 'FAILED' AND v.rd)) "
+                "RETURNING o.event_id::text, o.channel, o.recipient",
+                (
+                    owner,
+                    [keys[i][0] for i in again],
+                    [keys[i][1] for i in again],
+                    [keys[i][2] for i in again],
+                    [flags[0][i] for i in again],
+                    [flags[1][i] for i in again],
+                    owner,
+                    lease_s,
+                ),
+            )
+            claimed |= {tuple(x) for x in await cur.fetchall()}
+        rest = [k for k in keys if k not in claimed]
+        if rest:
+            # 3. the others: settled already (never again), or being sent by another owner
+            cur = await conn.execute(
+                "SELECT o.event_id::text, o.channel, extract(epoch FROM now() - o.claimed_at) "
+                "FROM notification_outbox o JOIN unnest(%s::text[], %s::text[], %s::text[]) "
+                "AS v(e, c, r) ON o.event_id = v.e::uuid AND o.channel = v.c "
+                "AND o.recipient = v.r WHERE o.status = 'SENDING' LIMIT 1",
+                ([k[0] for k in rest], [k[1] for k in rest], [k[2] for k in rest]),
+            )
+            busy = await cur.fetchone()
+            if busy is not None:
+                raise ClaimedElsewhere(
+                    f"the {busy[1]} notification of event {busy[0]} is being sent by another "
+                    f"worker (claimed {float(busy[2] or 0):.0f} s ago; its claim lapses after "
+                    f"{lease_s:.0f} s)"
+                )
+        out: list[bool] = []
+        for k in keys:  # a key twice in the batch (a fallback beside its original): sent once
+            out.append(k in claimed)
+            claimed.discard(k)
+        return out
+
+    @staticmethod
+    async def settle_many(
+        conn: psycopg.AsyncConnection[Any], outcomes: list[tuple[dict[str, str], str, str | None]]
+    ) -> None:
+        """`settle` for many rows in one statement: (key, status, error) each."""
+        if not outcomes:
+            return
+        await conn.execute(
+            "UPDATE notification_outbox o SET status = v.s, last_error = v.err, "
+            "updated_at = now(), sent_at = CASE WHEN v.s = 'SENT' THEN now() ELSE o.sent_at END "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+            "AS v(e, c, r, s, err) "
+            "WHERE o.event_id = v.e::uuid AND o.channel = v.c AND o.recipient = v.r",
+            (
+                [k["event_id"] for k, _, _ in outcomes],
+                [k["channel"] for k, _, _ in outcomes],
+                [k["recipient"] for k, _, _ in outcomes],
+                [st for _, st, _ in outcomes],
+                [err for _, _, err in outcomes],
+            ),
+        )
 
     @staticmethod
     async def settle(

@@ -58,6 +58,22 @@ class _Message:
     body: Any  # an EmailMessage, or a provider's payload
 
 
+class _Settling:
+    """Outbox outcomes written as a group commit: whoever finds the connection free writes
+    every outcome known by then in one statement; each caller returns once its own is written."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.pending: list[tuple[dict[str, str], str, str | None]] = []
+        self.turn = asyncio.Lock()
+
+    async def add(self, key: dict[str, str], status: str, error: str | None) -> None:
+        self.pending.append((key, status, error))
+        async with self.turn:
+            batch, self.pending = self.pending, []
+            await Outbox.settle_many(self.conn, batch)
+
+
 def channel_topic(namespace: str, channel: str) -> str:
     return f"{namespace}.notification.{channel.lower()}"
 
@@ -182,9 +198,9 @@ def install(rt: Runtime) -> None:
             the messages in flight then (each recognisable by its Message-ID)."""
             refused: list[Rejection] = []
             async with db.connection() as conn:
-                ready = []
                 seen: set[tuple[str, ...]] = set()
                 users = await _users(conn, records)
+                wanted: list[tuple[Record, dict[str, Any], dict[str, Any]]] = []
                 for r in records:
                     if r.headers.get("x-channel", b"").decode() != channel:
                         continue
@@ -194,22 +210,28 @@ def install(rt: Runtime) -> None:
                     if copy in seen:
                         continue
                     seen.add(copy)
-                    out = await _prepare(
-                        conn, r, channel, users.get(str(r.event["data"]["user_id"]))
-                    )
-                    if isinstance(out, tuple):
-                        refused.append(Rejection(r, *out))
-                    elif out is not None:
-                        ready.append(out)
-                # each message settled as soon as it is sent, so a crash repeats at most the
-                # messages in flight (the pool's size), not the batch's
-                db_turn = asyncio.Lock()  # one statement at a time on the batch's connection
+                    user = users.get(str(r.event["data"]["user_id"]))
+                    if user is None:  # the request step saw it: only a deleted row gets here
+                        uid = r.event["data"]["user_id"]
+                        refused.append(Rejection(r, f"UNKNOWN_USER: {uid}", "UnknownUser"))
+                        continue
+                    wanted.append((r, user, _claim_row(r, channel, user)))
+                # one claim for the batch; a row settled already is never sent again
+                claims = await Outbox.claim_many(conn, [w[2] for w in wanted], owner=owner)
+                ready = [
+                    _message(r, channel, user, row)
+                    for (r, user, row), mine in zip(wanted, claims, strict=True)
+                    if mine
+                ]
+                # each message settled as soon as it is sent (group commit: the outcomes known
+                # while one UPDATE runs go in the next), so a crash repeats at most the messages
+                # in flight, not the batch's
+                settling = _Settling(conn)
 
                 async def settled(i: int, o: Outcome) -> None:
                     m = ready[i]
                     status = {"applied": "SENT", "refused": "FAILED", "down": "SENDING"}[o.status]
-                    async with db_turn:
-                        await Outbox.settle(conn, **m.key, status=status, error=o.reason or None)
+                    await settling.add(m.key, status, o.reason or None)
                     if o.status != "refused":
                         return
                     if channel == "SMS":  # as the seeds do: the message goes by email
@@ -226,32 +248,32 @@ def install(rt: Runtime) -> None:
 
         return deliver
 
-    async def _prepare(
-        conn: Any, r: Record, channel: str, user: dict[str, Any] | None
-    ) -> _Message | tuple[str, str] | None:
-        """The message to send, a refusal (reason, class), or None: settled already."""
+    def _claim_row(r: Record, channel: str, user: dict[str, Any]) -> dict[str, Any]:
         ev, d = r.event, r.event["data"]
-        if user is None:  # the request step saw it: only a deleted row gets here
-            return f"UNKNOWN_USER: {d['user_id']}", "UnknownUser"
-        eid, trace, kind = str(ev["id"]), ev.get("trace_id") or str(ev["id"]), d["kind"]
-        recipient = _recipient(user, channel)
-        key = {"event_id": eid, "channel": channel, "recipient": recipient}
-        msg_id = message_id(eid, channel)
-        if not await Outbox.claim(
-            conn,
-            event_id=eid,
-            channel=channel,
-            recipient=recipient,
-            user_id=user["user_id"],
-            kind=kind,
-            msg_id=msg_id,
-            trace_id=trace,
-            owner=owner,
+        eid = str(ev["id"])
+        return {
+            "event_id": eid,
+            "channel": channel,
+            "recipient": _recipient(user, channel),
+            "user_id": user["user_id"],
+            "kind": d["kind"],
+            "msg_id": message_id(eid, channel),
+            "trace_id": ev.get("trace_id") or eid,
             # a fallback from SMS goes out even where the email was skipped as opted out
-            fallback="x-fallback-from" in r.headers,
-            redriven="x-redriven" in r.headers,
-        ):
-            return None  # sent (or settled) already: never again
+            "fallback": "x-fallback-from" in r.headers,
+            "redriven": "x-redriven" in r.headers,
+        }
+
+    def _message(r: Record, channel: str, user: dict[str, Any], row: dict[str, Any]) -> _Message:
+        """The message of a claimed row, rendered."""
+        d = r.event["data"]
+        eid, trace, kind, recipient = (
+            row["event_id"],
+            row["trace_id"],
+            row["kind"],
+            row["recipient"],
+        )
+        key = {"event_id": eid, "channel": channel, "recipient": recipient}
         params = {"name": user["name"], "email": user["email"], **(d.get("params") or {})}
         params.setdefault("title", d.get("title") or "MohallaMart")
         params.setdefault("body", d.get("body") or "")
@@ -263,7 +285,7 @@ def install(rt: Runtime) -> None:
                 subject=subject,
                 text=text,
                 html=html,
-                message_id=msg_id,
+                message_id=row["msg_id"],
                 headers={"X-MohallaMart-Event-Id": eid, "X-MohallaMart-Trace-Id": trace},
             )
         else:
@@ -271,7 +293,7 @@ def install(rt: Runtime) -> None:
                 "to": recipient,
                 "title": subject,
                 "body": d.get("body") or subject,
-                "message_id": msg_id,
+                "message_id": row["msg_id"],
                 "kind": kind,
             }
         return _Message(r, channel, recipient, key, body)
