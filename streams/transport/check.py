@@ -25,6 +25,12 @@ FAUST_VERSION = "0.15.3"
 _METHODS = (
     (faust_aiokafka.Consumer, "_wait_next_records"),
     (faust_aiokafka.Consumer, "_add_gap"),
+    (faust_aiokafka.Consumer, "_drain_messages"),
+    (faust_aiokafka.Consumer, "perform_seek"),
+    (faust_aiokafka.Consumer, "getmany"),
+    (faust_aiokafka.Consumer, "wait_first"),
+    (faust.Stream, "take_events"),
+    (faust.Stream, "maybe_start"),
     (faust_aiokafka.Producer, "_settings_extra"),
     (faust_aiokafka.AIOKafkaConsumerThread, "seek_wait"),
     (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
@@ -34,7 +40,8 @@ _METHODS = (
 # attributes set at run time, looked for in the source of the class that sets them
 _ATTRIBUTES = (
     (faust_consumer.Consumer, ("_read_offset", "_committed_offset", "_active_partitions")),
-    (faust_consumer.Consumer, ("_paused_partitions",)),
+    (faust_consumer.Consumer, ("_paused_partitions", "_acked", "_acked_index", "_n_acked")),
+    (faust_consumer.Consumer, ("_commit_every", "suspend_flow", "consumer_stopped_errors")),
     (faust_consumer.ThreadDelegateConsumer, ("_thread",)),
 )
 
@@ -58,6 +65,8 @@ def check_faust() -> None:
         missing += [f"{cls.__name__}.{n}" for n in names if n not in source]
     if not hasattr(__import__("faust.streams", fromlist=["_current_event"]), "_current_event"):
         missing.append("faust.streams._current_event")
+    if not hasattr(faust_consumer, "CONSUMER_FETCHING"):
+        missing.append("faust.transport.consumer.CONSUMER_FETCHING")
     try:
         from streams.transport.driver import SCHEME, Transport
 
