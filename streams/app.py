@@ -92,7 +92,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
         broker_rebalance_timeout=settings.kafka_rebalance_timeout_ms / 1000,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.worker_commit_interval_s,
         # each agent's stream buffer: when one agent's fills while it writes a batch, faust's
         # consumer loop stops delivering to every agent (4,096 by default)
         stream_buffer_maxsize=65_536,

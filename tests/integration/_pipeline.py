@@ -34,6 +34,8 @@ WORKER_ENV = {
     "WORKER_RETRY_DELAYS_S": "[0.3,0.6,1.2]",
     "WORKER_DOWN_BACKOFF_CAP_S": "1",
     "STOCK_WAIT_UNKNOWN_PRODUCT_S": "4",
+    # the tests wait for commits (`caught_up`), and watch them (parking)
+    "WORKER_COMMIT_INTERVAL_S": "1",
     "LOG_LEVEL": "INFO",
 }
 
