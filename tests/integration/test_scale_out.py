@@ -237,7 +237,7 @@ def test_workers_join_and_leave_5_times_during_a_50000_event_load(pipeline: Pipe
         poll(lambda: sent() == EMAILS, timeout=180, interval=1, what="every email sent")
         settled_s = time.monotonic() - started
 
-        # the stock figures: KNOWN DEFECT (issue 14's note): in 2 of 5 runs so far, 30-48 of 200
+        # the stock figures: KNOWN DEFECT (issue 14's note): in 2 of 8 runs so far, 30-48 of 200
         # products ended with the stock role's figure (products.stock, its latest stock_after)
         # 1-30 units off the sum of their movements (which were right), with gaps in their
         # movement sequences: a record applied twice to the stock table across a handover.
