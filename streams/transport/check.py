@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import faust
 from faust.transport import consumer as faust_consumer
+from faust.transport import producer as faust_producer
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -32,6 +33,8 @@ _METHODS = (
     (faust.Stream, "take_events"),
     (faust.Stream, "maybe_start"),
     (faust_aiokafka.Producer, "_settings_extra"),
+    (faust_producer.ProducerBuffer, "_send_pending"),
+    (faust_producer.ProducerBuffer, "flush_atmost"),
     (faust_aiokafka.AIOKafkaConsumerThread, "seek_wait"),
     (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
     (faust_aiokafka.AIOKafkaConsumerThread, "call_thread"),
@@ -43,6 +46,8 @@ _ATTRIBUTES = (
     (faust_consumer.Consumer, ("_paused_partitions", "_acked", "_acked_index", "_n_acked")),
     (faust_consumer.Consumer, ("_commit_every", "suspend_flow", "consumer_stopped_errors")),
     (faust_consumer.ThreadDelegateConsumer, ("_thread",)),
+    (faust_producer.ProducerBuffer, ("pending", "message_sent", "_handle_pending")),
+    (faust_producer.Producer, ("self.buffer = ProducerBuffer",)),
 )
 
 

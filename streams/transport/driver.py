@@ -4,15 +4,17 @@ configured with a URL instead of having its instances patched."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, ClassVar
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from streams.transport.stream import drain_messages
 
-__all__ = ["SCHEME", "Consumer", "Producer", "Transport", "broker_url"]
+__all__ = ["SCHEME", "Buffer", "Consumer", "Producer", "Transport", "broker_url"]
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,69 @@ class Consumer(faust_aiokafka.Consumer):
         )
 
 
+class Buffer(ProducerBuffer):
+    """faust's buffer of table changelog records, with a flush that waits for all of them.
+
+    faust's `flush` gives up once a record takes more than 0.1 s to reach the Kafka client (its
+    batch full, the broker slow) and does not count the record being handed over; the consumer
+    then commits offsets whose table writes are still in this buffer, and a worker that stops
+    or loses the partition loses them or writes them after the next owner restored the table:
+    the stock table missed or repeated a batch across handovers. Here a flush returns only when
+    every record put before it is in the client (whose own flush then delivers them)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sending = 0
+        self.in_order = asyncio.Lock()  # one hand-over at a time, in the order taken
+
+    async def _send_pending(self, fut: Any) -> None:
+        self.sending += 1  # taken from the queue (no longer in `size`) in the same step
+        try:
+            async with self.in_order:
+                await super()._send_pending(fut)
+        finally:
+            self.sending -= 1
+
+    async def flush(self) -> None:
+        waited = 0.0
+        while self.size or self.sending:
+            if self.state == "crashed":
+                raise RuntimeError(
+                    f"table changelog: {self.size} records not handed to Kafka (buffer crashed)"
+                )
+            if self.should_stop and not self.sending:
+                # stopping: faust's task hands over at most one more record; the rest, here
+                await self._send_pending(self.pending.get_nowait())
+                continue
+            self.message_sent.clear()
+            try:
+                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
+            except TimeoutError:
+                waited += 1
+                if waited % 10 == 0:
+                    log.warning(
+                        "table changelog: %d records still to hand to Kafka after %.0f s",
+                        self.size + self.sending,
+                        waited,
+                    )
+
+    async def flush_atmost(self, max_messages: int | None) -> int:
+        if max_messages is None:  # faust's flush: everything
+            await self.flush()
+            return 0
+        result: int = await super().flush_atmost(max_messages)
+        return result
+
+
 class Producer(faust_aiokafka.Producer):
-    """faust's aiokafka producer asks for idempotence only inside transactions: always here."""
+    """faust's aiokafka producer asks for idempotence only inside transactions: always here;
+    its changelog buffer flushes completely (`Buffer`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        buffer = Buffer(loop=self.loop, beacon=self.beacon)
+        buffer.app = self.app
+        self.buffer = buffer
 
     def _settings_extra(self) -> dict[str, Any]:
         return {"acks": "all", "enable_idempotence": True}
