@@ -14,18 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import threading
 import time
 from collections.abc import Sequence
-from email.message import EmailMessage
+from email.charset import QP, Charset
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import formatdate
 
-from connectors.base import ConnectorError, DependencyDown, Outcome, Settled, send_all
+from connectors.base import APPLIED, ConnectorError, DependencyDown, Outcome, Settled, down, refused
 
 __all__ = ["EmailChannel", "EmailRefused", "EmailSender"]
 
 
 class EmailRefused(ConnectorError):
     """The server refused the message for good (5xx): the address or the content is wrong."""
+
+
+#: bodies in UTF-8, quoted-printable (readable where the text is ASCII)
+_UTF8 = Charset("utf-8")
+_UTF8.body_encoding = QP
+
+
+def _text(body: str, subtype: str) -> Message:
+    part = MIMENonMultipart("text", subtype)
+    part.set_payload(body, _UTF8)
+    return part
 
 
 class _Connection:
@@ -62,8 +77,11 @@ class EmailSender:
         html: str,
         message_id: str,
         headers: dict[str, str] | None = None,
-    ) -> EmailMessage:
-        msg = EmailMessage()
+    ) -> Message:
+        """A multipart/alternative message (text and HTML). Built with the `compat32` MIME
+        classes: the `EmailMessage` API parses every header it is given and took ~0.9 ms a
+        message, most of a channel batch's time (these take ~0.05 ms)."""
+        msg = MIMEMultipart("alternative")
         msg["From"] = self.sender
         msg["To"] = to
         msg["Subject"] = subject
@@ -71,8 +89,8 @@ class EmailSender:
         msg["Message-ID"] = message_id
         for k, v in (headers or {}).items():
             msg[k] = v
-        msg.set_content(text)
-        msg.add_alternative(html, subtype="html")
+        msg.attach(_text(text, "plain"))
+        msg.attach(_text(html, "html"))
         return msg
 
     @staticmethod
@@ -84,7 +102,8 @@ class EmailSender:
             except OSError:
                 pass
 
-    def _send(self, c: _Connection, msg: EmailMessage) -> None:
+    def send_blocking(self, c: _Connection, msg: Message) -> None:
+        """Send `msg` on connection `c` (the calling thread waits for the server)."""
         if c.smtp is not None and time.monotonic() - c.used > self.idle_s:
             self._drop(c)
         try:
@@ -111,38 +130,102 @@ class EmailSender:
             self._drop(c)
             raise DependencyDown(f"SMTP: {type(exc).__name__}: {exc}") from exc
 
-    def _deliver(self, c: _Connection, msg: EmailMessage) -> None:
+    def _deliver(self, c: _Connection, msg: Message) -> None:
         if c.smtp is None:
             c.smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
         c.smtp.send_message(msg)  # a refused recipient leaves the session reset (RSET)
         c.used = time.monotonic()
 
-    async def send(self, msg: EmailMessage) -> None:
-        """Send on the first free connection of the pool (waits while all are busy)."""
+    async def acquire(self) -> _Connection:
+        """A free connection of the pool (waits while all are busy)."""
         if self._free is None:
             self._free = asyncio.Queue()
             for c in self._connections:
                 self._free.put_nowait(c)
-        c = await self._free.get()
+        return await self._free.get()
+
+    def release(self, c: _Connection) -> None:
+        assert self._free is not None
+        self._free.put_nowait(c)
+
+    async def send(self, msg: Message) -> None:
+        """Send on the first free connection of the pool (waits while all are busy)."""
+        c = await self.acquire()
         try:
-            await asyncio.to_thread(self._send, c, msg)
+            await asyncio.to_thread(self.send_blocking, c, msg)
         finally:
-            self._free.put_nowait(c)
+            self.release(c)
 
 
 class EmailChannel:
     """The email channel's sink: a batch of messages sent on the sender's pool of connections,
     each outcome settled as soon as it is known (a crash repeats at most the messages in flight,
-    each recognisable by its Message-ID); a 5xx is a refusal, an unreachable server is down."""
+    each recognisable by its Message-ID); a 5xx is a refusal, an unreachable server is down.
+
+    Each connection of the pool sends a run of the batch's messages from one thread (taking the
+    next message when it is done with one), as a plain SMTP client would: a hand-over to a thread
+    per message cost a quarter of the sending rate. Once the server is found down, the messages
+    not yet tried are answered down without trying."""
 
     def __init__(self, sender: EmailSender) -> None:
         self.sender = sender
 
     async def write_batch(
-        self, items: Sequence[EmailMessage], settled: Settled | None = None
+        self, items: Sequence[Message], settled: Settled | None = None
     ) -> list[Outcome]:
-        async def send(msg: object) -> None:
-            assert isinstance(msg, EmailMessage)
-            await self.sender.send(msg)
+        if not items:
+            return []
+        sender = self.sender
+        loop = asyncio.get_running_loop()
+        results: list[Outcome | None] = [None] * len(items)
+        known: asyncio.Queue[tuple[int, Outcome | BaseException]] = asyncio.Queue()
+        lock = threading.Lock()
+        queue = iter(range(len(items)))
+        outage: list[str] = []
 
-        return await send_all(items, send, EmailRefused, settled)
+        def run(c: _Connection) -> None:
+            while True:
+                with lock:
+                    i = next(queue, None)
+                if i is None:
+                    return
+                result: Outcome | BaseException
+                if outage:
+                    result = down(outage[0])
+                else:
+                    try:
+                        sender.send_blocking(c, items[i])
+                        result = APPLIED
+                    except DependencyDown as exc:
+                        outage.append(str(exc))
+                        result = down(str(exc))
+                    except EmailRefused as exc:
+                        result = refused(str(exc), type(exc).__name__)
+                    except Exception as exc:  # noqa: BLE001 - raised by the caller below
+                        result = exc
+                loop.call_soon_threadsafe(known.put_nowait, (i, result))
+
+        connections = [await sender.acquire() for _ in range(min(sender.pool_size, len(items)))]
+        runs = [asyncio.ensure_future(asyncio.to_thread(run, c)) for c in connections]
+        failure: BaseException | None = None
+        # outcomes settled concurrently: the caller writes those known by then as one group
+        settling: list[asyncio.Future[None]] = []
+        try:
+            for _ in items:
+                i, result = await known.get()
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                    continue
+                results[i] = result
+                if settled is not None:
+                    settling.append(asyncio.ensure_future(settled(i, result)))
+            for err in await asyncio.gather(*settling, return_exceptions=True):
+                if isinstance(err, BaseException):
+                    failure = failure or err
+        finally:
+            await asyncio.gather(*runs, return_exceptions=True)
+            for c in connections:
+                sender.release(c)
+        if failure is not None:
+            raise failure
+        return [r for r in results if r is not None]

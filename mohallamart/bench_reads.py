@@ -249,8 +249,12 @@ def _seed(
         while (got := _found(ts, shop)) < n:
             now = time.monotonic()
             if projected_at is None:
+                # searchable in PostgreSQL's eyes: published, in stock (its stock is the stock
+                # role's INITIAL movement, projected), of an approved shop
                 row = conn.execute(
-                    "SELECT count(*) FROM products WHERE shop_id = %s AND status = 'PUBLISHED'",
+                    "SELECT count(*) FROM products p JOIN shopkeepers k USING (shop_id) "
+                    "WHERE p.shop_id = %s AND p.status = 'PUBLISHED' AND p.stock > 0 "
+                    "AND k.status = 'APPROVED'",
                     (shop,),
                 ).fetchone()
                 if row is not None and row[0] >= n:

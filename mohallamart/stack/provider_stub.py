@@ -28,6 +28,13 @@ from urllib.parse import parse_qs, urlsplit
 __all__ = ["ProviderStub", "main"]
 
 
+class _Server(ThreadingHTTPServer):
+    # as a provider's API would: room for a burst of connections (the default listen backlog of
+    # 5 dropped connections under 8 concurrent senders: the client's retry came 1 s later)
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class ProviderStub:
     """The stand-in's state and HTTP server (threads; `stop()` ends it)."""
 
@@ -49,7 +56,7 @@ class ProviderStub:
             record.parent.mkdir(parents=True, exist_ok=True)
             if record.exists():
                 self.requests = [json.loads(x) for x in record.read_text().splitlines() if x]
-        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server = _Server((host, port), self._handler())
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -82,6 +89,10 @@ class ProviderStub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the providers' APIs
+            # headers and body go out in two writes: without this, Nagle's algorithm held the
+            # body back until the client's delayed ACK (~40 ms a request on a kept connection)
+            disable_nagle_algorithm = True
             def _answer(self, status: int, body: Any) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)

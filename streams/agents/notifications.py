@@ -55,7 +55,7 @@ class _Message:
     channel: str
     recipient: str
     key: dict[str, str]  # its outbox row: event id, channel, recipient
-    body: Any  # an EmailMessage, or a provider's payload
+    body: Any  # an email message, or a provider's payload
 
 
 class _Settling:
