@@ -74,6 +74,7 @@ class RegistryDecoder:
     def __init__(self, fetch: Callable[[int], dict[str, Any]]) -> None:
         self._fetch = fetch
         self._parsed: dict[int, Any] = {}
+        self._types: dict[str, str] | None = None
 
     def schema_id(self, payload: bytes | None) -> int:
         if payload is None:
@@ -85,6 +86,16 @@ class RegistryDecoder:
 
     def needs(self, schema_id: int) -> bool:
         return schema_id not in self._parsed
+
+    def type_of(self, schema_id: int) -> str | None:
+        """The event type a loaded writer's schema is for (None: not one of the catalogue's),
+        known without decoding a record: a stage can pass over the types it does not handle."""
+        from schemas.catalog import EVENT_TYPES
+
+        if self._types is None:
+            self._types = {et.record_name: name for name, et in EVENT_TYPES.items()}
+        parsed = self._parsed.get(schema_id)
+        return None if not isinstance(parsed, dict) else self._types.get(str(parsed.get("name")))
 
     def load(self, schema_id: int) -> None:
         """Fetch and parse a writer's schema (blocking; raises what `fetch` raises)."""

@@ -294,8 +294,11 @@ class Guard:
         on_dead_letter: DeadLetterHook | None = None,
         refresh_metadata: Callable[[], Awaitable[None]] | None = None,
         park: bool = True,
+        types: frozenset[str] | None = None,
     ) -> None:
         self.app = app
+        # the event types the stage handles (None: all); others pass without being decoded
+        self.types = types
         self.on_dead_letter = on_dead_letter
         self.refresh_metadata = refresh_metadata
         self.park = park
@@ -356,6 +359,10 @@ class Guard:
                             self.decoder.load, sid
                         ),
                     )
+                if self.types is not None:
+                    kind = self.decoder.type_of(sid)
+                    if kind is not None and kind not in self.types:
+                        continue  # not for this stage (acknowledged with the batch)
                 r.event = self.decoder.decode(r.value)
             except (UndecodableRecord, UnknownSchema) as exc:
                 if not self.owns_decode:

@@ -38,6 +38,7 @@ class Runtime:
         owns_decode: bool = True,
         on_dead_letter: Any = None,
         park: bool = True,
+        types: frozenset[str] | None = None,
     ) -> Guard:
         """The reliability mechanism for one agent; its retry delays can be set per stage. A
         stage with offset markers of its own (`park=False`) retries a record in line."""
@@ -53,6 +54,7 @@ class Runtime:
             on_dead_letter=on_dead_letter,
             refresh_metadata=self.refresh_metadata,
             park=park,
+            types=types,
         )
 
     async def refresh_metadata(self) -> None:

@@ -111,7 +111,8 @@ def install(rt: Runtime) -> None:
     # the projections read (and dead-letter) undecodable bytes of these topics
     # in-line retries, not parking: the table's applied-offset marker would skip a record
     # parked below it after a crash, and the by-shop topic keeps each shop's events in order
-    route_guard = rt.guard("route_stock_events", owns_decode=False, park=False)
+    # (only the types it routes are decoded)
+    route_guard = rt.guard("route_stock_events", owns_decode=False, park=False, types=ROUTED)
     reserve_guard = rt.guard("reserve_stock", park=False)
 
     # --- 1. re-key by shop id -----------------------------------------------------------------
