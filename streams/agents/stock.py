@@ -5,7 +5,9 @@ stock; the decisions are `streams.stock_book.StockBook`'s.
 Exactly once under at-least-once delivery, per batch of the by-shop topic:
 1. every record is decided in order against the table plus the batch's pending writes (nothing is
    written yet); a record at or below its partition's applied-offset marker is skipped (it was
-   applied before a crash);
+   applied before a crash), and so is a copy the router forwarded again (its router read
+   position, header `x-routed-from`, at or below the highest the marker holds for that router
+   input partition);
 2. the derived events (deterministic ids) are produced and their delivery awaited;
 3. only then, per partition: the marker carrying the offset and every entry ("not done"), the
    entries, the marker "done". The changelog keeps a prefix of these after a crash (one partition,
@@ -55,6 +57,8 @@ ROUTED = frozenset(
     }
 )
 TICK = "x-tick"
+#: the router's own read position of a routed record: "<topic>:<partition>:<offset>"
+ROUTED_FROM = "x-routed-from"
 
 
 class _Pending(MutableMapping[str, Any]):
@@ -128,6 +132,8 @@ def install(rt: Runtime) -> None:
                 ("x-source-topic", topic.encode()),
                 ("x-source-partition", str(partition).encode()),
                 ("x-source-offset", str(offset).encode()),
+                # where this router read it: the reserve step knows a copy forwarded again by it
+                (ROUTED_FROM, f"{r.topic}:{r.partition}:{r.offset}".encode()),
             ]
             futures.append(
                 await app.producer.send(
@@ -164,9 +170,26 @@ def install(rt: Runtime) -> None:
         if not marker["done"]:
             for key, value in marker["writes"].items():
                 table[key] = value
-            marker = {"offset": marker["offset"], "done": True}
+            marker = {"offset": marker["offset"], "done": True, "routed": marker.get("routed")}
             table[f"@:{p}"] = marker
-        return marker
+        return {**marker, "routed": dict(marker.get("routed") or {})}
+
+    def _copy(r: Record, routed: dict[str, int]) -> bool:
+        """Whether `r` is a copy the router forwarded again (after a rebalance or a crash it
+        forwards every record since its last commit, however many came since): the highest
+        position applied per router input partition, kept in the partition's marker. One router
+        input partition's records reach this partition in its order (the router forwards in
+        order, on an idempotent producer), and one that starts over starts at a committed offset,
+        whose records were delivered before it: so a position at or below the highest applied is
+        a copy of a record this partition has had."""
+        raw = r.headers.get(ROUTED_FROM)
+        if raw is None:  # a tick, or a record routed before the header existed
+            return False
+        source, _, offset = raw.decode().rpartition(":")
+        if int(offset) <= routed.get(source, -1):
+            return True
+        routed[source] = int(offset)
+        return False
 
     async def reserve(records: list[Record]) -> list[Rejection]:
         now_ms = int(time.time() * 1000)
@@ -182,6 +205,8 @@ def install(rt: Runtime) -> None:
                 markers[p] = _heal(p, r.source)
             if r.offset <= markers[p]["offset"]:
                 continue  # applied before a crash: nothing again
+            if _copy(r, markers[p]["routed"]):
+                continue  # forwarded again by the router: applied already
             view = _Pending(table, batch, r.source)
             book = StockBook(view, wait_unknown_ms=wait_ms)
             try:
@@ -217,10 +242,11 @@ def install(rt: Runtime) -> None:
         # entries, the marker "done". A prefix without "done" is healed from the marker.
         for p, (event, offset, entries) in writes.items():
             _in(event)
-            table[f"@:{p}"] = {"offset": offset, "done": False, "writes": entries}
+            routed = markers[p]["routed"]
+            table[f"@:{p}"] = {"offset": offset, "done": False, "writes": entries, "routed": routed}
             for key, value in entries.items():
                 table[key] = value
-            table[f"@:{p}"] = {"offset": offset, "done": True}
+            table[f"@:{p}"] = {"offset": offset, "done": True, "routed": routed}
         return rejected
 
     @app.agent(by_shop, name="reserve_stock")

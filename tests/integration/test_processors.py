@@ -383,6 +383,90 @@ def test_same_event_twice_one_effect_and_an_older_event_changes_nothing(
     assert p.row("SELECT price_paise FROM products WHERE product_id = %s", a) == (5000,)
 
 
+def test_a_routed_copy_forwarded_again_long_after_is_not_applied_twice(
+    pipeline: Pipeline,
+) -> None:
+    """The stock role's router is at-least-once: after a rebalance or a crash it forwards again
+    every record since its last commit, and a busy product may have had many adjustments since
+    (the scale-out load once doubled 36 restocks of one product this way)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.app import stock_by_shop_topic
+
+    p = pipeline
+    shop = uid("shop")
+    a = _product(p, shop, 10)
+    adjust = [
+        Pipeline.event(
+            "product.stock_adjusted",
+            example("product.stock_adjusted", product_id=a, shop_id=shop, delta=1),
+        )
+        for _ in range(40)
+    ]
+    p.post_batch(adjust)
+    p.wait_row("SELECT stock FROM products WHERE product_id = %s", a, until=lambda r: r[0] == 50)
+    # the first adjustment as the router wrote it to the by-shop topic, written there again
+    topic = stock_by_shop_topic(p.settings)
+    c = Consumer(
+        {
+            "bootstrap.servers": p.settings.kafka_bootstrap,
+            "group.id": f"tests-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
+    first = None
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        highs = {}
+        for n in parts:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, n), timeout=10)
+            if high > low:
+                highs[n] = high
+        c.assign([TopicPartition(topic, n, 0) for n in highs])
+        while highs and first is None:
+            msg = c.poll(10)
+            assert msg is not None, f"timed out reading {topic}"
+            if msg.error():
+                continue
+            if msg.offset() >= highs.get(msg.partition(), 0) - 1:
+                highs.pop(msg.partition(), None)
+            if (
+                msg.key() == shop.encode()
+                and (msg.value() or b"")
+                and str(p.decoder.decode(msg.value())["id"]) == str(adjust[0]["id"])
+            ):
+                first = msg
+    finally:
+        c.close()
+    assert first is not None, "the first adjustment is not in the by-shop topic"
+    prod = Producer({"bootstrap.servers": p.settings.kafka_bootstrap})
+    prod.produce(
+        topic,
+        key=first.key(),
+        value=first.value(),
+        partition=first.partition(),
+        headers=first.headers(),
+    )
+    assert prod.flush(10) == 0
+    after = p.post(
+        "product.stock_adjusted",
+        example("product.stock_adjusted", product_id=a, shop_id=shop, delta=1),
+    )
+    # the adjustment after the copy, in the same partition: its movement projected
+    p.wait_row(
+        "SELECT count(*) FROM inventory_movements WHERE cause_event_id = %s",
+        after["id"],
+        until=lambda r: r[0] == 1,
+    )
+    assert _stock(p, a) == 51, "the copy was applied again"
+    chain = p.rows(
+        "SELECT sequence, stock_after FROM inventory_movements WHERE product_id = %s "
+        "ORDER BY sequence",
+        a,
+    )
+    assert chain == [(n, 10 + n - 1) for n in range(1, 43)]
+
+
 def test_hundred_concurrent_orders_for_ten_units_with_two_stock_workers(
     pipeline: Pipeline,
 ) -> None:
