@@ -301,7 +301,7 @@ def install(rt: Runtime) -> None:
     # A channel's batch is what its connections send in about a second: a rebalance waits for
     # the batches in flight, and a long one would outlast the group's session
     batch = {
-        "EMAIL": s.email_pool_size * 25,
+        "EMAIL": s.email_pool_size * 100,
         "SMS": s.provider_concurrency * 16,
         "PUSH": s.provider_concurrency * 16,
     }
