@@ -1,0 +1,308 @@
+"""Event-time windows: the arithmetic of the analytics role (issue 15), pure: no Kafka, no tables.
+
+Everything here is a function of event times and watermarks, never of the wall clock, so a live
+run, a replay and a test oracle that see the same records (and the same tick records) close the
+same windows at the same points.
+
+- **Periods.** Minutes are UTC minutes; hours and days are calendar periods in `ZONE`
+  (Asia/Kolkata, the marketplace's zone: a day starts at 00:00 IST = 18:30 UTC the day before).
+- **Tumbling** windows (`Tumbling`): one window per period.
+- **Hopping** windows (`Hopping`, 1 h every 5 min): an event updates one pane (5 min, UTC); a
+  window is the sum of the panes it covers, so top-N is computed at read time from panes.
+- **Sessions** (`Sessions`): per key, events less than `gap` apart form one session; an event that
+  bridges two open sessions merges them.
+- **Watermarks** (`Watermarks`): per source partition, the highest event time seen (or granted
+  by a tick record); a stage's watermark is the minimum over its source partitions, so it does
+  not depend on how their records interleave.
+- **Final and late.** A window is final once the watermark passes its end + grace; its final
+  result is emitted once, by `Windows.advance`. An event for a window that is final already is
+  late: it changes nothing and is reported (`Late`), never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "MINUTE_MS",
+    "ZONE",
+    "Final",
+    "Hopping",
+    "Late",
+    "Session",
+    "Sessions",
+    "Tumbling",
+    "Watermarks",
+    "Windows",
+]
+
+ZONE = ZoneInfo("Asia/Kolkata")
+MINUTE_MS = 60_000
+Unit = Literal["minute", "hour", "day"]
+
+
+def _local_floor(t_ms: int, unit: Unit) -> datetime:
+    local = datetime.fromtimestamp(t_ms / 1000, UTC).astimezone(ZONE)
+    if unit == "hour":
+        return local.replace(minute=0, second=0, microsecond=0)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Tumbling:
+    """One window per period: a UTC minute, or an hour or a day in `ZONE`."""
+
+    name: str
+    unit: Unit
+    grace_ms: int
+
+    def bounds(self, t_ms: int) -> tuple[int, int]:
+        """[start, end) of the window holding event time `t_ms` (ms since the epoch)."""
+        if self.unit == "minute":
+            start = t_ms - t_ms % MINUTE_MS
+            return start, start + MINUTE_MS
+        first = _local_floor(t_ms, self.unit)
+        step = timedelta(hours=1) if self.unit == "hour" else timedelta(days=1)
+        # the next period's start in local time (a day may be 23 or 25 h long where DST exists)
+        nxt = (first.replace(tzinfo=None) + step).replace(tzinfo=ZONE)
+        return _ms(first), _ms(nxt)
+
+
+@dataclass(frozen=True)
+class Hopping:
+    """Windows of `size_ms` starting every `step_ms`; an event lands in one pane of `step_ms`."""
+
+    name: str
+    size_ms: int
+    step_ms: int
+    grace_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms % self.step_ms:
+            raise ValueError("a hopping window's size must be a multiple of its step")
+
+    def pane(self, t_ms: int) -> int:
+        """The start of the pane holding `t_ms`."""
+        return t_ms - t_ms % self.step_ms
+
+    def windows_of_pane(self, pane: int) -> list[tuple[int, int]]:
+        """Every window [start, end) the pane starting at `pane` is part of."""
+        n = self.size_ms // self.step_ms
+        return [
+            (s, s + self.size_ms)
+            for s in range(pane - (n - 1) * self.step_ms, pane + 1, self.step_ms)
+        ]
+
+    def panes_of(self, start: int) -> list[int]:
+        return list(range(start, start + self.size_ms, self.step_ms))
+
+
+@dataclass
+class Session:
+    """One browsing session: its first and last event times and its counts."""
+
+    first_ms: int
+    last_ms: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def end_ms(self, gap_ms: int) -> int:
+        """When it ends if nothing more comes: its last event + the gap."""
+        return self.last_ms + gap_ms
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Per key, events less than `gap_ms` apart are one session."""
+
+    name: str
+    gap_ms: int
+    grace_ms: int
+
+
+@dataclass(frozen=True)
+class Final:
+    """A window's final result: emitted once, when the watermark passed its end + grace."""
+
+    window: str  # the window kind's name
+    key: str
+    start_ms: int
+    end_ms: int
+    values: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Late:
+    """An event for a window that was final already: it changes nothing, and is reported."""
+
+    window: str
+    key: str
+    start_ms: int
+    end_ms: int
+    event_ms: int
+    watermark_ms: int
+
+
+class Watermarks:
+    """The highest event time seen (or granted by a tick) per source partition; the stage's
+    watermark is the minimum over every source partition it reads (-1 until each has one)."""
+
+    def __init__(self, sources: Iterable[str]) -> None:
+        self.seen: dict[str, int] = dict.fromkeys(sources, -1)
+
+    def observe(self, source: str, t_ms: int) -> None:
+        if t_ms > self.seen.get(source, -1):
+            self.seen[source] = t_ms
+
+    @property
+    def current(self) -> int:
+        return min(self.seen.values()) if self.seen else -1
+
+
+def _add(into: dict[str, int], values: Mapping[str, int]) -> None:
+    for k, v in values.items():
+        into[k] = into.get(k, 0) + v
+
+
+class Windows:
+    """The current aggregates of one window kind, and what closes them.
+
+    `add` puts an event's values into its window (or pane, or session), unless that is final
+    already: then it answers `Late`. `advance` takes the stage's watermark and answers the
+    windows it made final, each once, in order of end time. The state is plain dicts, so the
+    role can keep it in a changelog-backed table of its own."""
+
+    def __init__(self, kind: Tumbling | Hopping | Sessions) -> None:
+        self.kind = kind
+        self.watermark = -1
+        # tumbling: (key, start) -> values; hopping: (key, pane) -> values
+        self.cells: dict[tuple[str, int], dict[str, int]] = {}
+        # hopping: windows already final, per key: the highest final window start
+        self.final_until: dict[str, int] = {}
+        # sessions: key -> its open sessions, by first event time; and the (first, last) of its
+        # final ones an event could still touch (until the watermark passes last + 2 gaps + grace)
+        self.sessions: dict[str, list[Session]] = {}
+        self.closed: dict[str, list[tuple[int, int]]] = {}
+
+    # --- events ---------------------------------------------------------------------------------
+    def add(self, key: str, t_ms: int, values: Mapping[str, int]) -> Late | None:
+        kind = self.kind
+        if isinstance(kind, Tumbling):
+            start, end = kind.bounds(t_ms)
+            if self._final(end, kind.grace_ms):
+                return Late(kind.name, key, start, end, t_ms, self.watermark)
+            _add(self.cells.setdefault((key, start), {}), values)
+            return None
+        if isinstance(kind, Hopping):
+            pane = kind.pane(t_ms)
+            first_start, first_end = kind.windows_of_pane(pane)[0]
+            if self._final(first_end, kind.grace_ms):
+                # the earliest window holding this pane is final: its result would change
+                return Late(kind.name, key, first_start, first_end, t_ms, self.watermark)
+            _add(self.cells.setdefault((key, pane), {}), values)
+            return None
+        return self._add_session(kind, key, t_ms, values)
+
+    def _final(self, end_ms: int, grace_ms: int) -> bool:
+        return self.watermark >= end_ms + grace_ms
+
+    def _add_session(
+        self, kind: Sessions, key: str, t_ms: int, values: Mapping[str, int]
+    ) -> Late | None:
+        if self._final(t_ms + kind.gap_ms, kind.grace_ms):
+            # any session holding it would have ended (and be final) already
+            return Late(kind.name, key, t_ms, t_ms + kind.gap_ms, t_ms, self.watermark)
+        for first, last in self.closed.get(key, []):
+            if first - kind.gap_ms < t_ms < last + kind.gap_ms:
+                # it would join (or bridge into) a session that is final already
+                return Late(kind.name, key, first, last + kind.gap_ms, t_ms, self.watermark)
+        open_ = self.sessions.get(key, [])
+        touching = [s for s in open_ if s.first_ms - kind.gap_ms < t_ms < s.last_ms + kind.gap_ms]
+        merged = Session(t_ms, t_ms, dict(values))
+        for s in touching:
+            merged.first_ms = min(merged.first_ms, s.first_ms)
+            merged.last_ms = max(merged.last_ms, s.last_ms)
+            _add(merged.counts, s.counts)
+        rest = [s for s in open_ if s not in touching]
+        self.sessions[key] = sorted([*rest, merged], key=lambda s: s.first_ms)
+        return None
+
+    # --- the watermark --------------------------------------------------------------------------
+    def advance(self, watermark_ms: int) -> list[Final]:
+        """Move the watermark (never back) and answer the windows it made final."""
+        if watermark_ms <= self.watermark:
+            return []
+        self.watermark = watermark_ms
+        kind = self.kind
+        out: list[Final] = []
+        if isinstance(kind, Tumbling):
+            for (key, start), values in list(self.cells.items()):
+                _, end = kind.bounds(start)
+                if self._final(end, kind.grace_ms):
+                    out.append(Final(kind.name, key, start, end, dict(values)))
+                    del self.cells[(key, start)]
+        elif isinstance(kind, Hopping):
+            out = self._advance_hopping(kind)
+        else:
+            for key, open_ in list(self.sessions.items()):
+                keep = []
+                for s in open_:
+                    if self._final(s.end_ms(kind.gap_ms), kind.grace_ms):
+                        values = {**s.counts, "duration_ms": s.last_ms - s.first_ms}
+                        out.append(Final(kind.name, key, s.first_ms, s.end_ms(kind.gap_ms), values))
+                        self.closed.setdefault(key, []).append((s.first_ms, s.last_ms))
+                    else:
+                        keep.append(s)
+                if keep:
+                    self.sessions[key] = keep
+                else:
+                    del self.sessions[key]
+            for key, spans in list(self.closed.items()):
+                spans = [
+                    (f, last)
+                    for f, last in spans
+                    if not self._final(last + 2 * kind.gap_ms, kind.grace_ms)
+                ]
+                if spans:
+                    self.closed[key] = spans
+                else:
+                    del self.closed[key]
+        return sorted(out, key=lambda f: (f.end_ms, f.key, f.start_ms))
+
+    def _advance_hopping(self, kind: Hopping) -> list[Final]:
+        out: list[Final] = []
+        by_key: dict[str, set[int]] = {}
+        for key, pane in self.cells:
+            by_key.setdefault(key, set()).add(pane)
+        for key, panes in by_key.items():
+            done = self.final_until.get(key, -(1 << 62))
+            starts = {s for p in panes for s, _ in kind.windows_of_pane(p)}
+            for start in sorted(starts):
+                end = start + kind.size_ms
+                if start <= done or not self._final(end, kind.grace_ms):
+                    continue
+                total: dict[str, int] = {}
+                for p in kind.panes_of(start):
+                    _add(total, self.cells.get((key, p), {}))
+                out.append(Final(kind.name, key, start, end, total))
+                self.final_until[key] = max(self.final_until.get(key, start), start)
+            # a pane no window still open needs is dropped
+            for p in panes:
+                last_start, last_end = kind.windows_of_pane(p)[-1]
+                if self._final(last_end, kind.grace_ms):
+                    del self.cells[(key, p)]
+        return out
+
+    def current(self, key: str) -> dict[int, dict[str, int]]:
+        """The open windows of `key` by start (tumbling: the window; hopping: the panes;
+        sessions: each open session by its first event time)."""
+        if isinstance(self.kind, Sessions):
+            return {s.first_ms: dict(s.counts) for s in self.sessions.get(key, [])}
+        return {start: dict(v) for (k, start), v in self.cells.items() if k == key}

@@ -1,0 +1,181 @@
+"""Event-time windows (streams/windows.py) against a brute-force oracle: periods in the right
+zone, each final result once and equal to a GROUP BY of the events that were not late, late
+events reported and changing nothing, sessions merging when an event bridges two."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import datetime
+
+import pytest
+
+from streams.windows import (
+    MINUTE_MS,
+    Final,
+    Hopping,
+    Late,
+    Sessions,
+    Tumbling,
+    Watermarks,
+    Windows,
+)
+
+H = 60 * MINUTE_MS
+
+
+def ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def test_minutes_are_utc_hours_and_days_are_kolkata_calendar_periods() -> None:
+    t = ms("2026-12-06T10:15:42+00:00")
+    assert Tumbling("1m", "minute", 0).bounds(t) == (
+        ms("2026-12-06T10:15:00+00:00"),
+        ms("2026-12-06T10:16:00+00:00"),
+    )
+    # 10:15 UTC is 15:45 IST: the hour 15:00-16:00 IST
+    assert Tumbling("1h", "hour", 0).bounds(t) == (
+        ms("2026-12-06T09:30:00+00:00"),
+        ms("2026-12-06T10:30:00+00:00"),
+    )
+    # 20:00 UTC on the 6th is 01:30 IST on the 7th: the 7th's day
+    assert Tumbling("1d", "day", 0).bounds(ms("2026-12-06T20:00:00+00:00")) == (
+        ms("2026-12-06T18:30:00+00:00"),
+        ms("2026-12-07T18:30:00+00:00"),
+    )
+
+
+def test_a_final_result_once_when_the_watermark_passes_end_plus_grace_and_late_is_reported() -> (
+    None
+):
+    w = Windows(Tumbling("1m", "minute", grace_ms=10_000))
+    t0 = ms("2026-12-06T10:00:00+00:00")
+    assert w.add("shop_a", t0 + 1_000, {"orders": 1, "revenue_paise": 500}) is None
+    assert w.add("shop_a", t0 + 59_000, {"orders": 1, "revenue_paise": 300}) is None
+    assert w.advance(t0 + MINUTE_MS + 9_999) == []  # within grace: still current
+    assert w.current("shop_a") == {t0: {"orders": 2, "revenue_paise": 800}}
+    assert w.advance(t0 + MINUTE_MS + 10_000) == [
+        Final("1m", "shop_a", t0, t0 + MINUTE_MS, {"orders": 2, "revenue_paise": 800})
+    ]
+    assert w.advance(t0 + MINUTE_MS + 20_000) == []  # once
+    late = w.add("shop_a", t0 + 30_000, {"orders": 1, "revenue_paise": 100})
+    assert late == Late("1m", "shop_a", t0, t0 + MINUTE_MS, t0 + 30_000, t0 + MINUTE_MS + 20_000)
+    assert w.current("shop_a") == {}
+    assert w.advance(t0 + 10 * MINUTE_MS) == []  # the late event changed no final result
+
+
+def test_the_watermark_is_the_minimum_over_the_source_partitions() -> None:
+    marks = Watermarks(["orders:0", "orders:1"])
+    assert marks.current == -1
+    marks.observe("orders:0", 5_000)
+    assert marks.current == -1  # partition 1 has said nothing yet
+    marks.observe("orders:1", 3_000)
+    marks.observe("orders:1", 2_000)  # never back
+    assert marks.current == 3_000
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        Tumbling("1m", "minute", grace_ms=5_000),
+        Tumbling("1h", "hour", grace_ms=60_000),
+        Hopping("trending", size_ms=H, step_ms=5 * MINUTE_MS, grace_ms=30_000),
+    ],
+)
+@pytest.mark.parametrize("seed", range(5))
+def test_shuffled_events_equal_a_group_by_of_those_not_late(
+    kind: Tumbling | Hopping, seed: int
+) -> None:
+    rnd = random.Random(seed)
+    t0 = ms("2026-12-06T09:00:00+00:00")
+    # events in event-time order, then shuffled within and beyond grace on arrival
+    events = sorted(
+        (t0 + rnd.randrange(0, 3 * H), rnd.choice(["a", "b", "c"]), rnd.randrange(1, 5))
+        for _ in range(600)
+    )
+    arrival = sorted(events, key=lambda e: e[0] + rnd.gauss(0, 4 * MINUTE_MS))
+    w = Windows(kind)
+    marks = Watermarks(["p0"])
+    finals: list[Final] = []
+    on_time: list[tuple[int, str, int]] = []
+    late = 0
+    for t, key, n in arrival:
+        if w.add(key, t, {"items": n, "events": 1}) is None:
+            on_time.append((t, key, n))
+        else:
+            late += 1
+        marks.observe("p0", t)
+        finals += w.advance(marks.current)
+    finals += w.advance(t0 + 10 * H)  # everything closes
+    assert 0 < late < len(events)
+    # the oracle: a GROUP BY window of the events that were not late
+    want: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: {"items": 0, "events": 0})
+    for t, key, n in on_time:
+        if isinstance(kind, Tumbling):
+            starts = [kind.bounds(t)[0]]
+        else:
+            starts = [s for s, _ in kind.windows_of_pane(kind.pane(t))]
+        for s in starts:
+            want[(key, s)]["items"] += n
+            want[(key, s)]["events"] += 1
+    got = {(f.key, f.start_ms): dict(f.values) for f in finals}
+    assert len(got) == len(finals), "a window's final result emitted twice"
+    assert got == dict(want)
+
+
+def test_sessions_close_after_the_gap_and_an_event_bridging_two_merges_them() -> None:
+    gap = 30 * MINUTE_MS
+    w = Windows(Sessions("sessions", gap_ms=gap, grace_ms=0))
+    t0 = ms("2026-12-06T09:00:00+00:00")
+    w.add("s1", t0, {"page_views": 1})
+    w.add("s1", t0 + 40 * MINUTE_MS, {"searches": 1})
+    assert sorted(w.current("s1")) == [t0, t0 + 40 * MINUTE_MS]  # 40 min apart: two sessions
+    w.add("s1", t0 + 20 * MINUTE_MS, {"add_to_cart": 1})  # late in arrival, bridges them
+    assert list(w.current("s1")) == [t0]
+    assert w.advance(t0 + 40 * MINUTE_MS + gap - 1) == []
+    (final,) = w.advance(t0 + 40 * MINUTE_MS + gap)
+    assert final == Final(
+        "sessions",
+        "s1",
+        t0,
+        t0 + 40 * MINUTE_MS + gap,
+        {"page_views": 1, "searches": 1, "add_to_cart": 1, "duration_ms": 40 * MINUTE_MS},
+    )
+    assert isinstance(w.add("s1", t0 + 50 * MINUTE_MS, {"page_views": 1}), Late)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_shuffled_session_events_equal_gap_splitting_of_those_not_late(seed: int) -> None:
+    rnd = random.Random(seed)
+    gap = 30 * MINUTE_MS
+    kind = Sessions("sessions", gap_ms=gap, grace_ms=2 * MINUTE_MS)
+    t0 = ms("2026-12-06T09:00:00+00:00")
+    events = sorted((t0 + rnd.randrange(0, 6 * H), f"s{rnd.randrange(6)}") for _ in range(300))
+    arrival = sorted(events, key=lambda e: e[0] + rnd.gauss(0, 10 * MINUTE_MS))
+    w = Windows(kind)
+    high = -1
+    finals: list[Final] = []
+    on_time: dict[str, list[int]] = defaultdict(list)
+    for t, key in arrival:
+        if w.add(key, t, {"events": 1}) is None:
+            on_time[key].append(t)
+        high = max(high, t)
+        finals += w.advance(high)
+    finals += w.advance(t0 + 20 * H)
+    # the oracle: per key, the on-time events split where two are a gap or more apart
+    want = set()
+    for key, times in on_time.items():
+        times.sort()
+        first = prev = times[0]
+        n = 1
+        for t in times[1:]:
+            if t - prev >= gap:
+                want.add((key, first, prev, n))
+                first, n = t, 0
+            prev = t
+            n += 1
+        want.add((key, first, prev, n))
+    got = {(f.key, f.start_ms, f.end_ms - gap, f.values["events"]) for f in finals}
+    assert len(got) == len(finals)
+    assert got == want
