@@ -260,6 +260,7 @@ class StockBook:
                     "items": accepted,
                     "total_paise": order["total_paise"],
                     "cause_event_id": cause["id"],
+                    "session_id": order.get("session_id"),
                 },
             )
         )
@@ -442,6 +443,7 @@ def _order_of(event: dict[str, Any]) -> dict[str, Any]:
         "user_id": d["user_id"],
         "items": items,
         "total_paise": int(d["total_paise"]),
+        "session_id": d.get("session_id"),
         "cause": {
             "id": str(event["id"]),
             "type": event["type"],

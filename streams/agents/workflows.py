@@ -66,7 +66,8 @@ def _purchase(ev: dict[str, Any]) -> dict[str, Any]:
     """The analytics event of an accepted order (the revenue the seeds' trackAnalytics kept)."""
     d = ev["data"]
     return {
-        "session_id": f"order-{d['order_id']}",
+        # the order's browsing session, so search -> purchase conversion joins on it
+        "session_id": d.get("session_id") or f"order-{d['order_id']}",
         "user_id": d["user_id"],
         "kind": "PURCHASE",
         "page": None,
@@ -186,7 +187,8 @@ async def _derive(conn: Any, ev: dict[str, Any], r: Record) -> list[_Derived]:
             step, data = fill(notice, facts, user)
             out.append(("notification.requested", step, data, user))
     if t == "order.accepted":
-        out.append(("analytics.tracked", "analytics", _purchase(ev), f"order-{d['order_id']}"))
+        purchase = _purchase(ev)  # keyed by its session, as every analytics.tracked
+        out.append(("analytics.tracked", "analytics", purchase, purchase["session_id"]))
     return out
 
 

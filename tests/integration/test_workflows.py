@@ -12,7 +12,7 @@ import pytest
 from schemas.catalog import TOPICS
 from streams.agents.notifications import CHANNELS, channel_topic
 from streams.agents.workflows import derived_id
-from tests.integration._pipeline import Pipeline, example, uid
+from tests.integration._pipeline import Pipeline, example, order_created, uid
 from tests.integration._support import poll
 from tests.integration.test_notifications import (
     _drained,
@@ -298,3 +298,23 @@ def test_accepted_orders_are_tracked_cancellations_and_refunds_notify(
     assert len(_subjects(p, address, f"Your order {cancelled} is cancelled")) == 1
     assert _subjects(p, other_mail, "Your order") == []
     assert len(_subjects(p, address, f"Refund of ₹52.00 for order {kept}")) == 1
+
+
+def test_a_purchase_joins_the_browsing_session_its_order_was_placed_in(pipeline: Pipeline) -> None:
+    p = pipeline
+    owner, _, _ = _register(p)
+    customer, _, _ = _register(p)
+    shop, pid = _shop_with_product(p, owner, stock=5)
+    session, oid = uid("sess"), uid("ord")
+    ev = order_created(oid, shop, {pid: 1})
+    ev["data"].update(user_id=customer, session_id=session)
+    p.post_event(ev)
+    accepted = _order_event(p, "order.accepted", oid)
+    assert accepted["data"]["session_id"] == session
+    (purchase,) = poll(
+        lambda: p.events_of(TOPICS["analytics"].name, "analytics.tracked", [session]) or None,
+        timeout=60,
+        what="the PURCHASE in its session",
+    )
+    d = purchase["data"]
+    assert (d["kind"], d["order_id"], d["session_id"]) == ("PURCHASE", oid, session)

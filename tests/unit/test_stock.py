@@ -156,3 +156,13 @@ def test_lifecycle_tables_name_the_illegal_transition() -> None:
     assert transition(ORDER_TRANSITIONS, done, "PROCESSING") == "COMPLETED"
     with pytest.raises(ValueError, match="allowed from: PROCESSING"):
         transition(ORDER_TRANSITIONS, done, "PENDING")
+
+
+def test_an_accepted_order_carries_its_browsing_session(book: StockBook) -> None:
+    book.apply(ev("product.created", product_id="a", initial_stock=5), 0, 0)
+    placed = order("o1", ("a", 1))
+    placed["data"]["session_id"] = "sess_1"
+    (accepted,) = [d for d in book.apply(placed, 0, 0) if d.type == "order.accepted"]
+    assert accepted.data["session_id"] == "sess_1"
+    (accepted,) = [d for d in book.apply(order("o2", ("a", 1)), 0, 0) if d.type == "order.accepted"]
+    assert accepted.data["session_id"] is None  # optional: a client that gives none
