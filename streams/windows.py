@@ -15,8 +15,9 @@ same windows at the same points.
   by a tick record); a stage's watermark is the minimum over its source partitions, so it does
   not depend on how their records interleave.
 - **Final and late.** A window is final once the watermark passes its end + grace; its final
-  result is emitted once, by `Windows.advance`. An event for a window that is final already is
-  late: it changes nothing and is reported (`Late`), never silently dropped.
+  result is emitted once, by `Windows.advance`. An event is late when its own source
+  partition's watermark had passed its window's end + grace (see `Windows`): it changes nothing
+  and is reported (`Late`), never silently dropped.
 """
 
 from __future__ import annotations
@@ -174,10 +175,18 @@ def _add(into: dict[str, int], values: Mapping[str, int]) -> None:
 class Windows:
     """The current aggregates of one window kind, and what closes them.
 
-    `add` puts an event's values into its window (or pane, or session), unless that is final
-    already: then it answers `Late`. `advance` takes the stage's watermark and answers the
-    windows it made final, each once, in order of end time. The state is plain dicts, so the
-    role can keep it in a changelog-backed table of its own."""
+    `add` puts an event's values into its window (or pane, or session), or answers `Late`.
+    `advance` takes the stage's watermark (the minimum over its source partitions) and answers
+    the windows it made final, each once, in order of end time. The state is plain dicts, so the
+    role can keep it in a changelog-backed table of its own.
+
+    **Late is judged by the event's own source partition**: `seen_ms` is that partition's
+    watermark just before the event (the router stamps it). An event is late when that has
+    passed its window's end + grace (a session event: its own time + grace). Everything the
+    stage knows of that partition came before the event, in the partition's order, so the
+    stage's watermark can have closed the window only if the event is late by this rule: which
+    events count is a function of each source partition alone, never of how the partitions
+    interleave in the stage (live, replay and an oracle agree)."""
 
     def __init__(self, kind: Tumbling | Hopping | Sessions) -> None:
         self.kind = kind
@@ -186,43 +195,34 @@ class Windows:
         self.cells: dict[tuple[str, int], dict[str, int]] = {}
         # hopping: windows already final, per key: the highest final window start
         self.final_until: dict[str, int] = {}
-        # sessions: key -> its open sessions, by first event time; and the (first, last) of its
-        # final ones an event could still touch (until the watermark passes last + 2 gaps + grace)
+        # sessions: key -> its open sessions, by first event time
         self.sessions: dict[str, list[Session]] = {}
-        self.closed: dict[str, list[tuple[int, int]]] = {}
 
     # --- events ---------------------------------------------------------------------------------
-    def add(self, key: str, t_ms: int, values: Mapping[str, int]) -> Late | None:
+    def add(
+        self, key: str, t_ms: int, values: Mapping[str, int], seen_ms: int | None = None
+    ) -> Late | None:
+        """Count an event at `t_ms` whose source partition's watermark was `seen_ms` just
+        before it (None: the stage's own watermark, for a stage with one source)."""
         kind = self.kind
+        seen = self.watermark if seen_ms is None else max(seen_ms, self.watermark)
         if isinstance(kind, Tumbling):
             start, end = kind.bounds(t_ms)
-            if self._final(end, kind.grace_ms):
-                return Late(kind.name, key, start, end, t_ms, self.watermark)
+            if seen >= end + kind.grace_ms:
+                return Late(kind.name, key, start, end, t_ms, seen)
             _add(self.cells.setdefault((key, start), {}), values)
             return None
         if isinstance(kind, Hopping):
             pane = kind.pane(t_ms)
             first_start, first_end = kind.windows_of_pane(pane)[0]
-            if self._final(first_end, kind.grace_ms):
+            if seen >= first_end + kind.grace_ms:
                 # the earliest window holding this pane is final: its result would change
-                return Late(kind.name, key, first_start, first_end, t_ms, self.watermark)
+                return Late(kind.name, key, first_start, first_end, t_ms, seen)
             _add(self.cells.setdefault((key, pane), {}), values)
             return None
-        return self._add_session(kind, key, t_ms, values)
-
-    def _final(self, end_ms: int, grace_ms: int) -> bool:
-        return self.watermark >= end_ms + grace_ms
-
-    def _add_session(
-        self, kind: Sessions, key: str, t_ms: int, values: Mapping[str, int]
-    ) -> Late | None:
-        if self._final(t_ms + kind.gap_ms, kind.grace_ms):
-            # any session holding it would have ended (and be final) already
-            return Late(kind.name, key, t_ms, t_ms + kind.gap_ms, t_ms, self.watermark)
-        for first, last in self.closed.get(key, []):
-            if first - kind.gap_ms < t_ms < last + kind.gap_ms:
-                # it would join (or bridge into) a session that is final already
-                return Late(kind.name, key, first, last + kind.gap_ms, t_ms, self.watermark)
+        if seen >= t_ms + kind.grace_ms:
+            # more than the grace behind its source: a session it touched may be final already
+            return Late(kind.name, key, t_ms, t_ms + kind.gap_ms, t_ms, seen)
         open_ = self.sessions.get(key, [])
         touching = [s for s in open_ if s.first_ms - kind.gap_ms < t_ms < s.last_ms + kind.gap_ms]
         merged = Session(t_ms, t_ms, dict(values))
@@ -233,6 +233,9 @@ class Windows:
         rest = [s for s in open_ if s not in touching]
         self.sessions[key] = sorted([*rest, merged], key=lambda s: s.first_ms)
         return None
+
+    def _final(self, end_ms: int, grace_ms: int) -> bool:
+        return self.watermark >= end_ms + grace_ms
 
     # --- the watermark --------------------------------------------------------------------------
     def advance(self, watermark_ms: int) -> list[Final]:
@@ -257,23 +260,12 @@ class Windows:
                     if self._final(s.end_ms(kind.gap_ms), kind.grace_ms):
                         values = {**s.counts, "duration_ms": s.last_ms - s.first_ms}
                         out.append(Final(kind.name, key, s.first_ms, s.end_ms(kind.gap_ms), values))
-                        self.closed.setdefault(key, []).append((s.first_ms, s.last_ms))
                     else:
                         keep.append(s)
                 if keep:
                     self.sessions[key] = keep
                 else:
                     del self.sessions[key]
-            for key, spans in list(self.closed.items()):
-                spans = [
-                    (f, last)
-                    for f, last in spans
-                    if not self._final(last + 2 * kind.gap_ms, kind.grace_ms)
-                ]
-                if spans:
-                    self.closed[key] = spans
-                else:
-                    del self.closed[key]
         return sorted(out, key=lambda f: (f.end_ms, f.key, f.start_ms))
 
     def _advance_hopping(self, kind: Hopping) -> list[Final]:
