@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -36,9 +36,11 @@ __all__ = [
     "Late",
     "Session",
     "Sessions",
+    "SourceClock",
     "Tumbling",
     "Watermarks",
     "Windows",
+    "tick_due",
 ]
 
 ZONE = ZoneInfo("Asia/Kolkata")
@@ -167,6 +169,56 @@ class Watermarks:
         return min(self.seen.values()) if self.seen else -1
 
 
+class SourceClock:
+    """One source partition's watermark as the router sees it, record by record.
+
+    `stamp` takes a record's event time and answers the watermark just before it (the router
+    stamps it on the forwarded record: lateness is judged by it) and, when the watermark entered
+    a new `mark_every_ms` step, the mark to broadcast to every stage partition (so a stage that
+    gets none of this partition's records still learns its watermark). Both depend only on the
+    partition's records in their order: a replay stamps and marks the same. `grant` is a tick's
+    watermark (a quiet partition), applied at the source offset the tick follows."""
+
+    def __init__(self, watermark_ms: int = -1, *, mark_every_ms: int = 1_000) -> None:
+        self.watermark = watermark_ms
+        self.mark_every_ms = mark_every_ms
+
+    def stamp(self, t_ms: int) -> tuple[int, int | None]:
+        seen = self.watermark
+        return seen, self._raise(t_ms)
+
+    def grant(self, watermark_ms: int) -> int | None:
+        return self._raise(watermark_ms)
+
+    def _raise(self, t_ms: int) -> int | None:
+        before = self.watermark
+        if t_ms <= before:
+            return None
+        self.watermark = t_ms
+        if before < 0 or t_ms // self.mark_every_ms > before // self.mark_every_ms:
+            return t_ms
+        return None
+
+
+def tick_due(
+    *,
+    now_ms: int,
+    last_record_ms: int,
+    caught_up: bool,
+    watermark_ms: int,
+    idle_ms: int,
+    lateness_ms: int,
+) -> int | None:
+    """The watermark a tick should grant a source partition, or None: only once the partition
+    has been quiet for `idle_ms` of wall time (since its last record arrived) and the router has
+    read all of it, and only if that moves its watermark: wall time minus `lateness_ms` (what an
+    event may still arrive behind the clock without being late)."""
+    if not caught_up or now_ms - last_record_ms < idle_ms:
+        return None
+    grant = now_ms - lateness_ms
+    return grant if grant > watermark_ms else None
+
+
 def _add(into: dict[str, int], values: Mapping[str, int]) -> None:
     for k, v in values.items():
         into[k] = into.get(k, 0) + v
@@ -291,6 +343,32 @@ class Windows:
                 if self._final(last_end, kind.grace_ms):
                     del self.cells[(key, p)]
         return out
+
+    # --- state, for the role's changelog record ----------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything this holds, JSON-serialisable: the role writes it, with the partition's
+        applied offset, as one changelog record, so a restart resumes exactly here."""
+        return {
+            "watermark": self.watermark,
+            "cells": [[k, start, v] for (k, start), v in sorted(self.cells.items())],
+            "final_until": dict(self.final_until),
+            "sessions": {
+                k: [[s.first_ms, s.last_ms, s.counts] for s in open_]
+                for k, open_ in sorted(self.sessions.items())
+            },
+        }
+
+    @classmethod
+    def restore(cls, kind: Tumbling | Hopping | Sessions, state: Mapping[str, Any]) -> Windows:
+        w = cls(kind)
+        w.watermark = int(state["watermark"])
+        w.cells = {(str(k), int(start)): dict(v) for k, start, v in state["cells"]}
+        w.final_until = {str(k): int(v) for k, v in state["final_until"].items()}
+        w.sessions = {
+            str(k): [Session(int(f), int(last), dict(c)) for f, last, c in open_]
+            for k, open_ in state["sessions"].items()
+        }
+        return w
 
     def current(self, key: str) -> dict[int, dict[str, int]]:
         """The open windows of `key` by start (tumbling: the window; hopping: the panes;

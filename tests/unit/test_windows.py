@@ -250,3 +250,71 @@ def test_what_counts_does_not_depend_on_how_source_partitions_interleave(
         second = _stage_run(stage, kind, random.Random(seed * 7 + 2))
         assert first == second
         assert first[1], "some events were late"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        Tumbling("1d", "day", grace_ms=MINUTE_MS),
+        Hopping("trending", size_ms=H, step_ms=5 * MINUTE_MS, grace_ms=30_000),
+        Sessions("sessions", gap_ms=30 * MINUTE_MS, grace_ms=5 * MINUTE_MS),
+    ],
+)
+def test_a_restart_from_the_saved_state_gives_the_same_results(
+    kind: Tumbling | Hopping | Sessions,
+) -> None:
+    """The state saved (through JSON, as the changelog record carries it) at random points and
+    restored: the same final results and late events as a run that never stopped."""
+    import json
+
+    rnd = random.Random(11)
+    t0 = ms("2026-12-06T09:00:00+00:00")
+    events = sorted((t0 + rnd.randrange(0, 30 * H), rnd.choice("ab")) for _ in range(400))
+    arrival = sorted(events, key=lambda e: e[0] + rnd.gauss(0, 8 * MINUTE_MS))
+
+    def run(restart_at: set[int]) -> tuple[list[Final], list[Late]]:
+        w = Windows(kind)
+        high = -1
+        finals: list[Final] = []
+        lates: list[Late] = []
+        for i, (t, key) in enumerate(arrival):
+            if i in restart_at:
+                w = Windows.restore(kind, json.loads(json.dumps(w.state())))
+            late = w.add(key, t, {"n": 1}, seen_ms=high)
+            if late is not None:
+                lates.append(late)
+            high = max(high, t)
+            finals += w.advance(high)
+        return finals + w.advance(1 << 60), lates
+
+    assert run(set(rnd.sample(range(len(arrival)), 25))) == run(set())
+
+
+def test_the_router_stamps_the_watermark_before_each_record_and_marks_each_new_second() -> None:
+    from streams.windows import SourceClock
+
+    clock = SourceClock(mark_every_ms=1_000)
+    assert clock.stamp(5_200) == (-1, 5_200)  # the first record: a mark
+    assert clock.stamp(5_900) == (5_200, None)  # the same second
+    assert clock.stamp(4_000) == (5_900, None)  # out of order: the watermark stays
+    assert clock.stamp(6_100) == (5_900, 6_100)  # a new second
+    assert clock.grant(6_050) is None and clock.grant(9_000) == 9_000
+    # a replay of the same records stamps and marks the same
+    again = SourceClock(mark_every_ms=1_000)
+    assert [again.stamp(t) for t in (5_200, 5_900, 4_000, 6_100)] == [
+        (-1, 5_200),
+        (5_200, None),
+        (5_900, None),
+        (5_900, 6_100),
+    ]
+
+
+def test_a_tick_only_for_a_quiet_partition_read_to_its_end() -> None:
+    from streams.windows import tick_due
+
+    base = {"now_ms": 100_000, "watermark_ms": 50_000, "idle_ms": 5_000, "lateness_ms": 10_000}
+    assert tick_due(**base, last_record_ms=96_000, caught_up=True) is None  # not quiet yet
+    assert tick_due(**base, last_record_ms=90_000, caught_up=False) is None  # still reading
+    assert tick_due(**base, last_record_ms=90_000, caught_up=True) == 90_000
+    ahead = {**base, "watermark_ms": 95_000}  # its events ran ahead of the clock: no tick
+    assert tick_due(**ahead, last_record_ms=90_000, caught_up=True) is None
