@@ -21,7 +21,7 @@ from api.metrics import RequestMetrics
 from api.problems import install_handlers
 from api.producer import EventProducer
 from api.reads import ReadSide
-from api.routes import events, health, notifications, reads
+from api.routes import analytics, events, health, notifications, reads
 from api.routes.events import IngestEndpoints
 from connectors.claims import ClaimStore
 from connectors.db import migrate
@@ -169,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(reads.router)
     app.include_router(notifications.router)
+    app.include_router(analytics.router)
     app.add_middleware(RequestMetrics)
     return app
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
 from api.problems import Problem
+from connectors.analytics import read_sales
 from connectors.apikeys import ApiKey
 from connectors.base import ConnectorError, DependencyDown
 from connectors.redis_cache import ViewCache
@@ -140,6 +142,16 @@ class ReadSide:
                 row["items"] = await cur.fetchall()
                 order: dict[str, Any] = row
                 return order
+        except Exception as exc:  # psycopg: PostgreSQL unreachable
+            raise _database_unavailable() from exc
+
+    # --- analytics windows ------------------------------------------------------------------------
+    async def sales(
+        self, shop_id: str, period: str, start: datetime, end: datetime
+    ) -> list[dict[str, Any]]:
+        try:
+            async with self.pool.connection() as conn:
+                return await read_sales(conn, shop_id, period, start, end)
         except Exception as exc:  # psycopg: PostgreSQL unreachable
             raise _database_unavailable() from exc
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import faust
+from prometheus_client import Counter
 
 from schemas.catalog import TOPICS
 from streams.agents._batches import raw_batches, raw_topic, settle
@@ -42,7 +43,7 @@ from streams.transport import in_partition_of
 if TYPE_CHECKING:
     from streams.runtime import Runtime
 
-__all__ = ["ROUTED", "install"]
+__all__ = ["ROUTED", "install", "routed_copy"]
 
 #: what the stock role reads (its own derived events are not routed back)
 ROUTED = frozenset(
@@ -59,6 +60,32 @@ ROUTED = frozenset(
 TICK = "x-tick"
 #: the router's own read position of a routed record: "<topic>:<partition>:<offset>"
 ROUTED_FROM = "x-routed-from"
+COPIES = Counter(
+    "mohallamart_stock_routed_copies_skipped_total",
+    "Records the stock role's router forwarded again (after a rebalance or a crash) that the "
+    "reserve step skipped, per router input partition",
+    ["source"],
+)
+
+
+def routed_copy(headers: Mapping[str, bytes], routed: dict[str, int]) -> bool:
+    """Whether a by-shop record is a copy the router forwarded again (after a rebalance or a
+    crash it forwards every record since its last commit, however many came since), by its
+    router read position (header `x-routed-from`) against `routed`, the highest position applied
+    per router input partition, kept in the partition's marker (and raised here for a record
+    that is not a copy). One router input partition's records reach a by-shop partition in its
+    order (the router forwards in order, on an idempotent producer), and a router that starts
+    over starts at a committed offset, whose records were delivered before it: so a position at
+    or below the highest applied is a copy of a record this partition has had."""
+    raw = headers.get(ROUTED_FROM)
+    if raw is None:  # a tick, or a record routed before the header existed
+        return False
+    source, _, offset = raw.decode().rpartition(":")
+    if int(offset) <= routed.get(source, -1):
+        COPIES.labels(source).inc()
+        return True
+    routed[source] = int(offset)
+    return False
 
 
 class _Pending(MutableMapping[str, Any]):
@@ -174,23 +201,6 @@ def install(rt: Runtime) -> None:
             table[f"@:{p}"] = marker
         return {**marker, "routed": dict(marker.get("routed") or {})}
 
-    def _copy(r: Record, routed: dict[str, int]) -> bool:
-        """Whether `r` is a copy the router forwarded again (after a rebalance or a crash it
-        forwards every record since its last commit, however many came since): the highest
-        position applied per router input partition, kept in the partition's marker. One router
-        input partition's records reach this partition in its order (the router forwards in
-        order, on an idempotent producer), and one that starts over starts at a committed offset,
-        whose records were delivered before it: so a position at or below the highest applied is
-        a copy of a record this partition has had."""
-        raw = r.headers.get(ROUTED_FROM)
-        if raw is None:  # a tick, or a record routed before the header existed
-            return False
-        source, _, offset = raw.decode().rpartition(":")
-        if int(offset) <= routed.get(source, -1):
-            return True
-        routed[source] = int(offset)
-        return False
-
     async def reserve(records: list[Record]) -> list[Rejection]:
         now_ms = int(time.time() * 1000)
         batch: dict[str, Any] = {}
@@ -205,7 +215,7 @@ def install(rt: Runtime) -> None:
                 markers[p] = _heal(p, r.source)
             if r.offset <= markers[p]["offset"]:
                 continue  # applied before a crash: nothing again
-            if _copy(r, markers[p]["routed"]):
+            if routed_copy(r.headers, markers[p]["routed"]):
                 continue  # forwarded again by the router: applied already
             view = _Pending(table, batch, r.source)
             book = StockBook(view, wait_unknown_ms=wait_ms)

@@ -70,3 +70,68 @@ def test_a_window_is_written_idempotently_and_a_final_row_never_changes(
             True,
         )
         assert r["window_start"] == T0 and r["window_end"] == T0 + timedelta(minutes=1)
+
+
+def test_the_api_reads_a_shops_sales_windows_in_their_zone(
+    api: str, settings: Settings, make_key: Any
+) -> None:
+    import httpx
+
+    migrate(settings.postgres_dsn)
+    shop, other = (f"shop_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    hour = 3_600_000
+    # 10:30 UTC is 16:00 IST: the IST hour 16:00-17:00
+    start = _ms(T0 + timedelta(minutes=30))
+
+    async def seed() -> None:
+        async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+            async with conn.transaction():
+                await write_sales(
+                    conn,
+                    [
+                        SalesWindow(
+                            "1h",
+                            shop,
+                            start,
+                            start + hour,
+                            {"revenue_paise": 900, "orders": 2},
+                            True,
+                        ),
+                        SalesWindow(
+                            "1h", shop, start + hour, start + 2 * hour, {"revenue_paise": 50}, False
+                        ),
+                        SalesWindow("1h", other, start, start + hour, {"orders": 1}, False),
+                    ],
+                )
+
+    asyncio.run(seed())
+    span = {"window": "1h", "from": "2026-12-06T15:00:00+05:30", "to": "2026-12-06T20:00:00+05:30"}
+
+    def get(key: str, shop_id: str = shop, **params: str) -> httpx.Response:
+        return httpx.get(
+            f"{api}/v1/analytics/shops/{shop_id}/sales",
+            params={**span, **params},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+
+    for key in (make_key(["read"]), make_key(["read"], principal=f"shop:{shop}")):
+        r = get(key)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["shop_id"], body["window"], body["zone"]) == (shop, "1h", "Asia/Kolkata")
+        got = [
+            (w["window_start"], w["revenue_paise"], w["orders"], w["aov_paise"], w["final"])
+            for w in body["windows"]
+        ]
+        assert got == [
+            ("2026-12-06T16:00:00+05:30", 900, 2, 450, True),
+            ("2026-12-06T17:00:00+05:30", 50, 0, None, False),
+        ]
+    # another shop's key: as if the shop did not exist
+    assert get(make_key(["read"], principal=f"shop:{other}")).status_code == 404
+    bad = get(make_key(["read"]), window="5m")
+    assert bad.status_code == 422
+    naive = get(make_key(["read"]), **{"from": "2026-12-06T10:00:00"})
+    assert naive.status_code == 422 and "zone offset" in naive.text
+    wide = get(make_key(["read"]), window="1m", **{"from": "2026-12-04T00:00:00+05:30"})
+    assert wide.status_code == 422 and "at most 1 day" in wide.text

@@ -102,17 +102,21 @@ def _items(t: Any) -> Any:
 
 
 def _free_port_run(n: int) -> int:
-    """The first of `n` consecutive free ports (the workers' web ports)."""
+    """The first of `n` consecutive free ports (the workers' web ports), below the kernel's
+    ephemeral range: a port taken from that range (as binding port 0 does) can be handed to any
+    process's outgoing connection before the worker binds it, seconds later (seen once in CI:
+    the notifications worker could not bind its web port and started too late)."""
+    import random
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(50):
-        base = free_port()
-        if base + n > 65535:
-            continue
+        base = random.randrange(20_000, max(low, 30_000) - n)
         socks = []
         try:
             for p in range(base, base + n):
                 s = socket.socket()
                 socks.append(s)
-                s.bind(("127.0.0.1", p))
+                s.bind(("0.0.0.0", p))  # noqa: S104 - as the workers bind it
             return base
         except OSError:
             continue

@@ -166,3 +166,23 @@ def test_an_accepted_order_carries_its_browsing_session(book: StockBook) -> None
     assert accepted.data["session_id"] == "sess_1"
     (accepted,) = [d for d in book.apply(order("o2", ("a", 1)), 0, 0) if d.type == "order.accepted"]
     assert accepted.data["session_id"] is None  # optional: a client that gives none
+
+
+def test_a_routed_copy_is_known_by_its_router_read_position() -> None:
+    from streams.agents.stock import routed_copy
+
+    routed: dict[str, int] = {}
+
+    def at(source: str, offset: int) -> dict[str, bytes]:
+        return {"x-routed-from": f"{source}:{offset}".encode()}
+
+    orders, products = "mm.order.events:3", "mm.product.events:0"
+    assert [routed_copy(at(orders, o), routed) for o in (10, 11, 15)] == [False] * 3
+    # the router started over at its committed offset: every copy, however far back, skipped
+    assert [routed_copy(at(orders, o), routed) for o in (11, 12, 15)] == [True] * 3
+    assert routed_copy(at(orders, 16), routed) is False
+    # each router input partition has its own position (a redrive topic is another input)
+    assert routed_copy(at(products, 2), routed) is False
+    assert routed_copy(at("mm.order.events.redrive:3", 1), routed) is False
+    assert routed == {orders: 16, products: 2, "mm.order.events.redrive:3": 1}
+    assert routed_copy({}, routed) is False  # a tick, or routed before the header existed
