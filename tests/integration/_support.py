@@ -31,12 +31,30 @@ def poll(
     raise AssertionError(f"timed out after {timeout} s waiting for {what or probe}: {last_exc!r}")
 
 
-def free_port() -> int:
-    import socket
+_HANDED: set[int] = set()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def free_port() -> int:
+    """A free port for a process of the test to listen on, below the kernel's ephemeral range:
+    a port from that range (as binding port 0 gives) can be taken by any process's outgoing
+    connection before ours binds it (CI once lost a worker to that), one below it cannot."""
+    import random
+    import socket
+    from pathlib import Path
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(20_000, max(low, 30_000))
+        if port in _HANDED:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # noqa: S104 - as the servers bind it
+            except OSError:
+                continue
+        _HANDED.add(port)
+        return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def report(line: str) -> None:
