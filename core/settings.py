@@ -18,12 +18,16 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PROJECT_ROOT", "PLACEHOLDER_SECRET", "Settings", "get_settings"]
+__all__ = ["ANALYTICS_WINDOWS", "PLACEHOLDER_SECRET", "PROJECT_ROOT", "Settings", "get_settings"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_SECRET = "changethis"
 
 Environment = Literal["development", "test", "production"]
+
+
+#: the analytics role's window kinds (each has a grace in `Settings.analytics_grace_s`)
+ANALYTICS_WINDOWS = ("sales_1m", "sales_1h", "sales_1d", "trending", "search_terms", "sessions")
 
 
 class Settings(BaseSettings):
@@ -142,6 +146,29 @@ class Settings(BaseSettings):
     #: how long an order waits for a product the stock role does not know yet, then: rejected
     stock_wait_unknown_product_s: float = Field(10.0, ge=0)
 
+    # --- analytics windows (the analytics role; see streams/agents/analytics.py) ---
+    #: partitions of the analytics role's by-key topic (and its table's changelog)
+    analytics_partitions: int = Field(6, ge=1)
+    #: grace per window kind, seconds: a window is final once the watermark passes its end +
+    #: this; an event for a final window is late (reported, never counted)
+    analytics_grace_s: dict[str, float] = Field(
+        default_factory=lambda: {
+            "sales_1m": 5.0,
+            "sales_1h": 60.0,
+            "sales_1d": 300.0,
+            "trending": 30.0,
+            "search_terms": 30.0,
+            "sessions": 300.0,
+        }
+    )
+    #: a browsing session ends after this long without activity
+    analytics_session_gap_s: float = Field(1800.0, gt=0)
+    #: a source partition quiet this long (wall time), read to its end, gets a tick
+    analytics_tick_idle_s: float = Field(1.0, gt=0)
+    #: drills only: "between-state-and-marker" ends the analytics worker (status 137, as kill -9)
+    #: once, after the window state of a batch is written and before its marker says done
+    analytics_fault: Literal["", "between-state-and-marker"] = ""
+
     # --- notifications ---
     email_from: str = "MohallaMart <no-reply@mohallamart.example>"
     #: SMTP connections the email agent keeps and sends on at once
@@ -207,6 +234,13 @@ class Settings(BaseSettings):
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError(
                 "KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of KAFKA_SESSION_TIMEOUT_MS"
+            )
+        unknown = set(self.analytics_grace_s) - set(ANALYTICS_WINDOWS)
+        missing = set(ANALYTICS_WINDOWS) - set(self.analytics_grace_s)
+        if unknown or missing or any(v < 0 for v in self.analytics_grace_s.values()):
+            raise ValueError(
+                "ANALYTICS_GRACE_S needs a grace of 0 s or more for each window kind: "
+                + ", ".join(ANALYTICS_WINDOWS)
             )
         return self
 

@@ -59,6 +59,25 @@ class SchemaRegistry:
         self._ids[event.name] = int(schema_id)
         return int(schema_id)
 
+    def register_subject(self, subject: str, schema: dict[str, Any]) -> int:
+        """The schema id of `schema` under `subject` (an output topic's), registering it if
+        needed."""
+        cached = self._ids.get(f"subject:{subject}")
+        if cached is not None:
+            return cached
+        try:
+            schema_id = self.client.register_schema(subject, Schema(json.dumps(schema), "AVRO"))
+        except SchemaRegistryError as exc:
+            raise RegistryError(
+                f"registry refused {subject}: {exc.http_status_code} {exc.error_message}"
+            ) from exc
+        except Exception as exc:  # requests/httpx errors: unreachable, timeout
+            raise RegistryUnavailable(
+                f"registry at {self.url} not reachable: {type(exc).__name__}"
+            ) from exc
+        self._ids[f"subject:{subject}"] = int(schema_id)
+        return int(schema_id)
+
     def register_all(self, events: Iterable[EventType]) -> dict[str, int]:
         return {e.name: self.register(e) for e in events}
 

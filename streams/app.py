@@ -1,8 +1,9 @@
 """Build the Faust app of one worker role.
 
-Each role (projections, stock; later cache+search, notifications, analytics) is its own consumer
-group and process, so a dependency that is down pauses only the role that needs it. Several
-processes of one role share its partitions (give each its own WORKER_DATA_DIR and web port).
+Each role (projections, stock, cache, search, workflows, notifications, jobs, analytics) is its
+own consumer group and process, so a dependency that is down pauses only the role that needs
+it. Several processes of one role share its partitions (give each its own WORKER_DATA_DIR and
+web port).
 Every role runs `at_least_once`; its agents make their effects idempotent and go through the one
 reliability mechanism (`streams.reliability.Guard`).
 """
@@ -45,6 +46,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "workflows": ("streams.agents.workflows",),
     "notifications": ("streams.agents.notifications",),
     "jobs": ("streams.agents.jobs",),
+    "analytics": ("streams.agents.analytics",),
 }
 
 
@@ -61,6 +63,17 @@ def worker_topics(settings: Settings) -> list[Topic]:
         out.append(Topic(t.category, dead_letter_topic(t.name), t.partitions, t.key))
         out.append(Topic(t.category, redrive_topic(t.name), t.partitions, t.key))
     out.append(Topic("stock", stock_by_shop_topic(settings), settings.stock_partitions, "shop id"))
+    from schemas.outputs import ANALYTICS_LATE, ANALYTICS_WINDOW
+    from streams.agents.analytics import by_key_topic, ticks_topic
+
+    ns = settings.topic_namespace
+    # the analytics role's: contributions by aggregate and key (retained: a replay of the
+    # windows reads it again), the ticks (retained: replays apply the same), its outputs
+    parts = settings.analytics_partitions
+    out.append(Topic("analytics", by_key_topic(ns), parts, "aggregate:key"))
+    out.append(Topic("analytics", ticks_topic(ns), 1, "source partition"))
+    out.append(Topic("analytics", ANALYTICS_WINDOW.topic(ns), parts, "aggregate:key"))
+    out.append(Topic("analytics", ANALYTICS_LATE.topic(ns), parts, "aggregate:key"))
     from streams.agents.notifications import CHANNELS, channel_topic
 
     for channel in CHANNELS:  # the notifications role's per-channel topics (keyed like requests)

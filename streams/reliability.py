@@ -295,8 +295,11 @@ class Guard:
         refresh_metadata: Callable[[], Awaitable[None]] | None = None,
         park: bool = True,
         types: frozenset[str] | None = None,
+        raw: bool = False,
     ) -> None:
         self.app = app
+        # records of the role's own internal topic (not Avro events): handed over undecoded
+        self.raw = raw
         # the event types the stage handles (None: all); others pass without being decoded
         self.types = types
         self.on_dead_letter = on_dead_letter
@@ -346,6 +349,9 @@ class Guard:
     async def _decode(self, records: list[Record]) -> list[Record]:
         good: list[Record] = []
         for r in records:
+            if self.raw:
+                good.append(r)
+                continue
             if "x-tick" in r.headers:  # the stock role's own timer record: nothing to decode
                 r.event = {"type": "~tick"}
                 good.append(r)

@@ -39,6 +39,7 @@ class Runtime:
         on_dead_letter: Any = None,
         park: bool = True,
         types: frozenset[str] | None = None,
+        raw: bool = False,
     ) -> Guard:
         """The reliability mechanism for one agent; its retry delays can be set per stage. A
         stage with offset markers of its own (`park=False`) retries a record in line."""
@@ -55,6 +56,7 @@ class Runtime:
             refresh_metadata=self.refresh_metadata,
             park=park,
             types=types,
+            raw=raw,
         )
 
     async def refresh_metadata(self) -> None:

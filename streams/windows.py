@@ -249,6 +249,12 @@ class Windows:
         self.final_until: dict[str, int] = {}
         # sessions: key -> its open sessions, by first event time
         self.sessions: dict[str, list[Session]] = {}
+        # the keys whose state changed since `take_dirty` (the role writes only theirs), and
+        # the cells (tumbling windows, hopping panes) `advance` closed, with their values
+        self.dirty: set[str] = set()
+        self.closed: list[tuple[str, int, dict[str, int]]] = []
+        # the lowest watermark at which `advance` can close anything (it does nothing below)
+        self.due = -1
 
     # --- events ---------------------------------------------------------------------------------
     def add(
@@ -263,6 +269,8 @@ class Windows:
             if seen >= end + kind.grace_ms:
                 return Late(kind.name, key, start, end, t_ms, seen)
             _add(self.cells.setdefault((key, start), {}), values)
+            self.dirty.add(key)
+            self._due(end + kind.grace_ms)
             return None
         if isinstance(kind, Hopping):
             pane = kind.pane(t_ms)
@@ -271,6 +279,8 @@ class Windows:
                 # the earliest window holding this pane is final: its result would change
                 return Late(kind.name, key, first_start, first_end, t_ms, seen)
             _add(self.cells.setdefault((key, pane), {}), values)
+            self.dirty.add(key)
+            self._due(first_end + kind.grace_ms)
             return None
         if seen >= t_ms + kind.grace_ms:
             # more than the grace behind its source: a session it touched may be final already
@@ -284,7 +294,13 @@ class Windows:
             _add(merged.counts, s.counts)
         rest = [s for s in open_ if s not in touching]
         self.sessions[key] = sorted([*rest, merged], key=lambda s: s.first_ms)
+        self.dirty.add(key)
+        self._due(merged.end_ms(kind.gap_ms) + kind.grace_ms)
         return None
+
+    def _due(self, at: int) -> None:
+        if self.due < 0 or at < self.due:
+            self.due = at
 
     def _final(self, end_ms: int, grace_ms: int) -> bool:
         return self.watermark >= end_ms + grace_ms
@@ -295,6 +311,8 @@ class Windows:
         if watermark_ms <= self.watermark:
             return []
         self.watermark = watermark_ms
+        if self.due < 0 or watermark_ms < self.due:
+            return []  # nothing can close yet
         kind = self.kind
         out: list[Final] = []
         if isinstance(kind, Tumbling):
@@ -302,7 +320,8 @@ class Windows:
                 _, end = kind.bounds(start)
                 if self._final(end, kind.grace_ms):
                     out.append(Final(kind.name, key, start, end, dict(values)))
-                    del self.cells[(key, start)]
+                    self.closed.append((key, start, self.cells.pop((key, start))))
+                    self.dirty.add(key)
         elif isinstance(kind, Hopping):
             out = self._advance_hopping(kind)
         else:
@@ -312,13 +331,34 @@ class Windows:
                     if self._final(s.end_ms(kind.gap_ms), kind.grace_ms):
                         values = {**s.counts, "duration_ms": s.last_ms - s.first_ms}
                         out.append(Final(kind.name, key, s.first_ms, s.end_ms(kind.gap_ms), values))
+                        self.dirty.add(key)
                     else:
                         keep.append(s)
                 if keep:
                     self.sessions[key] = keep
                 else:
                     del self.sessions[key]
+        self.recompute_due()
         return sorted(out, key=lambda f: (f.end_ms, f.key, f.start_ms))
+
+    def recompute_due(self) -> None:
+        kind = self.kind
+        self.due = -1
+        if isinstance(kind, Tumbling):
+            for _, start in self.cells:
+                self._due(kind.bounds(start)[1] + kind.grace_ms)
+        elif isinstance(kind, Hopping):
+            # the next window to close holds a pane: its first window not final yet
+            for key, pane in self.cells:
+                done = self.final_until.get(key, -(1 << 62))
+                for start, end in kind.windows_of_pane(pane):
+                    if start > done:
+                        self._due(end + kind.grace_ms)
+                        break
+        else:
+            for open_ in self.sessions.values():
+                for s in open_:
+                    self._due(s.end_ms(kind.gap_ms) + kind.grace_ms)
 
     def _advance_hopping(self, kind: Hopping) -> list[Final]:
         out: list[Final] = []
@@ -337,11 +377,17 @@ class Windows:
                     _add(total, self.cells.get((key, p), {}))
                 out.append(Final(kind.name, key, start, end, total))
                 self.final_until[key] = max(self.final_until.get(key, start), start)
+                self.dirty.add(key)
             # a pane no window still open needs is dropped
+            left = len(panes)
             for p in panes:
                 last_start, last_end = kind.windows_of_pane(p)[-1]
                 if self._final(last_end, kind.grace_ms):
-                    del self.cells[(key, p)]
+                    self.closed.append((key, p, self.cells.pop((key, p))))
+                    left -= 1
+            if not left:
+                # no pane left: an event not late can only open windows after the last final
+                self.final_until.pop(key, None)
         return out
 
     # --- state, for the role's changelog record ----------------------------------------------
@@ -368,7 +414,66 @@ class Windows:
             str(k): [Session(int(f), int(last), dict(c)) for f, last, c in open_]
             for k, open_ in state["sessions"].items()
         }
+        w.recompute_due()
         return w
+
+    # --- per key, for the role's table (one entry per key, written when dirty) ---------------
+    def take_dirty(self) -> tuple[set[str], list[tuple[str, int, dict[str, int]]]]:
+        """The keys changed and the cells closed since the last call (then forgotten)."""
+        dirty, closed = self.dirty, self.closed
+        self.dirty, self.closed = set(), []
+        return dirty, closed
+
+    def key_state(self, key: str) -> dict[str, Any] | None:
+        """Everything held for `key`, JSON-serialisable (None: nothing)."""
+        cells = sorted([start, dict(v)] for (k, start), v in self.cells.items() if k == key)
+        sessions = [[s.first_ms, s.last_ms, dict(s.counts)] for s in self.sessions.get(key, [])]
+        if not cells and not sessions:
+            return None
+        out: dict[str, Any] = {"c": cells, "s": sessions}
+        if key in self.final_until:
+            out["f"] = self.final_until[key]
+        return out
+
+    def load_key(self, key: str, state: Mapping[str, Any]) -> None:
+        """Put back what `key_state` gave (the watermark is the caller's)."""
+        for start, values in state["c"]:
+            self.cells[(key, int(start))] = {str(n): int(v) for n, v in values.items()}
+        if state["s"]:
+            self.sessions[key] = [
+                Session(int(f), int(last), {str(n): int(v) for n, v in c.items()})
+                for f, last, c in state["s"]
+            ]
+        if "f" in state:
+            self.final_until[key] = int(state["f"])
+        self.due = 0  # recomputed at the next `advance` that moves the watermark
+
+    def key_states(self, keys: set[str]) -> dict[str, dict[str, Any] | None]:
+        """`key_state` of each of `keys`, in one pass over the cells."""
+        out: dict[str, dict[str, Any] | None] = {}
+        cells: dict[str, list[list[Any]]] = {}
+        for (k, start), v in self.cells.items():
+            if k in keys:
+                cells.setdefault(k, []).append([start, dict(v)])
+        for key in keys:
+            c = sorted(cells.get(key, []), key=lambda x: x[0])
+            sessions = [[s.first_ms, s.last_ms, dict(s.counts)] for s in self.sessions.get(key, [])]
+            if not c and not sessions:
+                out[key] = None
+                continue
+            st: dict[str, Any] = {"c": c, "s": sessions}
+            if key in self.final_until:
+                st["f"] = self.final_until[key]
+            out[key] = st
+        return out
+
+    def cells_of(self, keys: set[str]) -> dict[str, dict[int, dict[str, int]]]:
+        """The open cells (tumbling windows, hopping panes) of `keys`, in one pass."""
+        out: dict[str, dict[int, dict[str, int]]] = {}
+        for (k, start), v in self.cells.items():
+            if k in keys:
+                out.setdefault(k, {})[start] = dict(v)
+        return out
 
     def current(self, key: str) -> dict[int, dict[str, int]]:
         """The open windows of `key` by start (tumbling: the window; hopping: the panes;

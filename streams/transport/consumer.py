@@ -15,6 +15,7 @@ __all__ = [
     "release",
     "committed_offset",
     "fetcher_crash",
+    "highwater",
     "in_partition_of",
     "refresh_metadata",
     "seek",
@@ -100,3 +101,12 @@ def release(app: AppT, event: faust.EventT[Any]) -> None:
     """Acknowledge an event held by `hold` now that it is settled: its offset counts again."""
     event.message.acked = False
     app.consumer.ack(event.message)
+
+
+def highwater(app: AppT, tp: TP) -> int | None:
+    """The end offset of `tp` as the consumer's last fetch saw it (None: not known yet)."""
+    try:
+        value = app.consumer.highwater(tp)
+    except Exception:  # noqa: BLE001 - not assigned, or no fetch yet: not known
+        return None
+    return None if value is None else int(value)

@@ -53,6 +53,7 @@ ROLE_READS = {
     "workflows": ("user", "shopkeeper", "product", "order"),
     "notifications": ("notification",),
     "jobs": ("cleanup",),
+    "analytics": ("order", "analytics"),
 }
 
 

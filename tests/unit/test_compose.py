@@ -27,6 +27,8 @@ APP_SERVICES = (
     "worker-search",
     "worker-workflows",
     "worker-notifications",
+    "worker-jobs",
+    "worker-analytics",
 )
 SECRET_NAME_PARTS = ("PASSWORD", "SECRET", "API_KEY")
 # A whole value that is one compose interpolation: ${VAR}, ${VAR:?message}, ${VAR?message}...

@@ -16,6 +16,8 @@ def test_every_event_topic_has_a_dead_letter_and_a_redrive_topic() -> None:
     assert "mohallamart.order.events.dlq" in names
     assert "mohallamart.order.events.redrive" in names
     assert "mohallamart.stock.by-shop" in names
+    for topic in ("by-key", "ticks", "windows", "late"):
+        assert f"mohallamart.analytics.{topic}" in names
 
 
 def test_the_worker_roles() -> None:
@@ -27,6 +29,7 @@ def test_the_worker_roles() -> None:
         "workflows",
         "notifications",
         "jobs",
+        "analytics",
     }
 
 

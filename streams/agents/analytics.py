@@ -1,0 +1,638 @@
+"""analytics: the analytics role (agents `route_analytics`, `aggregate_windows`; timer
+`tick_quiet_sources`). Event-time windows of our own on changelog-backed tables (faust's windowed
+tables expire windows by the wall clock); the arithmetic is `streams.windows`, `streams.sales`,
+`streams.funnel` and `streams.analytics`.
+
+1. **Route.** `route_analytics` reads the order and analytics topics. Per source partition it
+   keeps a clock (`SourceClock`: the highest event time seen, or granted by a tick) and, per
+   order, what the sales windows counted of it (`OrderSales`), in the table `analytics-router`
+   (partitioned like the source topics). Each event becomes contributions
+   (`streams.analytics.contributions`), forwarded to the by-key topic keyed by aggregate and
+   key, each stamped with its source partition's watermark just before it (lateness is judged
+   by it) and its position (`x-routed-from`: source partition, offset, index). Each time a
+   source partition's watermark enters a new second, a mark goes to every by-key partition.
+2. **Tick.** A source partition quiet for `ANALYTICS_TICK_IDLE_S`, read to its end, gets a tick:
+   a record in the retained ticks topic naming the partition, the offset it follows and the
+   watermark it grants (the wall clock), written before it is applied (a mark to every by-key
+   partition). The router applies the ticks of the topic at the offsets they follow, so a
+   router that reads a partition again stamps and marks exactly as before, and invents no
+   tick: a tick is only written where the router is at the partition's end, and only when it
+   moves the partition's watermark past a window boundary.
+3. **Aggregate.** `aggregate_windows` reads the by-key topic. Per partition, its state
+   (`streams.analytics.StagePartition`: each source partition's watermark, the router
+   positions applied, the windows of its keys) lives in the table `analytics`: one entry per
+   window kind and key, and a marker. A record at or below the marker's offset, or a copy the
+   router forwarded again (position at or below the highest applied from its source), is
+   skipped. After a batch, the windows are advanced to the partition's watermark (the minimum
+   of its source partitions'); then, in order: the rows (current and final) in PostgreSQL, in
+   one transaction; the final results and late events on their topics (delivery awaited);
+   per partition the marker with the batch's entries ("not done"), the entries, the marker
+   "done" (as the stock role: the changelog keeps a prefix after a crash; a marker "not done"
+   is completed from its own copy of the entries). A crash before the marker redoes the batch
+   from the same state: the same rows (values set, never added; a final row never changes)
+   and the same final records (same ids: recognisable duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import faust
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from connectors.analytics import (
+    AnalyticsStore,
+    AnalyticsWrite,
+    LateRow,
+    PaneRow,
+    SalesWindow,
+    SessionRow,
+)
+from connectors.kafka import consumer_config
+from schemas.catalog import TOPICS
+from schemas.codec import EventCodec
+from schemas.outputs import ANALYTICS_LATE, ANALYTICS_WINDOW, Output, late_id, window_id
+from streams.agents._batches import raw_batches, raw_topic, settle
+from streams.analytics import (
+    ROUTED,
+    LateEvent,
+    StagePartition,
+    contributions,
+    window_kinds,
+)
+from streams.reliability import Record, Rejection
+from streams.sales import OrderSales
+from streams.transport import AppPositions, highwater, in_partition_of
+from streams.windows import MINUTE_MS, ZONE, Final, Sessions, SourceClock, Tumbling
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
+
+__all__ = ["by_key_topic", "install", "ticks_topic"]
+
+log = logging.getLogger(__name__)
+
+ROUTED_FROM = "x-routed-from"
+#: a tick's mark comes after every record of the offset it follows: its index is this + W
+TICK_INDEX = 10**13
+#: sales windows: window kind -> the `period` of their rows
+PERIODS = {"sales_1m": "1m", "sales_1h": "1h", "sales_1d": "1d"}
+
+FINALS = Counter(
+    "mohallamart_analytics_final_results_total", "Window final results emitted", ["window"]
+)
+LATE = Counter(
+    "mohallamart_analytics_late_events_total",
+    "Events that came after their window was final (reported, not counted)",
+    ["window"],
+)
+TICKS = Counter(
+    "mohallamart_analytics_ticks_total", "Tick records written for quiet source partitions"
+)
+WATERMARK = Gauge(
+    "mohallamart_analytics_watermark_seconds",
+    "A window stage partition's watermark (event time, seconds since the epoch)",
+    ["partition"],
+)
+FINAL_DELAY = Histogram(
+    "mohallamart_analytics_final_delay_seconds",
+    "Wall time from the watermark reaching a window's end + grace to its final result written",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+
+
+def by_key_topic(namespace: str) -> str:
+    """The analytics role's internal topic: contributions re-keyed by aggregate and key."""
+    return f"{namespace}.analytics.by-key"
+
+
+def ticks_topic(namespace: str) -> str:
+    """The retained topic of tick records (quiet source partitions' watermarks)."""
+    return f"{namespace}.analytics.ticks"
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+class Ticks:
+    """The ticks topic as the router knows it: per source partition its ticks, (offset followed,
+    watermark granted), in order. Read from the topic (whole: it is small) whenever the group's
+    assignment changed, and kept up to date by the ticks this process writes."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.by_source: dict[str, list[tuple[int, int]]] = {}
+        self.generation: int | None = -2
+
+    def read(self) -> None:
+        consumer = Consumer(
+            consumer_config(
+                self.bootstrap,
+                "mohallamart-analytics-ticks-reader",
+                {"enable.auto.commit": False, "enable.partition.eof": False},
+            )
+        )
+        found: dict[str, list[tuple[int, int]]] = {}
+        try:
+            meta = consumer.list_topics(self.topic, timeout=10)
+            for p in meta.topics[self.topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                if high <= 0:
+                    continue
+                consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)])
+                pos = -1
+                deadline = time.monotonic() + 60
+                while pos < high - 1 and time.monotonic() < deadline:
+                    for m in consumer.consume(1000, timeout=1):
+                        if m.error() is not None:
+                            continue
+                        pos = m.offset() or 0
+                        t = orjson.loads(m.value() or b"{}")
+                        found.setdefault(t["source"], []).append(
+                            (int(t["follows"]), int(t["watermark"]))
+                        )
+                if pos < high - 1:
+                    raise TimeoutError(f"reading {self.topic} took more than 60 s")
+        finally:
+            consumer.close()
+        self.by_source = {k: sorted(v) for k, v in found.items()}
+
+    def add(self, source: str, follows: int, watermark: int) -> None:
+        self.by_source.setdefault(source, []).append((follows, watermark))
+
+    def between(self, source: str, low: int, high: int) -> list[tuple[int, int]]:
+        """The ticks of `source` following offsets in [low, high]."""
+        return [t for t in self.by_source.get(source, ()) if low <= t[0] <= high]
+
+
+def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top to bottom
+    app: faust.App = rt.app
+    s = rt.settings
+    ns = s.topic_namespace
+    size, within = s.worker_batch_size, s.worker_batch_window_s
+    kinds = window_kinds(s.analytics_grace_s, s.analytics_session_gap_s)
+    graces = sorted({int(v * 1000) % MINUTE_MS for v in s.analytics_grace_s.values()})
+    by_key_name = by_key_topic(ns)
+    parts = s.analytics_partitions
+    src_topics = [TOPICS["order"].name, TOPICS["analytics"].name]
+    n_src = TOPICS["order"].partitions
+    if TOPICS["analytics"].partitions != n_src:
+        raise ValueError("the order and analytics topics must have as many partitions")
+    sources = [f"{t}:{p}" for t in src_topics for p in range(n_src)]
+    json_schema: Any = faust.Schema(
+        key_type=str, value_type=None, key_serializer="json", value_serializer="json"
+    )
+    # clocks and orders' sales states; one table (one changelog partition per source partition,
+    # so the orders' states, written first, are never behind the clock after a crash)
+    router_table = app.Table("analytics-router", default=None, partitions=n_src, schema=json_schema)
+    table = app.Table("analytics", default=None, partitions=parts, schema=json_schema)
+    ticks = Ticks(s.kafka_bootstrap, ticks_topic(ns))
+    positions = AppPositions(app)
+    store = AnalyticsStore(s.postgres_dsn)
+    route_guard = rt.guard("route_analytics", owns_decode=False, park=False, types=ROUTED)
+    stage_guard = rt.guard("aggregate_windows", park=False, raw=True)
+    lock = asyncio.Lock()  # the router's batches and the ticks, one at a time
+    fault = [s.analytics_fault]
+
+    # --- 1. route ---------------------------------------------------------------------------
+    clocks: dict[str, tuple[int, SourceClock]] = {}  # source -> (offset handled, its clock)
+    last_seen: dict[str, float] = {}  # source -> monotonic time its last record was handled
+
+    async def ensure_ticks() -> None:
+        gen = positions.generation()
+        if gen != ticks.generation:
+            await asyncio.to_thread(ticks.read)
+            ticks.generation = gen
+            clocks.clear()  # read again from the table: another process may have moved them
+
+    def clock_of(source: str, event: faust.EventT[Any] | None) -> tuple[int, SourceClock]:
+        known = clocks.get(source)
+        if known is None:
+            if event is not None:
+                in_partition_of(event)
+            saved = router_table.get(f"clock|{source}")
+            offset, wm = (-1, -1) if saved is None else (int(saved[0]), int(saved[1]))
+            known = clocks[source] = (offset, SourceClock(wm))
+        return known
+
+    def marks(source: str, offset: int, index: int, wm: int) -> list[Any]:
+        value = orjson.dumps({"m": source, "w": wm})
+        pos = f"{source}:{offset}:{index}".encode()
+        return [
+            app.producer.send(
+                by_key_name,
+                b"~mark",
+                value,
+                partition=p,
+                timestamp=wm / 1000,
+                headers=[(ROUTED_FROM, pos)],
+            )
+            for p in range(parts)
+        ]
+
+    def apply_ticks(source: str, low: int, high: int, clock: SourceClock) -> list[Any]:
+        """Grant the ticks following offsets in [low, high]: the marks to send."""
+        sends: list[Any] = []
+        for follows, wm in ticks.between(source, low, high):
+            mark = clock.grant(wm)
+            if mark is not None:
+                sends += marks(source, follows, TICK_INDEX + wm, mark)
+        return sends
+
+    async def send_in_order(sends: list[Any]) -> None:
+        futures = [await f for f in sends]  # queued in order (one partition: kept in order)
+        await asyncio.gather(*futures)  # delivered before the table says "handled"
+
+    async def route(records: list[Record]) -> list[Rejection]:
+        sends: list[Any] = []
+        orders: dict[str, tuple[OrderSales | None, faust.EventT[Any]]] = {}
+        touched: dict[str, faust.EventT[Any]] = {}
+        for r in records:
+            source = f"{r.topic}:{r.partition}"
+            handled, clock = clock_of(source, r.source)
+            if r.offset <= handled:
+                continue  # handled before a crash (the table is ahead of the committed offset)
+            sends += apply_ticks(source, handled, r.offset - 1, clock)
+            ev = r.event
+            state: OrderSales | None = None
+            oid = ""
+            if ev["type"] != "analytics.tracked":
+                oid = str(ev["data"]["order_id"])
+                if oid in orders:
+                    state = orders[oid][0]
+                else:
+                    in_partition_of(r.source)
+                    saved = router_table.get(f"order|{oid}")
+                    state = None if saved is None else OrderSales.from_json(saved)
+            new, out = contributions(ev, state)
+            if oid and new is not state:
+                orders[oid] = (new, r.source)
+            seen, mark = clock.stamp(_ms(ev["occurred_at"]))
+            eid, etype = str(ev["id"]), str(ev["type"])
+            for i, c in enumerate(out):
+                value = orjson.dumps(
+                    {
+                        "a": c.aggregate,
+                        "k": c.key,
+                        "t": c.at_ms,
+                        "v": c.values,
+                        "w": seen,
+                        "s": source,
+                        "e": eid,
+                        "y": etype,
+                    }
+                )
+                sends.append(
+                    app.producer.send(
+                        by_key_name,
+                        f"{c.aggregate}:{c.key}".encode(),
+                        value,
+                        partition=None,
+                        timestamp=c.at_ms / 1000,
+                        headers=[(ROUTED_FROM, f"{source}:{r.offset}:{i}".encode())],
+                    )
+                )
+            if mark is not None:
+                sends += marks(source, r.offset, len(out), mark)
+            clocks[source] = (r.offset, clock)
+            touched[source] = r.source
+            last_seen[source] = time.monotonic()
+        await send_in_order(sends)
+        # the orders' states first, then the clocks (one changelog partition per source
+        # partition, in order): a crash never leaves a clock ahead of an order's state
+        for oid, (state, event) in orders.items():
+            if state is not None:
+                in_partition_of(event)
+                router_table[f"order|{oid}"] = state.as_json()
+        for source, event in touched.items():
+            in_partition_of(event)
+            offset, clock = clocks[source]
+            router_table[f"clock|{source}"] = [offset, clock.watermark]
+        return []
+
+    async def note_positions(records: list[Record]) -> None:
+        """Records of types the router does not read move its position too (a tick follows a
+        partition's last offset); the ticks they pass are granted."""
+        top: dict[str, tuple[int, faust.EventT[Any]]] = {}
+        for r in records:
+            source = f"{r.topic}:{r.partition}"
+            if source not in top or r.offset > top[source][0]:
+                top[source] = (r.offset, r.source)
+        sends: list[Any] = []
+        moved = []
+        for source, (offset, event) in top.items():
+            handled, clock = clock_of(source, event)
+            last_seen[source] = time.monotonic()
+            if offset <= handled:
+                continue
+            sends += apply_ticks(source, handled, offset - 1, clock)
+            clocks[source] = (offset, clock)
+            moved.append((source, event))
+        await send_in_order(sends)
+        for source, event in moved:
+            in_partition_of(event)
+            offset, clock = clocks[source]
+            router_table[f"clock|{source}"] = [offset, clock.watermark]
+
+    async def route_batch(records: list[Record]) -> None:
+        async with lock:
+            await ensure_ticks()
+            await route_guard.process(records, route)
+            await note_positions(records)
+
+    @app.agent(raw_topic(app, *src_topics), name="route_analytics")
+    async def route_analytics(stream: faust.StreamT[Any]) -> None:
+        async for events, records in raw_batches(stream, size, within):
+            await settle(events, route_batch(records))
+
+    # --- 2. tick quiet source partitions -------------------------------------------------------
+    idle = s.analytics_tick_idle_s
+
+    def boundary_passed(before: int, after: int) -> bool:
+        """Whether a window may close between watermarks `before` and `after`: a minute
+        boundary plus a window kind's grace lies in (before, after] (hours, days and panes end
+        on minutes; a session's end falls anywhere: it closes at the next such point)."""
+        if before < 0:
+            return True
+        for g in graces:
+            # the first point m * 60 s + g above `before`
+            k = (before - g) // MINUTE_MS + 1
+            if k * MINUTE_MS + g <= after:
+                return True
+        return False
+
+    @app.timer(0.25)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def tick_quiet_sources() -> None:
+        if lock.locked():
+            return
+        async with lock:
+            try:
+                await ensure_ticks()
+            except Exception as exc:  # noqa: BLE001 - Kafka not reachable: next time
+                log.warning("analytics: reading the ticks topic failed: %s", exc)
+                return
+            now_mono, now_ms = time.monotonic(), int(time.time() * 1000)
+            for tp in app.assignor.assigned_actives():
+                if tp.topic not in src_topics:
+                    continue
+                source = f"{tp.topic}:{tp.partition}"
+                handled, clock = clock_of(source, None)
+                # ticks of the topic at this offset (a restart): granted before deciding
+                await send_in_order(apply_ticks(source, handled, handled, clock))
+                end = highwater(app, tp)
+                if end is None or handled != end - 1:
+                    continue  # not read to its end (or no fetch yet)
+                if now_mono - last_seen.get(source, 0.0) < idle:
+                    continue
+                grant = now_ms - now_ms % 1000
+                if grant <= clock.watermark or not boundary_passed(clock.watermark, grant):
+                    continue
+                tick = {"source": source, "follows": handled, "watermark": grant}
+                await send_in_order(
+                    [
+                        app.producer.send(
+                            ticks_topic(ns),
+                            source.encode(),
+                            orjson.dumps(tick),
+                            partition=0,
+                            timestamp=grant / 1000,
+                            headers=[],
+                        )
+                    ]
+                )
+                TICKS.inc()
+                ticks.add(source, handled, grant)
+                # granted (its marks sent); the clock's entry follows with the next record
+                await send_in_order(apply_ticks(source, handled, handled, clock))
+
+    # --- 3. aggregate --------------------------------------------------------------------------
+    stage: dict[int, StagePartition] = {}
+    stage_gen: list[int | None] = [-2]
+    codecs: dict[str, tuple[int, EventCodec]] = {}
+
+    async def codec(output: Output) -> tuple[int, EventCodec]:
+        known = codecs.get(output.suffix)
+        if known is None:
+            sid = await asyncio.to_thread(
+                rt.registry.register_subject, output.subject(ns), output.schema
+            )
+            known = codecs[output.suffix] = (sid, EventCodec(output.schema))
+        return known
+
+    def put(key: str, value: Any) -> None:
+        if value is None:
+            if key in table:
+                del table[key]
+        else:
+            table[key] = value
+
+    def load(p: int, event: faust.EventT[Any]) -> StagePartition:
+        """Partition `p`'s state from the table (a marker "not done" completed first)."""
+        in_partition_of(event)
+        marker = table.get(f"@:{p}")
+        if isinstance(marker, dict) and not marker.get("done", True):
+            for key, value in marker["writes"].items():
+                put(key, value)
+            marker = {k: v for k, v in marker.items() if k != "writes"} | {"done": True}
+            table[f"@:{p}"] = marker
+        part = StagePartition(kinds, sources, marker if isinstance(marker, dict) else None)
+        prefix = f"w:{p}:"
+        part.load((k[len(prefix) :], v) for k, v in table.items() if k.startswith(prefix) and v)
+        part.take_changes()
+        return part
+
+    async def aggregate(records: list[Record]) -> list[Rejection]:
+        gen = positions.generation()
+        if gen != stage_gen[0]:
+            stage.clear()  # read again from the table: another process may have moved it
+            stage_gen[0] = gen
+        touched: dict[int, faust.EventT[Any]] = {}
+        late: list[LateEvent] = []
+        try:
+            for r in records:
+                p = r.partition
+                part = stage.get(p)
+                if part is None:
+                    part = stage[p] = load(p, r.source)
+                if r.offset <= part.offset:
+                    continue  # applied before a crash
+                touched[p] = r.source
+                routed = r.headers.get(ROUTED_FROM)
+                if not part.copy_of_applied(None if routed is None else routed.decode()):
+                    late += part.apply(orjson.loads(r.value or b"{}"))
+                part.offset = r.offset
+            await emit(touched, late)
+        except BaseException:
+            for p in touched:
+                stage.pop(p, None)  # what the table holds is the truth: read it again
+            raise
+        return []
+
+    async def emit(touched: dict[int, faust.EventT[Any]], late: list[LateEvent]) -> None:
+        finals: list[Final] = []
+        entries: dict[int, dict[str, Any]] = {}
+        w = AnalyticsWrite([], [], [], [], [], {})
+        now = time.time()
+        for p in touched:
+            part = stage[p]
+            closed = part.close()
+            finals += closed
+            ent, dirty, cells = part.take_changes()
+            entries[p] = ent
+            w.watermarks[p] = part.watermark
+            if part.watermark >= 0:
+                WATERMARK.labels(str(p)).set(part.watermark / 1000)
+            _rows(part, dirty, cells, closed, w)
+            for f in closed:
+                FINALS.labels(f.window).inc()
+                due = f.end_ms + kinds[f.window].grace_ms
+                FINAL_DELAY.observe(max(0.0, now - due / 1000))
+        for x in late:
+            lt = x.late
+            LATE.labels(lt.window).inc()
+            w.late.append(
+                LateRow(
+                    late_id(x.event_id, lt.window),
+                    x.event_id,
+                    x.event_type,
+                    lt.window,
+                    lt.key,
+                    lt.start_ms,
+                    lt.end_ms,
+                    lt.event_ms,
+                    lt.watermark_ms,
+                )
+            )
+        await store.write(w)
+        sends: list[Any] = []
+        if finals:
+            sid, wc = await codec(ANALYTICS_WINDOW)
+            for f in finals:
+                value = wc.encode(
+                    sid,
+                    {
+                        "id": window_id(f.window, f.key, f.start_ms),
+                        "aggregate": f.window,
+                        "key": f.key,
+                        "window_start": _dt(f.start_ms),
+                        "window_end": _dt(f.end_ms),
+                        "values": {k: int(v) for k, v in f.values.items()},
+                    },
+                )
+                sends.append(
+                    app.producer.send(
+                        ANALYTICS_WINDOW.topic(ns),
+                        f"{f.window}:{f.key}".encode(),
+                        value,
+                        partition=None,
+                        timestamp=f.end_ms / 1000,
+                        headers=[],
+                    )
+                )
+        if late:
+            sid, lc = await codec(ANALYTICS_LATE)
+            for x in late:
+                lt = x.late
+                value = lc.encode(
+                    sid,
+                    {
+                        "id": late_id(x.event_id, lt.window),
+                        "event_id": x.event_id,
+                        "event_type": x.event_type,
+                        "aggregate": lt.window,
+                        "key": lt.key,
+                        "window_start": _dt(lt.start_ms),
+                        "window_end": _dt(lt.end_ms),
+                        "occurred_at": _dt(lt.event_ms),
+                        "watermark": _dt(lt.watermark_ms),
+                        "values": x.values,
+                    },
+                )
+                sends.append(
+                    app.producer.send(
+                        ANALYTICS_LATE.topic(ns),
+                        f"{lt.window}:{lt.key}".encode(),
+                        value,
+                        partition=None,
+                        timestamp=lt.event_ms / 1000,
+                        headers=[],
+                    )
+                )
+        await send_in_order(sends)
+        # per partition, in its changelog partition: the marker with the entries ("not done"),
+        # the entries, the marker "done"
+        for p, event in touched.items():
+            in_partition_of(event)
+            marker = stage[p].marker()
+            writes = {f"w:{p}:{k}": v for k, v in entries[p].items()}
+            table[f"@:{p}"] = {**marker, "done": False, "writes": writes}
+            for key, value in writes.items():
+                put(key, value)
+            if fault[0] == "between-state-and-marker" and writes:
+                fault[0] = ""
+                await app.producer.flush()
+                log.warning("analytics: the drill ends this worker between state and marker")
+                os._exit(137)
+            table[f"@:{p}"] = {**marker, "done": True}
+
+    def _rows(
+        part: StagePartition,
+        dirty: dict[str, set[str]],
+        cells: dict[str, list[tuple[str, int, dict[str, int]]]],
+        closed: list[Final],
+        w: AnalyticsWrite,
+    ) -> None:
+        for kind, period in PERIODS.items():
+            tk = kinds[kind]
+            assert isinstance(tk, Tumbling)
+            for key, opened in part.windows[kind].cells_of(dirty[kind]).items():
+                for start, values in opened.items():
+                    w.sales.append(
+                        SalesWindow(period, key, start, tk.bounds(start)[1], values, False)
+                    )
+            for key, start, values in cells[kind]:
+                w.sales.append(SalesWindow(period, key, start, tk.bounds(start)[1], values, True))
+        for kind in ("trending", "search_terms"):
+            for key, opened in part.windows[kind].cells_of(dirty[kind]).items():
+                for pane, values in opened.items():
+                    w.panes.append(PaneRow(kind, key, pane, values, False))
+            for key, pane, values in cells[kind]:
+                w.panes.append(PaneRow(kind, key, pane, values, True))
+        sessions = part.windows["sessions"]
+        gap = kinds["sessions"]
+        assert isinstance(gap, Sessions)
+        w.sessions_changed += sorted(dirty["sessions"])
+        for key in dirty["sessions"]:
+            for sess in sessions.sessions.get(key, []):
+                w.sessions.append(
+                    _session_row(key, sess.first_ms, sess.last_ms, sess.counts, False)
+                )
+        for f in closed:
+            if f.window == "sessions":
+                w.sessions.append(
+                    _session_row(f.key, f.start_ms, f.end_ms - gap.gap_ms, f.values, True)
+                )
+
+    @app.agent(raw_topic(app, by_key_name, partitions=parts), name="aggregate_windows")
+    async def aggregate_windows(stream: faust.StreamT[Any]) -> None:
+        # at most 500: a partition's marker carries its batch's entries in one changelog record
+        async for events, records in raw_batches(stream, min(size, 500), within):
+            await settle(events, stage_guard.process(records, aggregate))
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _session_row(key: str, first: int, last: int, values: Any, final: bool) -> SessionRow:
+    day = datetime.fromtimestamp(first / 1000, UTC).astimezone(ZONE).date().isoformat()
+    counts = {k: int(v) for k, v in values.items() if k != "duration_ms"}
+    return SessionRow(key, first, last, day, counts, final)

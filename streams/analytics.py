@@ -1,0 +1,244 @@
+"""The analytics role's two steps as plain code (no Kafka, no tables): what the router makes of a
+source event, and what a window stage partition does with what it is sent.
+
+**Router** (`contributions`): an order or `analytics.tracked` event becomes contributions, each
+`(aggregate, key, event time, values)`:
+
+- `sales` (windows `sales_1m`, `sales_1h`, `sales_1d`), key: shop id; from `order.accepted`,
+  `order.cancelled`, `order.refunded` (`streams.sales`: the order's state decides); revenue_paise,
+  orders, items, cancelled_paise, cancelled_orders, refunded_paise;
+- `trending`, key `<shop id>/<product id>`; from `order.accepted` (each product once); units,
+  orders;
+- `search_terms`, key: the search text (trimmed, lower case, spaces collapsed); from
+  `analytics.tracked` SEARCH and SEARCH_RESULT_CLICKED with a query; searches, clicks;
+- `sessions`, key: session id; from `analytics.tracked`; `streams.funnel.session_values`, and
+  `shop:<id>` per event naming a shop.
+
+**Stage partition** (`StagePartition`): the window state of one partition of the by-key topic: its
+source partitions' watermarks (`Watermarks`: the stage's is their minimum), the router positions
+it applied (a copy the router forwarded again is skipped), and one `Windows` per window kind.
+`apply` takes one record; `close` advances the windows to the stage's watermark and answers
+what became final. `entries` gives the table entries of the keys that changed (one per window
+kind and key), `load` puts them back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from streams.funnel import session_values
+from streams.sales import OrderSales, contribution
+from streams.windows import MINUTE_MS, Final, Hopping, Late, Sessions, Tumbling, Windows
+
+__all__ = [
+    "AGGREGATES",
+    "Contribution",
+    "StagePartition",
+    "contributions",
+    "position",
+    "search_term",
+    "window_kinds",
+]
+
+#: aggregate -> the window kinds it feeds
+AGGREGATES: dict[str, tuple[str, ...]] = {
+    "sales": ("sales_1m", "sales_1h", "sales_1d"),
+    "trending": ("trending",),
+    "search_terms": ("search_terms",),
+    "sessions": ("sessions",),
+}
+#: the event types the router reads
+ROUTED = frozenset({"order.accepted", "order.cancelled", "order.refunded", "analytics.tracked"})
+
+
+def window_kinds(
+    grace_s: Mapping[str, float], session_gap_s: float
+) -> dict[str, Tumbling | Hopping | Sessions]:
+    """Every window kind, with its grace."""
+    g = {k: int(v * 1000) for k, v in grace_s.items()}
+    return {
+        "sales_1m": Tumbling("sales_1m", "minute", g["sales_1m"]),
+        "sales_1h": Tumbling("sales_1h", "hour", g["sales_1h"]),
+        "sales_1d": Tumbling("sales_1d", "day", g["sales_1d"]),
+        "trending": Hopping("trending", 60 * MINUTE_MS, 5 * MINUTE_MS, g["trending"]),
+        "search_terms": Hopping("search_terms", 60 * MINUTE_MS, 5 * MINUTE_MS, g["search_terms"]),
+        "sessions": Sessions("sessions", int(session_gap_s * 1000), g["sessions"]),
+    }
+
+
+@dataclass(frozen=True)
+class Contribution:
+    aggregate: str
+    key: str
+    at_ms: int
+    values: dict[str, int]
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def search_term(query: str) -> str:
+    """A search's text as counted: trimmed, lower case, inner spaces collapsed, at most 100
+    characters."""
+    return _SPACES.sub(" ", query.strip().lower())[:100]
+
+
+def _ms(at: Any) -> int:
+    return int(at.timestamp() * 1000) if isinstance(at, datetime) else int(at)
+
+
+def contributions(
+    event: Mapping[str, Any], order: OrderSales | None
+) -> tuple[OrderSales | None, list[Contribution]]:
+    """What `event` adds to the windows, and its order's sales state after it (order events;
+    `order` is that state before it, None for other events)."""
+    t = event["type"]
+    d = event["data"]
+    at = _ms(event["occurred_at"])
+    if t == "analytics.tracked":
+        values = session_values(event)
+        if d.get("shop_id"):
+            values[f"shop:{d['shop_id']}"] = 1
+        out = [Contribution("sessions", str(d["session_id"]), at, values)]
+        query = d.get("query")
+        if query and d["kind"] in ("SEARCH", "SEARCH_RESULT_CLICKED"):
+            term = search_term(str(query))
+            if term:
+                counted = "searches" if d["kind"] == "SEARCH" else "clicks"
+                out.append(Contribution("search_terms", term, at, {counted: 1}))
+        return order, out
+    new, sale = contribution(order, event)
+    if sale is None:
+        return new, []
+    out = [Contribution("sales", sale.shop, sale.at_ms, dict(sale.values))]
+    if t == "order.accepted":
+        units: dict[str, int] = {}
+        for item in d["items"]:
+            pid = str(item["product_id"])
+            units[pid] = units.get(pid, 0) + int(item["quantity"])
+        for pid, n in sorted(units.items()):
+            out.append(
+                Contribution("trending", f"{sale.shop}/{pid}", at, {"units": n, "orders": 1})
+            )
+    return new, out
+
+
+def position(routed_from: str) -> tuple[str, tuple[int, int]]:
+    """(router input partition, (offset, index)) of a header `x-routed-from`:
+    `<topic>:<partition>:<offset>:<index>` (the index of a record among those one source record
+    made; a tick's marks come after every record of its offset)."""
+    rest, _, index = routed_from.rpartition(":")
+    source, _, offset = rest.rpartition(":")
+    return source, (int(offset), int(index))
+
+
+@dataclass
+class LateEvent:
+    late: Late
+    event_id: str
+    event_type: str
+    values: dict[str, int]
+
+
+class StagePartition:
+    """One by-key partition's window state (see the module's doc)."""
+
+    def __init__(
+        self,
+        kinds: Mapping[str, Tumbling | Hopping | Sessions],
+        sources: Iterable[str],
+        marker: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.kinds = kinds
+        self.windows = {name: Windows(kind) for name, kind in kinds.items()}
+        self.sources: dict[str, int] = dict.fromkeys(sources, -1)
+        self.routed: dict[str, list[int]] = {}
+        self.offset = -1
+        if marker is not None:
+            self.offset = int(marker["offset"])
+            self.routed = {k: list(v) for k, v in marker.get("routed", {}).items()}
+            for src, wm in marker.get("sources", {}).items():
+                self.sources[src] = max(self.sources.get(src, -1), int(wm))
+            wm = int(marker.get("watermark", -1))
+            for w in self.windows.values():
+                w.watermark = wm
+
+    @property
+    def watermark(self) -> int:
+        return min(self.sources.values()) if self.sources else -1
+
+    def marker(self) -> dict[str, Any]:
+        """What the partition's marker holds besides its offset."""
+        return {
+            "offset": self.offset,
+            "routed": self.routed,
+            "sources": self.sources,
+            "watermark": self.windows["sales_1m"].watermark,
+        }
+
+    def copy_of_applied(self, routed_from: str | None) -> bool:
+        """Whether a record is a copy the router forwarded again (by its position)."""
+        if routed_from is None:
+            return False
+        source, pos = position(routed_from)
+        last = self.routed.get(source)
+        if last is not None and tuple(pos) <= tuple(last):
+            return True
+        self.routed[source] = list(pos)
+        return False
+
+    def _observe(self, source: str, wm: int) -> None:
+        if wm > self.sources.get(source, -1):
+            self.sources[source] = wm
+
+    def apply(self, record: Mapping[str, Any]) -> list[LateEvent]:
+        """Apply one by-key record: a mark (a source partition's watermark) or a contribution."""
+        if "m" in record:
+            self._observe(str(record["m"]), int(record["w"]))
+            return []
+        at, seen = int(record["t"]), int(record["w"])
+        self._observe(str(record["s"]), max(seen, at))
+        values = {str(k): int(v) for k, v in record["v"].items()}
+        out = []
+        for kind in AGGREGATES[record["a"]]:
+            late = self.windows[kind].add(str(record["k"]), at, values, seen_ms=seen)
+            if late is not None:
+                out.append(LateEvent(late, str(record["e"]), str(record["y"]), values))
+        return out
+
+    def close(self) -> list[Final]:
+        """Advance every window kind to the stage's watermark; what became final."""
+        wm = self.watermark
+        out: list[Final] = []
+        for w in self.windows.values():
+            out.extend(w.advance(wm))
+        return out
+
+    def take_changes(
+        self,
+    ) -> tuple[
+        dict[str, Any], dict[str, set[str]], dict[str, list[tuple[str, int, dict[str, int]]]]
+    ]:
+        """Since the last call: the table entries (`<kind>|<key>` -> its state, None: gone) of
+        the keys that changed, those keys per window kind, and the cells (tumbling windows,
+        hopping panes) closed per window kind, with their values."""
+        entries: dict[str, Any] = {}
+        dirty: dict[str, set[str]] = {}
+        closed: dict[str, list[tuple[str, int, dict[str, int]]]] = {}
+        for name, w in self.windows.items():
+            keys, cells = w.take_dirty()
+            for key, state in w.key_states(keys).items():
+                entries[f"{name}|{key}"] = state
+            dirty[name], closed[name] = keys, cells
+        return entries, dirty, closed
+
+    def load(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Put back table entries (`<kind>|<key>`, state)."""
+        for name_key, state in entries:
+            name, _, key = name_key.partition("|")
+            if name in self.windows:
+                self.windows[name].load_key(key, state)
