@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import psycopg
 from prometheus_client import Counter
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.exceptions import RedisError
 
 from api.problems import Problem
@@ -149,10 +150,15 @@ class ReadSide:
     async def sales(
         self, shop_id: str, period: str, start: datetime, end: datetime
     ) -> list[dict[str, Any]]:
+        return await self.analytics(read_sales, shop_id, period, start, end)  # type: ignore[no-any-return]
+
+    async def analytics(self, read: Any, *args: Any) -> Any:
+        """`read(conn, *args)` of `connectors.analytics` on a pooled connection; PostgreSQL
+        unreachable is a 503."""
         try:
             async with self.pool.connection() as conn:
-                return await read_sales(conn, shop_id, period, start, end)
-        except Exception as exc:  # psycopg: PostgreSQL unreachable
+                return await read(conn, *args)
+        except (OSError, psycopg.OperationalError, PoolTimeout) as exc:
             raise _database_unavailable() from exc
 
     # --- search ----------------------------------------------------------------------------------

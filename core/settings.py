@@ -166,7 +166,8 @@ class Settings(BaseSettings):
     #: a source partition quiet this long (wall time), read to its end, gets a tick
     analytics_tick_idle_s: float = Field(1.0, gt=0)
     #: drills only: "between-state-and-marker" ends the analytics worker (status 137, as kill -9)
-    #: once, after the window state of a batch is written and before its marker says done
+    #: once per data directory, after the window state of a batch is written and before its
+    #: marker says done
     analytics_fault: Literal["", "between-state-and-marker"] = ""
 
     # --- notifications ---

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from core.errors import PipelineError
 from mohallamart.commands import (
+    analytics,
     bench,
     contract,
     db,
@@ -37,7 +38,21 @@ __all__ = ["main"]
 _log = logging.getLogger("mohallamart")
 
 #: the groups, in the order `mohallamart --help` lists them
-_GROUPS = (stack, run, processes, db, keys, dlq, offsets, jobs, search, contract, bench, smtpd)
+_GROUPS = (
+    stack,
+    run,
+    processes,
+    db,
+    keys,
+    dlq,
+    offsets,
+    jobs,
+    analytics,
+    search,
+    contract,
+    bench,
+    smtpd,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -93,6 +93,7 @@ class ProviderStub:
             # headers and body go out in two writes: without this, Nagle's algorithm held the
             # body back until the client's delayed ACK (~40 ms a request on a kept connection)
             disable_nagle_algorithm = True
+
             def _answer(self, status: int, body: Any) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)

@@ -57,8 +57,9 @@ from connectors.analytics import (
 )
 from connectors.kafka import consumer_config
 from schemas.catalog import TOPICS
-from schemas.codec import EventCodec
+from schemas.codec import EventCodec, UndecodableRecord
 from schemas.outputs import ANALYTICS_LATE, ANALYTICS_WINDOW, Output, late_id, window_id
+from schemas.registry import UnknownSchema
 from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.analytics import (
     ROUTED,
@@ -197,10 +198,13 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
     ticks = Ticks(s.kafka_bootstrap, ticks_topic(ns))
     positions = AppPositions(app)
     store = AnalyticsStore(s.postgres_dsn)
-    route_guard = rt.guard("route_analytics", owns_decode=False, park=False, types=ROUTED)
+    # every record (in order: each moves its partition's clock); the router decodes what it reads
+    route_guard = rt.guard("route_analytics", park=False, raw=True)
     stage_guard = rt.guard("aggregate_windows", park=False, raw=True)
     lock = asyncio.Lock()  # the router's batches and the ticks, one at a time
-    fault = [s.analytics_fault]
+    # the drill fires once per data directory (a worker restarted with it set goes on)
+    fired = s.worker_data_dir / rt.role / "analytics-fault-fired"
+    fault = ["" if fired.exists() else s.analytics_fault]
 
     # --- 1. route ---------------------------------------------------------------------------
     clocks: dict[str, tuple[int, SourceClock]] = {}  # source -> (offset handled, its clock)
@@ -251,7 +255,28 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         futures = [await f for f in sends]  # queued in order (one partition: kept in order)
         await asyncio.gather(*futures)  # delivered before the table says "handled"
 
+    async def decoded(r: Record) -> dict[str, Any] | None:
+        """The event of a record the router reads (None: another type, or bytes that do not
+        decode: the projections dead-letter those)."""
+        try:
+            sid = rt.decoder.schema_id(r.value)
+            if rt.decoder.needs(sid):
+                await asyncio.to_thread(rt.decoder.load, sid)  # registry down: retried
+            if rt.decoder.type_of(sid) not in ROUTED:
+                return None
+            return rt.decoder.decode(r.value)
+        except (UndecodableRecord, UnknownSchema):
+            return None
+
     async def route(records: list[Record]) -> list[Rejection]:
+        try:
+            await route_records(records)
+        except BaseException:
+            clocks.clear()  # what the table holds is the truth: read it again
+            raise
+        return []
+
+    async def route_records(records: list[Record]) -> None:
         sends: list[Any] = []
         orders: dict[str, tuple[OrderSales | None, faust.EventT[Any]]] = {}
         touched: dict[str, faust.EventT[Any]] = {}
@@ -261,7 +286,16 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             if r.offset <= handled:
                 continue  # handled before a crash (the table is ahead of the committed offset)
             sends += apply_ticks(source, handled, r.offset - 1, clock)
-            ev = r.event
+            touched[source] = r.source
+            last_seen[source] = time.monotonic()
+            ev = await decoded(r)
+            if ev is None:
+                # not read, but its time (occurred_at, the record's timestamp) moves the clock
+                _, mark = clock.stamp(r.timestamp_ms)
+                if mark is not None:
+                    sends += marks(source, r.offset, 0, mark)
+                clocks[source] = (r.offset, clock)
+                continue
             state: OrderSales | None = None
             oid = ""
             if ev["type"] != "analytics.tracked":
@@ -303,8 +337,6 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             if mark is not None:
                 sends += marks(source, r.offset, len(out), mark)
             clocks[source] = (r.offset, clock)
-            touched[source] = r.source
-            last_seen[source] = time.monotonic()
         await send_in_order(sends)
         # the orders' states first, then the clocks (one changelog partition per source
         # partition, in order): a crash never leaves a clock ahead of an order's state
@@ -316,37 +348,11 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             in_partition_of(event)
             offset, clock = clocks[source]
             router_table[f"clock|{source}"] = [offset, clock.watermark]
-        return []
-
-    async def note_positions(records: list[Record]) -> None:
-        """Records of types the router does not read move its position too (a tick follows a
-        partition's last offset); the ticks they pass are granted."""
-        top: dict[str, tuple[int, faust.EventT[Any]]] = {}
-        for r in records:
-            source = f"{r.topic}:{r.partition}"
-            if source not in top or r.offset > top[source][0]:
-                top[source] = (r.offset, r.source)
-        sends: list[Any] = []
-        moved = []
-        for source, (offset, event) in top.items():
-            handled, clock = clock_of(source, event)
-            last_seen[source] = time.monotonic()
-            if offset <= handled:
-                continue
-            sends += apply_ticks(source, handled, offset - 1, clock)
-            clocks[source] = (offset, clock)
-            moved.append((source, event))
-        await send_in_order(sends)
-        for source, event in moved:
-            in_partition_of(event)
-            offset, clock = clocks[source]
-            router_table[f"clock|{source}"] = [offset, clock.watermark]
 
     async def route_batch(records: list[Record]) -> None:
         async with lock:
             await ensure_ticks()
             await route_guard.process(records, route)
-            await note_positions(records)
 
     @app.agent(raw_topic(app, *src_topics), name="route_analytics")
     async def route_analytics(stream: faust.StreamT[Any]) -> None:
@@ -578,6 +584,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 put(key, value)
             if fault[0] == "between-state-and-marker" and writes:
                 fault[0] = ""
+                fired.write_text(f"{s.analytics_fault} fired at {time.time():.3f}\n")
                 await app.producer.flush()
                 log.warning("analytics: the drill ends this worker between state and marker")
                 os._exit(137)
