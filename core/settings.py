@@ -165,10 +165,11 @@ class Settings(BaseSettings):
     analytics_session_gap_s: float = Field(1800.0, gt=0)
     #: a source partition quiet this long (wall time), read to its end, gets a tick
     analytics_tick_idle_s: float = Field(1.0, gt=0)
-    #: drills only: "between-state-and-marker" ends the analytics worker (status 137, as kill -9)
-    #: once per data directory, after the window state of a batch is written and before its
-    #: marker says done
-    analytics_fault: Literal["", "between-state-and-marker"] = ""
+    #: drills only: end the analytics worker (status 137, as kill -9) once per data directory:
+    #: "between-state-and-marker" after a window batch's state record is written and before
+    #: its entries and marker "done"; "router-after-forward" after the router forwarded a
+    #: batch and before it recorded its clocks (the records come again: copies)
+    analytics_fault: Literal["", "between-state-and-marker", "router-after-forward"] = ""
 
     # --- notifications ---
     email_from: str = "MohallaMart <no-reply@mohallamart.example>"

@@ -94,6 +94,11 @@ LATE = Counter(
     "Events that came after their window was final (reported, not counted)",
     ["window"],
 )
+COPIES = Counter(
+    "mohallamart_analytics_routed_copies_skipped_total",
+    "By-key records the router forwarded again (after a crash or a rebalance) that the window "
+    "stage skipped by their position",
+)
 TICKS = Counter(
     "mohallamart_analytics_ticks_total", "Tick records written for quiet source partitions"
 )
@@ -202,9 +207,19 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
     route_guard = rt.guard("route_analytics", park=False, raw=True)
     stage_guard = rt.guard("aggregate_windows", park=False, raw=True)
     lock = asyncio.Lock()  # the router's batches and the ticks, one at a time
-    # the drill fires once per data directory (a worker restarted with it set goes on)
-    fired = s.worker_data_dir / rt.role / "analytics-fault-fired"
+    # a drill fires once per data directory (a worker restarted with it set goes on)
+    fired = s.worker_data_dir / rt.role / f"analytics-fault-{s.analytics_fault}"
     fault = ["" if fired.exists() else s.analytics_fault]
+
+    async def drill(point: str) -> None:
+        """End the worker here (status 137, as kill -9) if the drill `point` is set."""
+        if fault[0] != point:
+            return
+        fault[0] = ""
+        fired.write_text(f"{point} fired at {time.time():.3f}\n")
+        await app.producer.flush()
+        log.warning("analytics: the drill %s ends this worker", point)
+        os._exit(137)
 
     # --- 1. route ---------------------------------------------------------------------------
     clocks: dict[str, tuple[int, SourceClock]] = {}  # source -> (offset handled, its clock)
@@ -337,7 +352,11 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             if mark is not None:
                 sends += marks(source, r.offset, len(out), mark)
             clocks[source] = (r.offset, clock)
+        forwarded = bool(sends)
         await send_in_order(sends)
+        if forwarded:
+            # forwarded, not recorded: a restart forwards the same records again (copies)
+            await drill("router-after-forward")
         # the orders' states first, then the clocks (one changelog partition per source
         # partition, in order): a crash never leaves a clock ahead of an order's state
         for oid, (state, event) in orders.items():
@@ -472,7 +491,9 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                     continue  # applied before a crash
                 touched[p] = r.source
                 routed = r.headers.get(ROUTED_FROM)
-                if not part.copy_of_applied(None if routed is None else routed.decode()):
+                if part.copy_of_applied(None if routed is None else routed.decode()):
+                    COPIES.inc()
+                else:
                     late += part.apply(orjson.loads(r.value or b"{}"))
                 part.offset = r.offset
             await emit(touched, late)
@@ -580,14 +601,12 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             marker = stage[p].marker()
             writes = {f"w:{p}:{k}": v for k, v in entries[p].items()}
             table[f"@:{p}"] = {**marker, "done": False, "writes": writes}
+            if writes:
+                # the batch's one record (state and offset) is written, its entries and the
+                # marker "done" are not: a restart must complete them from that record
+                await drill("between-state-and-marker")
             for key, value in writes.items():
                 put(key, value)
-            if fault[0] == "between-state-and-marker" and writes:
-                fault[0] = ""
-                fired.write_text(f"{s.analytics_fault} fired at {time.time():.3f}\n")
-                await app.producer.flush()
-                log.warning("analytics: the drill ends this worker between state and marker")
-                os._exit(137)
             table[f"@:{p}"] = {**marker, "done": True}
 
     def _rows(

@@ -618,8 +618,9 @@ class Loaded:
 def loaded(pipeline: Pipeline) -> Iterator[Loaded]:
     """An out-of-order load (each event displaced within the smallest grace) written to an
     analytics worker's own topics, the worker killed with SIGKILL after a third, then ended by
-    the drill between a batch's state and its marker after two thirds; then one event per source
-    partition 3 hours later, which closes every window of the load that can close."""
+    the two drills (the router after forwarding, the window stage between a batch's state and
+    its marker); then one event per source partition 3 hours later, which closes every window
+    of the load that can close."""
     rng = random.Random(15)
     tag = uuid.uuid4().hex[:8]
     iso = start_iso(pipeline, "analytics-iso", ANALYTICS_TICK_IDLE_S="1000000")
@@ -637,14 +638,21 @@ def loaded(pipeline: Pipeline) -> Iterator[Loaded]:
         )
         pipeline.workers.kill9(iso.name)
         pipeline.workers.restart(iso.name)
-        iso.write(events[third : 2 * third])
-        # the second crash: the drill ends the worker between a batch's state and its marker
-        pipeline.workers.stop(iso.name)
-        iso.env["ANALYTICS_FAULT"] = "between-state-and-marker"
-        pipeline.workers.start(iso.name, "analytics", env=iso.env)
-        fired = iso.datadir / "analytics-fault-fired"
-        iso.write(events[2 * third : 2 * third + 100])
-        poll(fired.exists, timeout=90, what="the drill to end the analytics worker")
+        half = third + third // 2
+        iso.write(events[third:half])
+        # drills: the router ended after forwarding a batch, before recording it (it forwards
+        # the same records again: copies); then the window stage ended between a batch's state
+        # and its marker
+        for point, chunk in (
+            ("router-after-forward", events[half : 2 * third]),
+            ("between-state-and-marker", events[2 * third : 2 * third + 100]),
+        ):
+            pipeline.workers.stop(iso.name)
+            iso.env["ANALYTICS_FAULT"] = point
+            pipeline.workers.start(iso.name, "analytics", env=iso.env)
+            iso.write(chunk)
+            fired = iso.datadir / f"analytics-fault-{point}"
+            poll(fired.exists, timeout=90, what=f"the drill {point} to end the analytics worker")
         iso.write(events[2 * third + 100 :])
         watermark = base + timedelta(hours=3)
         iso.write(heartbeats(tag, watermark))
