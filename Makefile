@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-reads profile-workers lock up down status clean-stack
+.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-analytics bench-reads profile-workers lock up down status clean-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench-workers: install ## the workers' benchmark, topic -> PostgreSQL (needs the
 
 profile-workers: install ## where the projections worker's CPU goes per event, fresh and with history (stack up)
 	$(BIN)/mohallamart bench profile-workers
+
+bench-analytics: install ## the analytics role beside plain confluent-kafka and faust's tumbling table (stack up)
+	$(BIN)/mohallamart bench analytics
 
 bench-reads: install ## the read side's benchmark: cache, search, reindex, live clients (stack up)
 	$(BIN)/mohallamart bench reads

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -59,6 +60,18 @@ def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+_QUARTER_MS = 15 * MINUTE_MS
+
+
+@lru_cache(maxsize=8192)
+def _local_bounds(unit: Unit, t_ms: int) -> tuple[int, int]:
+    first = _local_floor(t_ms, unit)
+    step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
+    # the next period's start in local time (a day may be 23 or 25 h long where DST exists)
+    nxt = (first.replace(tzinfo=None) + step).replace(tzinfo=ZONE)
+    return _ms(first), _ms(nxt)
+
+
 @dataclass(frozen=True)
 class Tumbling:
     """One window per period: a UTC minute, or an hour or a day in `ZONE`."""
@@ -72,11 +85,8 @@ class Tumbling:
         if self.unit == "minute":
             start = t_ms - t_ms % MINUTE_MS
             return start, start + MINUTE_MS
-        first = _local_floor(t_ms, self.unit)
-        step = timedelta(hours=1) if self.unit == "hour" else timedelta(days=1)
-        # the next period's start in local time (a day may be 23 or 25 h long where DST exists)
-        nxt = (first.replace(tzinfo=None) + step).replace(tzinfo=ZONE)
-        return _ms(first), _ms(nxt)
+        # every period of ZONE starts on a quarter hour (UTC): one answer per quarter hour
+        return _local_bounds(self.unit, t_ms - t_ms % _QUARTER_MS)
 
 
 @dataclass(frozen=True)

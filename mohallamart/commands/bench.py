@@ -132,6 +132,46 @@ def _cmd_bench_profile_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_analytics(args: argparse.Namespace) -> int:
+    from mohallamart.bench_analytics import run_analytics_bench
+
+    stop_on_sigterm()  # so the benchmark's own workers are stopped on the way out
+    res = run_analytics_bench(
+        load_settings(),
+        events=args.events,
+        runs=args.runs,
+        rate=args.rate,
+        latency_s=args.latency_s,
+        shops=args.shops,
+        echo=out,
+    )
+    out("")
+    out(f"== analytics role, every window kind ({res['machine']}, medians of {res['runs']})")
+    out(
+        f"throughput: the role {res['role_events_per_s']:,.0f} events/s; (a) plain "
+        f"confluent-kafka, same aggregation and writes {res['baseline_events_per_s']:,.0f}: "
+        f"{res['role_vs_baseline']:.2f}x; (b) faust tumbling table, 1-minute revenue only "
+        f"{res['faust_events_per_s']:,.0f}: {res['role_vs_faust']:.2f}x"
+    )
+    out(
+        "  runs: role "
+        + ", ".join(f"{r:,.0f}" for r in res["role_runs"])
+        + "; (a) "
+        + ", ".join(f"{r:,.0f}" for r in res["baseline_runs"])
+        + "; (b) "
+        + ", ".join(f"{r:,.0f}" for r in res["faust_runs"])
+    )
+    out(f"CPU per event (the role's worker): {res['role_cpu_us_per_event']:.0f} us")
+    out(
+        f"final-result latency after the watermark ({res['latency_finals']} 1-minute finals at "
+        f"{res['latency_rate_per_s']:,} events/s, live): p50 {res['latency_p50_s']:.2f} s, "
+        f"p99 {res['latency_p99_s']:.2f} s"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="benchmarks (they print figures; never run as tests)")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -176,6 +216,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bp.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     bp.add_argument("--json", default=None, help="also write the figures to this file")
     bp.set_defaults(func=_cmd_bench_profile_workers)
+
+    ba = bsub.add_parser(
+        "analytics",
+        help="the analytics role beside plain confluent-kafka and faust's tumbling table",
+    )
+    ba.add_argument("--events", type=int, default=60_000, help="events per throughput run")
+    ba.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
+    ba.add_argument("--rate", type=int, default=200, help="order events/s of the latency phase")
+    ba.add_argument("--latency-s", type=float, default=70.0, help="seconds of the latency phase")
+    ba.add_argument("--shops", type=int, default=200, help="shops of the latency phase")
+    ba.add_argument("--json", default=None, help="also write the figures to this file")
+    ba.set_defaults(func=_cmd_bench_analytics)
 
     br = bsub.add_parser(
         "reads", help="cache reads, search, reindex, live clients, each beside a baseline"

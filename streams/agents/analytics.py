@@ -3,14 +3,17 @@
 tables expire windows by the wall clock); the arithmetic is `streams.windows`, `streams.sales`,
 `streams.funnel` and `streams.analytics`.
 
-1. **Route.** `route_analytics` reads the order and analytics topics. Per source partition it
-   keeps a clock (`SourceClock`: the highest event time seen, or granted by a tick) and, per
+1. **Route.** `route_analytics` reads the order and analytics topics, every record in order (each
+   moves its partition's clock; only order and `analytics.tracked` events are decoded). Per
+   source partition it keeps a clock (`SourceClock`: the highest event time seen, or granted by
+   a tick) and, per
    order, what the sales windows counted of it (`OrderSales`), in the table `analytics-router`
    (partitioned like the source topics). Each event becomes contributions
    (`streams.analytics.contributions`), forwarded to the by-key topic keyed by aggregate and
    key, each stamped with its source partition's watermark just before it (lateness is judged
    by it) and its position (`x-routed-from`: source partition, offset, index). Each time a
-   source partition's watermark enters a new second, a mark goes to every by-key partition.
+   source partition's watermark passes a point where a window may close (`closes_between`: a
+   minute boundary plus a grace), a mark goes to every by-key partition.
 2. **Tick.** A source partition quiet for `ANALYTICS_TICK_IDLE_S`, read to its end, gets a tick:
    a record in the retained ticks topic naming the partition, the offset it follows and the
    watermark it grants (the wall clock), written before it is applied (a mark to every by-key
@@ -39,6 +42,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -71,12 +75,12 @@ from streams.analytics import (
 from streams.reliability import Record, Rejection
 from streams.sales import OrderSales
 from streams.transport import AppPositions, highwater, in_partition_of
-from streams.windows import MINUTE_MS, ZONE, Final, Sessions, SourceClock, Tumbling
+from streams.windows import MINUTE_MS, ZONE, Final, Hopping, Sessions, SourceClock, Tumbling
 
 if TYPE_CHECKING:
     from streams.runtime import Runtime
 
-__all__ = ["by_key_topic", "install", "ticks_topic"]
+__all__ = ["by_key_topic", "final_datum", "install", "rows_of", "ticks_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +265,10 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         """Grant the ticks following offsets in [low, high]: the marks to send."""
         sends: list[Any] = []
         for follows, wm in ticks.between(source, low, high):
-            mark = clock.grant(wm)
-            if mark is not None:
-                sends += marks(source, follows, TICK_INDEX + wm, mark)
+            before = clock.watermark
+            clock.grant(wm)
+            if closes_between(graces, before, clock.watermark):
+                sends += marks(source, follows, TICK_INDEX + wm, clock.watermark)
         return sends
 
     async def send_in_order(sends: list[Any]) -> None:
@@ -306,9 +311,10 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             ev = await decoded(r)
             if ev is None:
                 # not read, but its time (occurred_at, the record's timestamp) moves the clock
-                _, mark = clock.stamp(r.timestamp_ms)
-                if mark is not None:
-                    sends += marks(source, r.offset, 0, mark)
+                before = clock.watermark
+                clock.stamp(r.timestamp_ms)
+                if closes_between(graces, before, clock.watermark):
+                    sends += marks(source, r.offset, 0, clock.watermark)
                 clocks[source] = (r.offset, clock)
                 continue
             state: OrderSales | None = None
@@ -324,7 +330,8 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             new, out = contributions(ev, state)
             if oid and new is not state:
                 orders[oid] = (new, r.source)
-            seen, mark = clock.stamp(_ms(ev["occurred_at"]))
+            seen, _ = clock.stamp(_ms(ev["occurred_at"]))
+            mark = clock.watermark if closes_between(graces, seen, clock.watermark) else None
             eid, etype = str(ev["id"]), str(ev["type"])
             for i, c in enumerate(out):
                 value = orjson.dumps(
@@ -381,19 +388,6 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
     # --- 2. tick quiet source partitions -------------------------------------------------------
     idle = s.analytics_tick_idle_s
 
-    def boundary_passed(before: int, after: int) -> bool:
-        """Whether a window may close between watermarks `before` and `after`: a minute
-        boundary plus a window kind's grace lies in (before, after] (hours, days and panes end
-        on minutes; a session's end falls anywhere: it closes at the next such point)."""
-        if before < 0:
-            return True
-        for g in graces:
-            # the first point m * 60 s + g above `before`
-            k = (before - g) // MINUTE_MS + 1
-            if k * MINUTE_MS + g <= after:
-                return True
-        return False
-
     @app.timer(0.25)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def tick_quiet_sources() -> None:
         if lock.locked():
@@ -418,7 +412,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 if now_mono - last_seen.get(source, 0.0) < idle:
                     continue
                 grant = now_ms - now_ms % 1000
-                if grant <= clock.watermark or not boundary_passed(clock.watermark, grant):
+                if grant <= clock.watermark or not closes_between(graces, clock.watermark, grant):
                     continue
                 tick = {"source": source, "follows": handled, "watermark": grant}
                 await send_in_order(
@@ -517,7 +511,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             w.watermarks[p] = part.watermark
             if part.watermark >= 0:
                 WATERMARK.labels(str(p)).set(part.watermark / 1000)
-            _rows(part, dirty, cells, closed, w)
+            rows_of(kinds, part, dirty, cells, closed, w)
             for f in closed:
                 FINALS.labels(f.window).inc()
                 due = f.end_ms + kinds[f.window].grace_ms
@@ -543,17 +537,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         if finals:
             sid, wc = await codec(ANALYTICS_WINDOW)
             for f in finals:
-                value = wc.encode(
-                    sid,
-                    {
-                        "id": window_id(f.window, f.key, f.start_ms),
-                        "aggregate": f.window,
-                        "key": f.key,
-                        "window_start": _dt(f.start_ms),
-                        "window_end": _dt(f.end_ms),
-                        "values": {k: int(v) for k, v in f.values.items()},
-                    },
-                )
+                value = wc.encode(sid, final_datum(f))
                 sends.append(
                     app.producer.send(
                         ANALYTICS_WINDOW.topic(ns),
@@ -609,49 +593,79 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 put(key, value)
             table[f"@:{p}"] = {**marker, "done": True}
 
-    def _rows(
-        part: StagePartition,
-        dirty: dict[str, set[str]],
-        cells: dict[str, list[tuple[str, int, dict[str, int]]]],
-        closed: list[Final],
-        w: AnalyticsWrite,
-    ) -> None:
-        for kind, period in PERIODS.items():
-            tk = kinds[kind]
-            assert isinstance(tk, Tumbling)
-            for key, opened in part.windows[kind].cells_of(dirty[kind]).items():
-                for start, values in opened.items():
-                    w.sales.append(
-                        SalesWindow(period, key, start, tk.bounds(start)[1], values, False)
-                    )
-            for key, start, values in cells[kind]:
-                w.sales.append(SalesWindow(period, key, start, tk.bounds(start)[1], values, True))
-        for kind in ("trending", "search_terms"):
-            for key, opened in part.windows[kind].cells_of(dirty[kind]).items():
-                for pane, values in opened.items():
-                    w.panes.append(PaneRow(kind, key, pane, values, False))
-            for key, pane, values in cells[kind]:
-                w.panes.append(PaneRow(kind, key, pane, values, True))
-        sessions = part.windows["sessions"]
-        gap = kinds["sessions"]
-        assert isinstance(gap, Sessions)
-        w.sessions_changed += sorted(dirty["sessions"])
-        for key in dirty["sessions"]:
-            for sess in sessions.sessions.get(key, []):
-                w.sessions.append(
-                    _session_row(key, sess.first_ms, sess.last_ms, sess.counts, False)
-                )
-        for f in closed:
-            if f.window == "sessions":
-                w.sessions.append(
-                    _session_row(f.key, f.start_ms, f.end_ms - gap.gap_ms, f.values, True)
-                )
-
     @app.agent(raw_topic(app, by_key_name, partitions=parts), name="aggregate_windows")
     async def aggregate_windows(stream: faust.StreamT[Any]) -> None:
         # at most 500: a partition's marker carries its batch's entries in one changelog record
         async for events, records in raw_batches(stream, min(size, 500), within):
             await settle(events, stage_guard.process(records, aggregate))
+
+
+def rows_of(
+    kinds: Mapping[str, Tumbling | Hopping | Sessions],
+    part: StagePartition,
+    dirty: dict[str, set[str]],
+    cells: dict[str, list[tuple[str, int, dict[str, int]]]],
+    closed: list[Final],
+    w: AnalyticsWrite,
+) -> None:
+    """The PostgreSQL rows of a window stage batch: the open windows of the keys that changed
+    (current), the cells and sessions closed (final)."""
+    for kind, period in PERIODS.items():
+        tk = kinds[kind]
+        assert isinstance(tk, Tumbling)
+        for key, opened in part.windows[kind].cells_of(dirty[kind]).items():
+            for start, values in opened.items():
+                w.sales.append(SalesWindow(period, key, start, tk.bounds(start)[1], values, False))
+        for key, start, values in cells[kind]:
+            w.sales.append(SalesWindow(period, key, start, tk.bounds(start)[1], values, True))
+    for kind in ("trending", "search_terms"):
+        for key, opened in part.windows[kind].cells_of(dirty[kind]).items():
+            for pane, values in opened.items():
+                w.panes.append(PaneRow(kind, key, pane, values, False))
+        for key, pane, values in cells[kind]:
+            w.panes.append(PaneRow(kind, key, pane, values, True))
+    sessions = part.windows["sessions"]
+    gap = kinds["sessions"]
+    assert isinstance(gap, Sessions)
+    w.sessions_changed += sorted(dirty["sessions"])
+    for key in dirty["sessions"]:
+        for sess in sessions.sessions.get(key, []):
+            w.sessions.append(_session_row(key, sess.first_ms, sess.last_ms, sess.counts, False))
+    for f in closed:
+        if f.window == "sessions":
+            w.sessions.append(
+                _session_row(f.key, f.start_ms, f.end_ms - gap.gap_ms, f.values, True)
+            )
+
+
+def closes_between(graces: list[int], before: int, after: int) -> bool:
+    """Whether a window may close between watermarks `before` and `after`: a minute boundary
+    plus a window kind's grace (`graces`: each modulo a minute) lies in (before, after]. Hours,
+    days and panes end on minutes; a session ends anywhere and closes at the next such point.
+    Marks and ticks are sent only then: a source partition's watermark reaches the stage at
+    most a few times a minute of event time, however dense its events (a replay of old events
+    would otherwise send one mark per event)."""
+    if after <= before:
+        return False
+    if before < 0:
+        return True
+    for g in graces:
+        k = (before - g) // MINUTE_MS + 1  # the first point k * 60 s + g above `before`
+        if k * MINUTE_MS + g <= after:
+            return True
+    return False
+
+
+def final_datum(f: Final) -> dict[str, Any]:
+    """A final result as its Avro record (`schemas/outputs/analytics_window.avsc`)."""
+    return {
+        "id": window_id(f.window, f.key, f.start_ms),
+        "aggregate": f.window,
+        "key": f.key,
+        "window_start": _dt(f.start_ms),
+        "window_end": _dt(f.end_ms),
+        "values": {k: int(v) for k, v in f.values.items()},
+    }
 
 
 def _dt(ms: int) -> datetime:
