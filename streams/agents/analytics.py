@@ -142,7 +142,9 @@ class Ticks:
         self.by_source: dict[str, list[tuple[int, int]]] = {}
         self.generation: int | None = -2
 
-    def read(self) -> None:
+    def read(self, since_ms: int) -> None:
+        """Read the ticks granting more than `since_ms` (those at or below it are in every
+        clock already: the lowest watermark of the sources this process reads)."""
         consumer = Consumer(
             consumer_config(
                 self.bootstrap,
@@ -155,9 +157,15 @@ class Ticks:
             meta = consumer.list_topics(self.topic, timeout=10)
             for p in meta.topics[self.topic].partitions:
                 _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-                if high <= 0:
+                start = OFFSET_BEGINNING
+                if since_ms >= 0:  # a tick's timestamp is the watermark it grants
+                    (found_at,) = consumer.offsets_for_times(
+                        [TopicPartition(self.topic, p, since_ms + 1)], timeout=10
+                    )
+                    start = found_at.offset if found_at.offset >= 0 else high
+                if high <= 0 or start >= high:
                     continue
-                consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)])
+                consumer.assign([TopicPartition(self.topic, p, start)])
                 pos = -1
                 deadline = time.monotonic() + 60
                 while pos < high - 1 and time.monotonic() < deadline:
@@ -232,9 +240,15 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
     async def ensure_ticks() -> None:
         gen = positions.generation()
         if gen != ticks.generation:
-            await asyncio.to_thread(ticks.read)
-            ticks.generation = gen
             clocks.clear()  # read again from the table: another process may have moved them
+            mine = [
+                clock_of(f"{tp.topic}:{tp.partition}", None)[1].watermark
+                for tp in app.assignor.assigned_actives()
+                if tp.topic in src_topics
+            ]
+            await asyncio.to_thread(ticks.read, min(mine, default=-1))
+            ticks.generation = gen
+            clocks.clear()
 
     def clock_of(source: str, event: faust.EventT[Any] | None) -> tuple[int, SourceClock]:
         known = clocks.get(source)
@@ -390,8 +404,8 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
 
     @app.timer(0.25)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def tick_quiet_sources() -> None:
-        if lock.locked():
-            return
+        # waits for the router's batch in progress (skipping instead delayed the ticks of a
+        # busy router by seconds: final results 2.4 s late at 200 events/s)
         async with lock:
             try:
                 await ensure_ticks()
