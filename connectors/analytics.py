@@ -26,6 +26,9 @@ __all__ = [
     "SESSION_COUNTS",
     "AnalyticsStore",
     "AnalyticsWrite",
+    "next_stage_epoch",
+    "stage_epoch",
+    "stage_table",
     "LateRow",
     "PaneRow",
     "SalesWindow",
@@ -346,7 +349,8 @@ async def read_funnel(
 ) -> list[dict[str, Any]]:
     """Per Asia/Kolkata day in [first_day, last_day], the final sessions' funnel (of those that
     touched `shop_id`, if given): sessions, searched, converted (search -> purchase), with a
-    cart, abandoned carts and checkouts, purchases, and the conversion and abandonment rates."""
+    cart, abandoned carts and checkouts, purchases, page views, average duration; and how many
+    sessions of the day are still open (`open_sessions`: the day may still change)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT day, count(*) AS sessions, "
@@ -362,7 +366,16 @@ async def read_funnel(
             "AND (%s::text IS NULL OR %s = ANY(shops)) GROUP BY day ORDER BY day",
             (first_day, last_day, shop_id, shop_id),
         )
-        return list(await cur.fetchall())
+        days = list(await cur.fetchall())
+        await cur.execute(
+            "SELECT day, count(*) AS open FROM analytics_sessions WHERE NOT final "
+            "AND day BETWEEN %s AND %s AND (%s::text IS NULL OR %s = ANY(shops)) GROUP BY day",
+            (first_day, last_day, shop_id, shop_id),
+        )
+        still_open = {r["day"]: int(r["open"]) for r in await cur.fetchall()}
+    for d in days:
+        d["open_sessions"] = still_open.get(d["day"], 0)
+    return days
 
 
 async def read_late(
@@ -426,3 +439,30 @@ class AnalyticsStore:
                 except Exception:  # noqa: BLE001 - it is gone either way
                     pass
             raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
+
+
+def stage_epoch(dsn: str) -> int:
+    """The window stage's epoch (moved on by each replay)."""
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        row = conn.execute("SELECT epoch FROM analytics_epoch WHERE id = 1").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def next_stage_epoch(dsn: str) -> int:
+    """Move the window stage to a new epoch, and empty the analytics rows (in one
+    transaction): the replay's start. The new epoch."""
+    with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
+        conn.execute(
+            "TRUNCATE analytics_sales, analytics_panes, analytics_sessions, analytics_late, "
+            "analytics_watermarks"
+        )
+        row = conn.execute(
+            "UPDATE analytics_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def stage_table(epoch: int) -> str:
+    """The window stage's table name in `epoch`."""
+    return "analytics" if epoch == 0 else f"analytics-e{epoch}"

@@ -5,7 +5,7 @@ teams, Avro with Confluent framing like the events, one subject per topic (Topic
 - `<namespace>.analytics.windows`: a window's final result (`outputs/analytics_window.avsc`),
   keyed by `<aggregate>:<key>`, its id a UUIDv5 of aggregate, key and window start;
 - `<namespace>.analytics.late`: an event that came after its window was final
-  (`outputs/analytics_late.avsc`), its id a UUIDv5 of the event id and the aggregate.
+  (`outputs/analytics_late.avsc`), its id a UUIDv5 of the event id, the aggregate and the key.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def window_id(aggregate: str, key: str, start_ms: int) -> str:
     return str(uuid.uuid5(_NS, f"window|{aggregate}|{key}|{start_ms}"))
 
 
-def late_id(event_id: str, aggregate: str) -> str:
-    """The id of a late-event report."""
-    return str(uuid.uuid5(_NS, f"late|{event_id}|{aggregate}"))
+def late_id(event_id: str, aggregate: str, key: str) -> str:
+    """The id of a late-event report: one per event and window it missed (an order's products
+    each miss their own trending window)."""
+    return str(uuid.uuid5(_NS, f"late|{event_id}|{aggregate}|{key}"))

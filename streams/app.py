@@ -37,6 +37,10 @@ __all__ = ["ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
 
 log = logging.getLogger(__name__)
 
+#: the largest record of a table's changelog (its topic's `max.message.bytes`, the producer's
+#: request size)
+CHANGELOG_MAX_BYTES = 16 * 1024 * 1024
+
 #: role -> the agent modules it runs (each named as its role); each has `install(runtime)`.
 ROLES: dict[str, tuple[str, ...]] = {
     "projections": ("streams.agents.projections",),
@@ -112,6 +116,9 @@ def create_app(role: str, settings: Settings) -> faust.App:
         consumer_auto_offset_reset=settings.worker_offset_reset,
         producer_acks=-1,
         producer_linger_ms=5,
+        # a table's batch record (the analytics window stage's marker carries every window
+        # that changed, all of a 5-minute boundary's) may exceed Kafka's default 1 MB
+        producer_max_request_size=CHANGELOG_MAX_BYTES,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port + list(ROLES).index(role),
         web_enabled=True,
@@ -205,7 +212,7 @@ def _faust_topics(app: faust.App) -> list[Topic]:
             table.changelog_topic.get_topic_name(),
             table.partitions or app.conf.topic_partitions,
             "table key",
-            config={"cleanup.policy": "compact"},
+            config={"cleanup.policy": "compact", "max.message.bytes": str(CHANGELOG_MAX_BYTES)},
         )
         for table in app.tables.values()
     ]

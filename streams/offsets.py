@@ -8,7 +8,6 @@ effect; it rebuilds what the role writes when its store was emptied first.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,10 +16,8 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartiti
 from confluent_kafka.admin import AdminClient
 
 from connectors.kafka import admin_config, consumer_config
-from connectors.topics import ensure_topics, wait_topics_ready
 from core.errors import PipelineError
 from core.settings import Settings
-from schemas.catalog import Topic
 
 __all__ = ["OffsetMove", "replay_windows", "reset_offsets"]
 
@@ -112,14 +109,13 @@ def replay_windows(
     """Replay the analytics windows from the role's by-key topic into empty stores: only the
     window stage's offsets move (to the start of the by-key topic, which keeps every
     contribution, mark and tick the router wrote: the replay stamps, closes and judges late
-    exactly as the live run did). With the analytics workers stopped. It empties the window
-    stage's state (its table's changelog is truncated, its local store in WORKER_DATA_DIR
-    removed) and the analytics rows in PostgreSQL; the router's state (clocks, orders) stays.
-    The final results are published again with the same ids (recognisable duplicates)."""
-    import shutil
-
-    import psycopg
-
+    exactly as the live run did). With the analytics workers stopped. The window stage moves to
+    a new epoch (a new table: a new changelog topic and new local stores on every host, so no
+    worker anywhere reads the state from before) and the analytics rows in PostgreSQL are
+    emptied; the router's state (clocks, orders) stays. The final results are published again
+    with the same ids (recognisable duplicates). The previous epoch's changelog topic is
+    deleted."""
+    from connectors.analytics import next_stage_epoch, stage_epoch, stage_table
     from streams.agents.analytics import by_key_topic
 
     group = _group(settings, "analytics")
@@ -131,10 +127,10 @@ def replay_windows(
             "workers first"
         )
     topic = by_key_topic(settings.topic_namespace)
-    changelog = f"{group}-analytics-changelog"
+    epoch = stage_epoch(settings.postgres_dsn)
+    old_changelog = f"{group}-{stage_table(epoch)}-changelog"
     probe = Consumer(consumer_config(settings.kafka_bootstrap, f"{group}-offset-probe"))
     moves: list[OffsetMove] = []
-    truncate: list[TopicPartition] = []
     try:
         request = ConsumerGroupTopicPartitions(group)
         committed = list(admin.list_consumer_group_offsets([request]).values())[0]
@@ -146,19 +142,14 @@ def replay_windows(
         for p in sorted(probe.list_topics(topic, timeout=15).topics[topic].partitions):
             low, _ = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
             moves.append(OffsetMove(topic, p, current.get(p, -1), low))
-        meta = probe.list_topics(changelog, timeout=15).topics.get(changelog)
-        if meta is not None and meta.error is None:
-            for p in sorted(meta.partitions):
-                _, high = probe.get_watermark_offsets(TopicPartition(changelog, p), timeout=15)
-                truncate.append(TopicPartition(changelog, p, high))
     finally:
         probe.close()
-    stores = sorted(
-        (settings.worker_data_dir / "analytics" / "v1" / "tables").glob("analytics-[0-9]*.db")
-    )
     for m in moves:
         echo(f"{group}  {m.topic}/{m.partition}: {m.current} -> {m.target}")
-    echo(f"empty {changelog} (deleted, created again); remove {len(stores)} local store(s)")
+    echo(
+        f"window stage: epoch {epoch} -> {epoch + 1} (table {stage_table(epoch + 1)}, empty); "
+        f"delete {old_changelog}"
+    )
     echo(
         "empty analytics_sales, analytics_panes, analytics_sessions, analytics_late, "
         "analytics_watermarks"
@@ -166,35 +157,6 @@ def replay_windows(
     if not execute:
         echo("dry run: add --execute to replay")
         return moves
-    if truncate:
-        # a compacted topic refuses DeleteRecords: deleted, then created again, empty
-        list(admin.delete_topics([changelog], operation_timeout=30).values())[0].result(timeout=60)
-        deadline = time.monotonic() + 60
-        while changelog in admin.list_topics(timeout=15).topics:
-            if time.monotonic() > deadline:
-                raise PipelineError(f"{changelog} still exists 60 s after its deletion")
-            time.sleep(0.5)
-        table_topic = Topic(
-            "internal",
-            changelog,
-            settings.analytics_partitions,
-            "table key",
-            config={"cleanup.policy": "compact"},
-        )
-        ensure_topics(
-            settings.kafka_bootstrap,
-            [table_topic],
-            replication=settings.kafka_replication_factor,
-            min_insync_replicas=settings.kafka_min_insync_replicas,
-        )
-        wait_topics_ready(settings.kafka_bootstrap, [table_topic], timeout_s=60)
-    for store in stores:
-        shutil.rmtree(store)
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE analytics_sales, analytics_panes, analytics_sessions, analytics_late, "
-            "analytics_watermarks"
-        )
     result = admin.alter_consumer_group_offsets(
         [
             ConsumerGroupTopicPartitions(
@@ -203,5 +165,11 @@ def replay_windows(
         ]
     )
     list(result.values())[0].result(timeout=15)
-    echo(f"moved {len(moves)} partition(s) of {group}: start the analytics role to replay")
+    new = next_stage_epoch(settings.postgres_dsn)
+    if old_changelog in admin.list_topics(timeout=15).topics:
+        list(admin.delete_topics([old_changelog], operation_timeout=30).values())[0].result(60)
+    echo(
+        f"moved {len(moves)} partition(s) of {group}; window stage epoch {new}: "
+        "start the analytics role to replay"
+    )
     return moves

@@ -271,10 +271,15 @@ async def funnel(
                 **row,
                 "search_conversion": _ratio(row["converted_sessions"], row["searched_sessions"]),
                 "cart_abandonment": _ratio(row["abandoned_carts"], row["cart_sessions"]),
-                # every session that began that day is closed
-                "final": wm is not None and wm >= end + closing,
+                # every session that began that day is closed, and none can begin any more
+                "final": wm is not None and wm >= end + closing and row["open_sessions"] == 0,
             }
         )
+        if key.principal.startswith("shop:"):
+            # a session that touched the shop may have bought and browsed elsewhere: a shop
+            # sees its sessions' flags, not their activity at other shops
+            for k in ("purchases", "page_views", "avg_duration_s"):
+                days[-1].pop(k, None)
     body = {
         "shop_id": shop_id,
         "zone": "Asia/Kolkata",

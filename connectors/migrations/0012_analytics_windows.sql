@@ -45,7 +45,7 @@ CREATE INDEX analytics_sessions_day ON analytics_sessions (day) WHERE final;
 
 -- Events that came after their window was final: they changed nothing, and are listed here.
 CREATE TABLE analytics_late (
-    id            uuid        PRIMARY KEY,  -- UUIDv5 of the event id and the aggregate
+    id            uuid        PRIMARY KEY,  -- UUIDv5 of the event id, the aggregate and the key
     event_id      text        NOT NULL,
     event_type    text        NOT NULL,
     aggregate     text        NOT NULL,

@@ -21,6 +21,7 @@ from streams.transport.consumer import (
     refresh_metadata,
     release,
     seek,
+    settling,
 )
 from streams.transport.continuity import Continuity, Positions
 from streams.transport.driver import SCHEME, broker_url
@@ -46,4 +47,5 @@ __all__ = [
     "release",
     "run_app",
     "seek",
+    "settling",
 ]

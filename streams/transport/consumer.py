@@ -19,6 +19,7 @@ __all__ = [
     "in_partition_of",
     "refresh_metadata",
     "seek",
+    "settling",
 ]
 
 
@@ -110,3 +111,10 @@ def highwater(app: AppT, tp: TP) -> int | None:
     except Exception:  # noqa: BLE001 - not assigned, or no fetch yet: not known
         return None
     return None if value is None else int(value)
+
+
+def settling(app: AppT) -> bool:
+    """Whether the app is rebalancing or its tables are recovering (a table read then may see
+    a partition's state not yet restored)."""
+    recovery = getattr(app.tables, "recovery", None)
+    return bool(app.rebalancing or (recovery is not None and recovery.in_recovery))

@@ -585,6 +585,28 @@ def final_records(
     return out, copies
 
 
+def late_records(iso: Iso, event_ids: set[str]) -> set[tuple[str, str, str]]:
+    """(event id, aggregate, key) of the late-event records of `event_ids`, each id checked."""
+    import io
+
+    import fastavro
+
+    ns = uuid.UUID("5b0d7d0e-9a1f-5c3e-8e55-6d6f68616c6c")
+    schemas: dict[int, Any] = {}
+    out = set()
+    for _, value in iso.topic("analytics.late"):
+        assert value is not None
+        sid = int.from_bytes(value[1:5], "big")
+        if sid not in schemas:
+            schemas[sid] = fastavro.parse_schema(iso.pipeline.registry.schema_by_id(sid))
+        rec: Any = fastavro.schemaless_reader(io.BytesIO(value[5:]), schemas[sid])
+        if rec["event_id"] in event_ids:
+            key = (rec["event_id"], rec["aggregate"], rec["key"])
+            assert str(rec["id"]) == str(uuid.uuid5(ns, "late|" + "|".join(key)))
+            out.add(key)
+    return out
+
+
 # --- the tests ------------------------------------------------------------------------------------
 @dataclass
 class Loaded:
@@ -748,7 +770,10 @@ def test_late_events_are_reported_and_change_no_final_result(
         base + timedelta(minutes=2),
         f"ord_{tag}_late",
         shop,
-        items=[{"product_id": f"prd_{shop}_1", "quantity": 3, "stock_after": 1}],
+        items=[
+            {"product_id": f"prd_{shop}_1", "quantity": 3, "stock_after": 1},
+            {"product_id": f"prd_{shop}_2", "quantity": 1, "stock_after": 1},
+        ],
         total_paise=999_00,
         user_id=f"usr_{tag}",
         cause_event_id=str(uuid.uuid4()),
@@ -758,20 +783,24 @@ def test_late_events_are_reported_and_change_no_final_result(
     )
     loaded.late = [order, search]
     loaded.iso.write(loaded.late)
+    oid, sid = order.event["id"], search.event["id"]
+    term_ = term(f"milk {tag}")
+    # one report per event and window it missed: each of the order's products its own
     expected = {
-        (order.event["id"], "sales_1m"),
-        (order.event["id"], "sales_1h"),
-        (order.event["id"], "sales_1d"),
-        (order.event["id"], "trending"),
-        (search.event["id"], "sessions"),
-        (search.event["id"], "search_terms"),
+        (oid, "sales_1m", shop),
+        (oid, "sales_1h", shop),
+        (oid, "sales_1d", shop),
+        (oid, "trending", f"{shop}/prd_{shop}_1"),
+        (oid, "trending", f"{shop}/prd_{shop}_2"),
+        (sid, "sessions", f"sess_{tag}_late"),
+        (sid, "search_terms", term_),
     }
-    ids = [order.event["id"], search.event["id"]]
     poll(
         lambda: (
             set(
                 pipeline.rows(
-                    "SELECT event_id, aggregate FROM analytics_late WHERE event_id = ANY(%s)", ids
+                    "SELECT event_id, aggregate, key FROM analytics_late WHERE event_id = ANY(%s)",
+                    [oid, sid],
                 )
             )
             == expected
@@ -783,16 +812,9 @@ def test_late_events_are_reported_and_change_no_final_result(
     assert differences(want, loaded.observed()) == []
     after, _ = final_records(loaded.iso, _keys(want))
     assert after == before
-    late_topic = {
-        str(uuid.uuid5(uuid.UUID("5b0d7d0e-9a1f-5c3e-8e55-6d6f68616c6c"), f"late|{e}|{a}"))
-        for e, a in expected
-    }
-    found = set()
-    for _, value in loaded.iso.topic("analytics.late"):
-        found |= {i for i in late_topic if value is not None and i.encode() in value}
-    assert found == late_topic
+    assert late_records(loaded.iso, {oid, sid}) == expected
     listed = pipeline.http.get("/v1/analytics/late", params={"limit": 1000}).json()["late"]
-    assert {(x["event_id"], x["aggregate"]) for x in listed} >= expected
+    assert {(x["event_id"], x["aggregate"], x["key"]) for x in listed} >= expected
 
 
 def test_a_replay_into_empty_tables_gives_the_same_windows_and_only_duplicate_finals(
@@ -827,7 +849,7 @@ def test_a_replay_into_empty_tables_gives_the_same_windows_and_only_duplicate_fi
         poll(
             lambda: (
                 len(pipeline.rows("SELECT 1 FROM analytics_late WHERE event_id = ANY(%s)", ids))
-                == 6
+                == 7
             ),
             timeout=30,
             what="the replay to report the same late events",
