@@ -441,23 +441,27 @@ class AnalyticsStore:
             raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
 
 
-def stage_epoch(dsn: str) -> int:
-    """The window stage's epoch (moved on by each replay)."""
+def stage_epoch(dsn: str, group: str) -> int:
+    """The window stage's epoch for consumer group `group` (moved on by each replay)."""
     with psycopg.connect(dsn, connect_timeout=10) as conn:
-        row = conn.execute("SELECT epoch FROM analytics_epoch WHERE id = 1").fetchone()
+        row = conn.execute(
+            "SELECT epoch FROM analytics_epochs WHERE group_id = %s", (group,)
+        ).fetchone()
     return 0 if row is None else int(row[0])
 
 
-def next_stage_epoch(dsn: str) -> int:
-    """Move the window stage to a new epoch, and empty the analytics rows (in one
-    transaction): the replay's start. The new epoch."""
+def next_stage_epoch(dsn: str, group: str) -> int:
+    """Move `group`'s window stage to a new epoch and empty the analytics rows, in one
+    transaction: the replay's start. The new epoch."""
     with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
         conn.execute(
             "TRUNCATE analytics_sales, analytics_panes, analytics_sessions, analytics_late, "
             "analytics_watermarks"
         )
         row = conn.execute(
-            "UPDATE analytics_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch"
+            "INSERT INTO analytics_epochs (group_id, epoch) VALUES (%s, 1) ON CONFLICT "
+            "(group_id) DO UPDATE SET epoch = analytics_epochs.epoch + 1 RETURNING epoch",
+            (group,),
         ).fetchone()
     assert row is not None
     return int(row[0])

@@ -244,6 +244,12 @@ def _write(settings: Settings, ns: str, records: list[tuple[str, str, bytes, int
             max_message_bytes=1 << 20,
         )
     )
+    failed: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
     for category, key, value, ts in records:
         while True:
             try:
@@ -253,20 +259,32 @@ def _write(settings: Settings, ns: str, records: list[tuple[str, str, bytes, int
                     value=value,
                     partition=partition_for(key, PARTS),
                     timestamp=ts,
+                    on_delivery=delivered,
                 )
                 break
             except BufferError:
                 p.poll(0.05)
-    if p.flush(120):
-        raise PipelineError("the benchmark's producer could not deliver every event")
+    if p.flush(120) or failed:
+        raise PipelineError(
+            f"the benchmark's producer could not deliver every event ({failed[:3]})"
+        )
 
 
 def _wait_topics(settings: Settings, names: list[str], timeout_s: float = 90) -> None:
+    """Until the worker has created `names` and each partition has a leader."""
+    from connectors.topics import wait_topics_ready
+    from schemas.catalog import Topic
+
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         meta = admin.list_topics(timeout=5).topics
         if all(t in meta and len(meta[t].partitions) > 0 for t in names):
+            wait_topics_ready(
+                settings.kafka_bootstrap,
+                [Topic("bench", t, len(meta[t].partitions), "") for t in names],
+                timeout_s=60,
+            )
             return
         time.sleep(0.2)
     raise PipelineError(f"topics {names} not created within {timeout_s} s")

@@ -127,7 +127,7 @@ def replay_windows(
             "workers first"
         )
     topic = by_key_topic(settings.topic_namespace)
-    epoch = stage_epoch(settings.postgres_dsn)
+    epoch = stage_epoch(settings.postgres_dsn, group)
     old_changelog = f"{group}-{stage_table(epoch)}-changelog"
     probe = Consumer(consumer_config(settings.kafka_bootstrap, f"{group}-offset-probe"))
     moves: list[OffsetMove] = []
@@ -165,7 +165,7 @@ def replay_windows(
         ]
     )
     list(result.values())[0].result(timeout=15)
-    new = next_stage_epoch(settings.postgres_dsn)
+    new = next_stage_epoch(settings.postgres_dsn, group)
     if old_changelog in admin.list_topics(timeout=15).topics:
         list(admin.delete_topics([old_changelog], operation_timeout=30).values())[0].result(60)
     echo(

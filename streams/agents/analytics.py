@@ -215,7 +215,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
     # so the orders' states, written first, are never behind the clock after a crash)
     router_table = app.Table("analytics-router", default=None, partitions=n_src, schema=json_schema)
     # the window stage's table: a replay moves to a new epoch (a new, empty table)
-    stage_name = stage_table(stage_epoch(s.postgres_dsn))
+    stage_name = stage_table(stage_epoch(s.postgres_dsn, app.conf.id))
     table = app.Table(stage_name, default=None, partitions=parts, schema=json_schema)
     ticks = Ticks(s.kafka_bootstrap, ticks_topic(ns))
     positions = AppPositions(app)
