@@ -25,7 +25,7 @@ from api.routes import analytics, events, health, notifications, reads
 from api.routes.events import IngestEndpoints
 from connectors.claims import ClaimStore
 from connectors.db import migrate
-from connectors.topics import ensure_topics
+from connectors.topics import ensure_topics_ready
 from core.settings import Settings, get_settings
 from schemas.catalog import EVENT_TYPES
 from schemas.registry import SchemaRegistry
@@ -117,8 +117,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         app.state.live = LiveHub(settings)
         app.state.live.start(asyncio.get_running_loop())
         topics = app.state.ingestor.topics_ready
-        create_topics = partial(
-            ensure_topics,
+        create_topics = partial(  # created, and each partition served: no write before that
+            ensure_topics_ready,
             settings.kafka_bootstrap,
             replication=settings.kafka_replication_factor,
             min_insync_replicas=settings.kafka_min_insync_replicas,

@@ -10,14 +10,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
 from connectors.kafka import admin_config
 from core.errors import PipelineError
 from schemas.catalog import TOPICS, Topic
 
-__all__ = ["TopicError", "TopicsNotReady", "ensure_topics", "wait_topics_ready"]
+__all__ = [
+    "TopicError",
+    "TopicsNotReady",
+    "ensure_topics",
+    "ensure_topics_ready",
+    "wait_topics_ready",
+]
 
 
 class TopicError(PipelineError):
@@ -69,6 +75,29 @@ def ensure_topics(
     return created
 
 
+def ensure_topics_ready(
+    bootstrap: str,
+    topics: Iterable[Topic] | None = None,
+    *,
+    replication: int,
+    min_insync_replicas: int,
+    timeout_s: float = 15.0,
+) -> list[str]:
+    """`ensure_topics`, then `wait_topics_ready`: what a producer needs before its first write
+    (a record written to a partition its leader does not serve yet may be lost). Returns the
+    names created."""
+    wanted = list(topics if topics is not None else TOPICS.values())
+    created = ensure_topics(
+        bootstrap,
+        wanted,
+        replication=replication,
+        min_insync_replicas=min_insync_replicas,
+        timeout_s=timeout_s,
+    )
+    wait_topics_ready(bootstrap, wanted, timeout_s=timeout_s)
+    return created
+
+
 def wait_topics_ready(
     bootstrap: str,
     topics: Iterable[Topic],
@@ -76,11 +105,16 @@ def wait_topics_ready(
     timeout_s: float = 60.0,
     interval_s: float = 0.25,
 ) -> None:
-    """Return once every topic exists with its expected partition count and each partition has
-    a leader, as the cluster's metadata says. A topic just created is not usable at once (its
-    partitions have no leader yet, and a client that fetched metadata then sees 0 partitions):
-    a worker that starts consuming before this holds wrong metadata for minutes. Raise
-    `TopicsNotReady` after `timeout_s`, naming each topic and its partition counts."""
+    """Return once every topic exists with its expected partition count and each partition's
+    leader serves it. A topic just created is not usable at once: its partitions have no leader
+    yet, and a client that fetched metadata then sees 0 partitions (a worker that starts
+    consuming before this holds wrong metadata for minutes); and for a while after the metadata
+    names a leader, that broker has not taken the partition yet (it answers "not leader"). An
+    idempotent librdkafka producer writing then can lose records while reporting them
+    delivered: its first request fails, the next one is accepted (the broker knows no sequence
+    of the producer yet), and the first request's records count as delivered by the later
+    one's success. So each partition must also answer a ListOffsets request. Raise
+    `TopicsNotReady` after `timeout_s`, naming what is not ready."""
     wanted = {t.name: t.partitions for t in topics}
     admin = AdminClient(admin_config(bootstrap))
     deadline = time.monotonic() + timeout_s
@@ -104,6 +138,8 @@ def wait_topics_ready(
                 leaderless = sorted(p for p, pm in tm.partitions.items() if pm.leader < 0)
                 if leaderless:
                     problems.append(f"{name}: no leader yet for partitions {leaderless}")
+            if not problems:
+                problems = _not_served(admin, wanted, deadline)
         if not problems:
             return
         if time.monotonic() >= deadline:
@@ -111,3 +147,31 @@ def wait_topics_ready(
                 f"topics not ready after {timeout_s:.0f} s: " + "; ".join(problems)
             )
         time.sleep(interval_s)
+
+
+def _not_served(admin: AdminClient, wanted: dict[str, int], deadline: float) -> list[str]:
+    """The partitions whose leader does not answer a ListOffsets request yet, per topic."""
+    request = {
+        TopicPartition(name, p): OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        for name, n in wanted.items()
+        for p in range(n)
+    }
+    if not request:
+        return []
+    wait = max(1.0, min(10.0, deadline - time.monotonic()))
+    pending: dict[str, list[int]] = {}
+    first = ""
+    try:
+        futures = admin.list_offsets(request, request_timeout=wait)
+    except KafkaException as exc:
+        return [f"listing offsets failed: {exc}"]
+    for tp, future in futures.items():
+        try:
+            future.result(wait)
+        except Exception as exc:  # noqa: BLE001 - a KafkaException or a timeout: not served yet
+            pending.setdefault(tp.topic, []).append(tp.partition)
+            first = first or str(exc)
+    return [
+        f"{name}: partitions {sorted(parts)} not served by their leader yet ({first})"
+        for name, parts in sorted(pending.items())
+    ]

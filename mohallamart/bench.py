@@ -319,13 +319,13 @@ def run_ingest_bench(
 ) -> dict[str, Any]:
     from connectors.apikeys import revoke_key
     from connectors.db import migrate
-    from connectors.topics import ensure_topics
+    from connectors.topics import ensure_topics_ready
     from schemas.catalog import EVENT_TYPES
 
     example = EVENT_TYPES[_TYPE].example
     vegeta = _vegeta(settings, echo)
     migrate(settings.postgres_dsn)
-    ensure_topics(
+    ensure_topics_ready(
         settings.kafka_bootstrap,
         replication=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,

@@ -524,7 +524,7 @@ def run_workers_bench(
     import logging
 
     from connectors.apikeys import revoke_key
-    from connectors.topics import ensure_topics
+    from connectors.topics import ensure_topics_ready
     from mohallamart.bench import _Api, _vegeta, bench_key
     from schemas.catalog import topics_in
 
@@ -533,7 +533,7 @@ def run_workers_bench(
     batch, within = settings.worker_batch_size, settings.worker_batch_window_s
     bench_topics = topics_in(BENCH_NAMESPACE)
     topics = [bench_topics[c].name for c in ("user", "shop", "shopkeeper", "product", "order")]
-    ensure_topics(
+    ensure_topics_ready(
         settings.kafka_bootstrap,
         list(bench_topics.values()),
         replication=settings.kafka_replication_factor,

@@ -110,7 +110,7 @@ def profile_workers(
     rate_hz: int,
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
-    from connectors.topics import ensure_topics
+    from connectors.topics import ensure_topics_ready
     from mohallamart.bench_workers import (
         BENCH_NAMESPACE,
         _dsn,
@@ -127,7 +127,7 @@ def profile_workers(
 
     events = max(10, events - events % 10)
     bench_topics = topics_in(BENCH_NAMESPACE)
-    ensure_topics(
+    ensure_topics_ready(
         settings.kafka_bootstrap,
         list(bench_topics.values()),
         replication=settings.kafka_replication_factor,

@@ -13,11 +13,11 @@ __all__ = ["register"]
 
 
 def _cmd_topics_ensure(args: argparse.Namespace) -> int:
-    from connectors.topics import ensure_topics
+    from connectors.topics import ensure_topics_ready
     from schemas.catalog import TOPICS
 
     settings = load_settings()
-    created = ensure_topics(
+    created = ensure_topics_ready(
         settings.kafka_bootstrap,
         replication=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
