@@ -13,6 +13,10 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -200,7 +204,31 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
         )
     except TopicError as exc:
         exit_worker(EXIT_NOT_READY, f"worker {role} cannot start: {exc}")
-    transport.run_app(app, settings.log_level.lower())
+    running = distrust_crashed_stores(settings.worker_data_dir / role, Path(app.conf.tabledir))
+    transport.run_app(app, settings.log_level.lower(), clean_stop=running)
+
+
+def distrust_crashed_stores(datadir: Path, tabledir: Path) -> Path:
+    """A worker's local table stores are trusted only after a clean stop. faust writes a table
+    entry to the local store (RocksDB) at once and to its changelog later: a worker that ended
+    without a clean stop (kill -9, a crash, a drill) can leave entries the changelog never got,
+    and faust restores only the changelog's newer records over them. Another worker that took
+    its partitions meanwhile wrote its own history, and the mix decided the same stock twice
+    (two movements with one sequence number, found by the 20,000-event kill -9 test). So
+    the file `RUNNING` marks a run in progress (`run_app` removes it after a clean stop); found
+    at start, it means the last run did not stop cleanly, and the local stores are removed: the
+    tables are restored from their changelogs alone. Returns the marker's path."""
+    running = datadir / "RUNNING"
+    if running.exists() and tabledir.exists():
+        log.warning(
+            "the last run in %s did not stop cleanly (%s): removing its local table stores, "
+            "restored from their changelogs",
+            datadir,
+            running.read_text(encoding="utf-8").strip() or "no detail",
+        )
+        shutil.rmtree(tabledir)
+    running.write_text(f"pid {os.getpid()} started at {time.time():.3f}\n", encoding="utf-8")
+    return running
 
 
 def _faust_topics(app: faust.App) -> list[Topic]:

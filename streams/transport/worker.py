@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import faust
 
@@ -12,12 +13,25 @@ __all__ = ["run_app"]
 class _Worker(faust.Worker):
     """At WARNING and above faust adds a terminal spinner and sets the root logger to DEBUG: every
     aiokafka debug line was then formatted (a third of a core at low rates, and 250-500 ms tails
-    from produce to row). No spinner: the root logger stays at the configured level."""
+    from produce to row). No spinner: the root logger stays at the configured level.
+
+    After a stop that handed every table write to Kafka, the file `clean_stop` is removed (see
+    `streams.app.distrust_crashed_stores`)."""
+
+    clean_stop: Path | None = None
 
     def _setup_spinner_handler(self, logger: logging.Logger, level: int) -> None:
         logger.setLevel(level)
 
+    def stop_and_shutdown(self) -> None:
+        super().stop_and_shutdown()
+        buffer = self.app.producer.buffer
+        if self.clean_stop is not None and not buffer.size and not getattr(buffer, "sending", 0):
+            self.clean_stop.unlink(missing_ok=True)
 
-def run_app(app: faust.App, loglevel: str) -> None:
-    """Run `app` until SIGINT/SIGTERM."""
-    _Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+def run_app(app: faust.App, loglevel: str, clean_stop: Path | None = None) -> None:
+    """Run `app` until SIGINT/SIGTERM; `clean_stop` is removed after a clean stop."""
+    worker = _Worker(app, loglevel=loglevel, quiet=True)
+    worker.clean_stop = clean_stop
+    worker.execute_from_commandline()
