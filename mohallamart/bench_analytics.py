@@ -489,9 +489,9 @@ def _baseline_run(settings: Settings, ns: str, echo: Callable[[str], None]) -> t
                 if (m.offset() or 0) >= ends[tp] - 1:
                     left.discard(tp)
             finals = part.close()
-            _, dirty, cells = part.take_changes()
+            _, dirty, cells, changed = part.take_changes()
             w = AnalyticsWrite([], [], [], [], [], {0: part.watermark})
-            rows_of(kinds, part, dirty, cells, finals, w)
+            rows_of(kinds, part, dirty, changed, cells, finals, w)
             loop.run_until_complete(store.write(w))
             for f in finals:
                 producer.produce(

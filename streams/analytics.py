@@ -221,20 +221,25 @@ class StagePartition:
     def take_changes(
         self,
     ) -> tuple[
-        dict[str, Any], dict[str, set[str]], dict[str, list[tuple[str, int, dict[str, int]]]]
+        dict[str, Any],
+        dict[str, set[str]],
+        dict[str, list[tuple[str, int, dict[str, int]]]],
+        dict[str, dict[str, dict[int, dict[str, int]]]],
     ]:
         """Since the last call: the table entries (`<kind>|<key>` -> its state, None: gone) of
-        the keys that changed, those keys per window kind, and the cells (tumbling windows,
-        hopping panes) closed per window kind, with their values."""
+        the keys that changed, those keys per window kind, the cells (tumbling windows, hopping
+        panes) closed per window kind with their values, and the open cells that changed per
+        window kind (key -> start -> values)."""
         entries: dict[str, Any] = {}
         dirty: dict[str, set[str]] = {}
         closed: dict[str, list[tuple[str, int, dict[str, int]]]] = {}
+        changed: dict[str, dict[str, dict[int, dict[str, int]]]] = {}
         for name, w in self.windows.items():
             keys, cells = w.take_dirty()
             for key, state in w.key_states(keys).items():
                 entries[f"{name}|{key}"] = state
-            dirty[name], closed[name] = keys, cells
-        return entries, dirty, closed
+            dirty[name], closed[name], changed[name] = keys, cells, w.take_changed()
+        return entries, dirty, closed, changed
 
     def load(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """Put back table entries (`<kind>|<key>`, state)."""

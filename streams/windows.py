@@ -22,6 +22,7 @@ same windows at the same points.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -255,6 +256,8 @@ class Windows:
         self.watermark = -1
         # tumbling: (key, start) -> values; hopping: (key, pane) -> values
         self.cells: dict[tuple[str, int], dict[str, int]] = {}
+        # the same cells' starts per key (a batch reads and writes a few keys among many)
+        self.starts: dict[str, set[int]] = {}
         # hopping: windows already final, per key: the highest final window start
         self.final_until: dict[str, int] = {}
         # sessions: key -> its open sessions, by first event time
@@ -263,8 +266,13 @@ class Windows:
         # the cells (tumbling windows, hopping panes) `advance` closed, with their values
         self.dirty: set[str] = set()
         self.closed: list[tuple[str, int, dict[str, int]]] = []
-        # the lowest watermark at which `advance` can close anything (it does nothing below)
-        self.due = -1
+        # the cells `add` changed since `take_changed` (their PostgreSQL rows are written)
+        self.dirty_cells: set[tuple[str, int]] = set()
+        # per key, the lowest watermark at which `advance` may close something of it, and a
+        # heap of (that watermark, key): `advance` visits only the keys due (entries whose due
+        # is no longer the key's are skipped)
+        self.key_due: dict[str, int] = {}
+        self.heap: list[tuple[int, str]] = []
 
     # --- events ---------------------------------------------------------------------------------
     def add(
@@ -278,9 +286,10 @@ class Windows:
             start, end = kind.bounds(t_ms)
             if seen >= end + kind.grace_ms:
                 return Late(kind.name, key, start, end, t_ms, seen)
-            _add(self.cells.setdefault((key, start), {}), values)
+            _add(self._open_cell(key, start), values)
             self.dirty.add(key)
-            self._due(end + kind.grace_ms)
+            self.dirty_cells.add((key, start))
+            self._schedule(key, end + kind.grace_ms)
             return None
         if isinstance(kind, Hopping):
             pane = kind.pane(t_ms)
@@ -288,9 +297,10 @@ class Windows:
             if seen >= first_end + kind.grace_ms:
                 # the earliest window holding this pane is final: its result would change
                 return Late(kind.name, key, first_start, first_end, t_ms, seen)
-            _add(self.cells.setdefault((key, pane), {}), values)
+            _add(self._open_cell(key, pane), values)
             self.dirty.add(key)
-            self._due(first_end + kind.grace_ms)
+            self.dirty_cells.add((key, pane))
+            self._schedule(key, first_end + kind.grace_ms)
             return None
         if seen >= t_ms + kind.grace_ms:
             # more than the grace behind its source: a session it touched may be final already
@@ -305,12 +315,61 @@ class Windows:
         rest = [s for s in open_ if s not in touching]
         self.sessions[key] = sorted([*rest, merged], key=lambda s: s.first_ms)
         self.dirty.add(key)
-        self._due(merged.end_ms(kind.gap_ms) + kind.grace_ms)
+        # (a merged session ends later than those it took in: the key's due may be early; an
+        # early visit closes nothing and schedules the key again)
+        self._schedule(key, merged.end_ms(kind.gap_ms) + kind.grace_ms)
         return None
 
-    def _due(self, at: int) -> None:
-        if self.due < 0 or at < self.due:
-            self.due = at
+    def _open_cell(self, key: str, start: int) -> dict[str, int]:
+        cell = self.cells.get((key, start))
+        if cell is None:
+            cell = self.cells[(key, start)] = {}
+            self.starts.setdefault(key, set()).add(start)
+        return cell
+
+    def _close_cell(self, key: str, start: int) -> dict[str, int]:
+        values = self.cells.pop((key, start))
+        starts = self.starts[key]
+        starts.discard(start)
+        if not starts:
+            del self.starts[key]
+        self.dirty_cells.discard((key, start))
+        return values
+
+    def _schedule(self, key: str, at: int) -> None:
+        """`key` may have something to close once the watermark reaches `at`."""
+        known = self.key_due.get(key)
+        if known is None or at < known:
+            self.key_due[key] = at
+            heapq.heappush(self.heap, (at, key))
+
+    def _key_due_of(self, key: str) -> int | None:
+        """The lowest watermark at which something of `key` closes (None: nothing open)."""
+        kind = self.kind
+        if isinstance(kind, Tumbling):
+            starts = self.starts.get(key, ())
+            return min((kind.bounds(s)[1] + kind.grace_ms for s in starts), default=None)
+        if isinstance(kind, Hopping):
+            done = self.final_until.get(key, -(1 << 62))
+            dues = []
+            for pane in self.starts.get(key, ()):
+                # the first window holding the pane that is not final yet
+                for start, end in kind.windows_of_pane(pane):
+                    if start > done:
+                        dues.append(end + kind.grace_ms)
+                        break
+            return min(dues, default=None)
+        return min(
+            (s.end_ms(kind.gap_ms) + kind.grace_ms for s in self.sessions.get(key, ())),
+            default=None,
+        )
+
+    @property
+    def due(self) -> int:
+        """The lowest watermark at which `advance` may close anything (-1: nothing open)."""
+        while self.heap and self.key_due.get(self.heap[0][1]) != self.heap[0][0]:
+            heapq.heappop(self.heap)  # superseded
+        return self.heap[0][0] if self.heap else -1
 
     def _final(self, end_ms: int, grace_ms: int) -> bool:
         return self.watermark >= end_ms + grace_ms
@@ -321,84 +380,86 @@ class Windows:
         if watermark_ms <= self.watermark:
             return []
         self.watermark = watermark_ms
-        if self.due < 0 or watermark_ms < self.due:
+        heap, key_due = self.heap, self.key_due
+        keys: list[str] = []
+        while heap and heap[0][0] <= watermark_ms:
+            at, key = heapq.heappop(heap)
+            if key_due.get(key) == at:
+                del key_due[key]
+                keys.append(key)
+        if not keys:
             return []  # nothing can close yet
         kind = self.kind
         out: list[Final] = []
-        if isinstance(kind, Tumbling):
-            for (key, start), values in list(self.cells.items()):
-                _, end = kind.bounds(start)
-                if self._final(end, kind.grace_ms):
-                    out.append(Final(kind.name, key, start, end, dict(values)))
-                    self.closed.append((key, start, self.cells.pop((key, start))))
-                    self.dirty.add(key)
-        elif isinstance(kind, Hopping):
-            out = self._advance_hopping(kind)
-        else:
-            for key, open_ in list(self.sessions.items()):
-                keep = []
-                for s in open_:
-                    if self._final(s.end_ms(kind.gap_ms), kind.grace_ms):
-                        values = {**s.counts, "duration_ms": s.last_ms - s.first_ms}
-                        out.append(Final(kind.name, key, s.first_ms, s.end_ms(kind.gap_ms), values))
-                        self.dirty.add(key)
-                    else:
-                        keep.append(s)
-                if keep:
-                    self.sessions[key] = keep
-                else:
-                    del self.sessions[key]
-        self.recompute_due()
+        for key in keys:
+            if isinstance(kind, Tumbling):
+                self._advance_tumbling(kind, key, out)
+            elif isinstance(kind, Hopping):
+                self._advance_hopping(kind, key, out)
+            else:
+                self._advance_sessions(kind, key, out)
+            again = self._key_due_of(key)
+            if again is not None:
+                self._schedule(key, again)
         return sorted(out, key=lambda f: (f.end_ms, f.key, f.start_ms))
 
     def recompute_due(self) -> None:
-        kind = self.kind
-        self.due = -1
-        if isinstance(kind, Tumbling):
-            for _, start in self.cells:
-                self._due(kind.bounds(start)[1] + kind.grace_ms)
-        elif isinstance(kind, Hopping):
-            # the next window to close holds a pane: its first window not final yet
-            for key, pane in self.cells:
-                done = self.final_until.get(key, -(1 << 62))
-                for start, end in kind.windows_of_pane(pane):
-                    if start > done:
-                        self._due(end + kind.grace_ms)
-                        break
-        else:
-            for open_ in self.sessions.values():
-                for s in open_:
-                    self._due(s.end_ms(kind.gap_ms) + kind.grace_ms)
+        """Schedule every key afresh (after the state was put back)."""
+        self.key_due, self.heap = {}, []
+        for key in {*self.starts, *self.sessions}:
+            at = self._key_due_of(key)
+            if at is not None:
+                self._schedule(key, at)
 
-    def _advance_hopping(self, kind: Hopping) -> list[Final]:
-        out: list[Final] = []
-        by_key: dict[str, set[int]] = {}
-        for key, pane in self.cells:
-            by_key.setdefault(key, set()).add(pane)
-        for key, panes in by_key.items():
-            done = self.final_until.get(key, -(1 << 62))
-            starts = {s for p in panes for s, _ in kind.windows_of_pane(p)}
-            for start in sorted(starts):
-                end = start + kind.size_ms
-                if start <= done or not self._final(end, kind.grace_ms):
-                    continue
-                total: dict[str, int] = {}
-                for p in kind.panes_of(start):
-                    _add(total, self.cells.get((key, p), {}))
-                out.append(Final(kind.name, key, start, end, total))
-                self.final_until[key] = max(self.final_until.get(key, start), start)
+    def _advance_tumbling(self, kind: Tumbling, key: str, out: list[Final]) -> None:
+        for start in sorted(self.starts.get(key, ())):
+            _, end = kind.bounds(start)
+            if self._final(end, kind.grace_ms):
+                values = self._close_cell(key, start)
+                out.append(Final(kind.name, key, start, end, dict(values)))
+                self.closed.append((key, start, values))
                 self.dirty.add(key)
-            # a pane no window still open needs is dropped
-            left = len(panes)
-            for p in panes:
-                last_start, last_end = kind.windows_of_pane(p)[-1]
-                if self._final(last_end, kind.grace_ms):
-                    self.closed.append((key, p, self.cells.pop((key, p))))
-                    left -= 1
-            if not left:
-                # no pane left: an event not late can only open windows after the last final
-                self.final_until.pop(key, None)
-        return out
+
+    def _advance_sessions(self, kind: Sessions, key: str, out: list[Final]) -> None:
+        keep = []
+        for s in self.sessions.get(key, []):
+            if self._final(s.end_ms(kind.gap_ms), kind.grace_ms):
+                values = {**s.counts, "duration_ms": s.last_ms - s.first_ms}
+                out.append(Final(kind.name, key, s.first_ms, s.end_ms(kind.gap_ms), values))
+                self.dirty.add(key)
+            else:
+                keep.append(s)
+        if keep:
+            self.sessions[key] = keep
+        else:
+            self.sessions.pop(key, None)
+
+    def _advance_hopping(self, kind: Hopping, key: str, out: list[Final]) -> None:
+        panes = set(self.starts.get(key, ()))
+        if not panes:
+            return
+        done = self.final_until.get(key, -(1 << 62))
+        starts = {s for p in panes for s, _ in kind.windows_of_pane(p)}
+        for start in sorted(starts):
+            end = start + kind.size_ms
+            if start <= done or not self._final(end, kind.grace_ms):
+                continue
+            total: dict[str, int] = {}
+            for p in kind.panes_of(start):
+                _add(total, self.cells.get((key, p), {}))
+            out.append(Final(kind.name, key, start, end, total))
+            self.final_until[key] = max(self.final_until.get(key, start), start)
+            self.dirty.add(key)
+        # a pane no window still open needs is dropped
+        left = len(panes)
+        for p in panes:
+            last_start, last_end = kind.windows_of_pane(p)[-1]
+            if self._final(last_end, kind.grace_ms):
+                self.closed.append((key, p, self._close_cell(key, p)))
+                left -= 1
+        if not left:
+            # no pane left: an event not late can only open windows after the last final
+            self.final_until.pop(key, None)
 
     # --- state, for the role's changelog record ----------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -418,7 +479,8 @@ class Windows:
     def restore(cls, kind: Tumbling | Hopping | Sessions, state: Mapping[str, Any]) -> Windows:
         w = cls(kind)
         w.watermark = int(state["watermark"])
-        w.cells = {(str(k), int(start)): dict(v) for k, start, v in state["cells"]}
+        for k, start, v in state["cells"]:
+            w._open_cell(str(k), int(start)).update(v)
         w.final_until = {str(k): int(v) for k, v in state["final_until"].items()}
         w.sessions = {
             str(k): [Session(int(f), int(last), dict(c)) for f, last, c in open_]
@@ -436,7 +498,9 @@ class Windows:
 
     def key_state(self, key: str) -> dict[str, Any] | None:
         """Everything held for `key`, JSON-serialisable (None: nothing)."""
-        cells = sorted([start, dict(v)] for (k, start), v in self.cells.items() if k == key)
+        cells = [
+            [start, dict(self.cells[(key, start)])] for start in sorted(self.starts.get(key, ()))
+        ]
         sessions = [[s.first_ms, s.last_ms, dict(s.counts)] for s in self.sessions.get(key, [])]
         if not cells and not sessions:
             return None
@@ -448,7 +512,9 @@ class Windows:
     def load_key(self, key: str, state: Mapping[str, Any]) -> None:
         """Put back what `key_state` gave (the watermark is the caller's)."""
         for start, values in state["c"]:
-            self.cells[(key, int(start))] = {str(n): int(v) for n, v in values.items()}
+            cell = self._open_cell(key, int(start))
+            cell.clear()
+            cell.update({str(n): int(v) for n, v in values.items()})
         if state["s"]:
             self.sessions[key] = [
                 Session(int(f), int(last), {str(n): int(v) for n, v in c.items()})
@@ -456,17 +522,18 @@ class Windows:
             ]
         if "f" in state:
             self.final_until[key] = int(state["f"])
-        self.due = 0  # recomputed at the next `advance` that moves the watermark
+        at = self._key_due_of(key)
+        if at is not None:
+            self._schedule(key, at)
 
     def key_states(self, keys: set[str]) -> dict[str, dict[str, Any] | None]:
         """`key_state` of each of `keys`, in one pass over the cells."""
         out: dict[str, dict[str, Any] | None] = {}
-        cells: dict[str, list[list[Any]]] = {}
-        for (k, start), v in self.cells.items():
-            if k in keys:
-                cells.setdefault(k, []).append([start, dict(v)])
         for key in keys:
-            c = sorted(cells.get(key, []), key=lambda x: x[0])
+            c = [
+                [start, dict(self.cells[(key, start)])]
+                for start in sorted(self.starts.get(key, ()))
+            ]
             sessions = [[s.first_ms, s.last_ms, dict(s.counts)] for s in self.sessions.get(key, [])]
             if not c and not sessions:
                 out[key] = None
@@ -478,11 +545,20 @@ class Windows:
         return out
 
     def cells_of(self, keys: set[str]) -> dict[str, dict[int, dict[str, int]]]:
-        """The open cells (tumbling windows, hopping panes) of `keys`, in one pass."""
+        """The open cells (tumbling windows, hopping panes) of `keys`."""
+        return {
+            k: {start: dict(self.cells[(k, start)]) for start in self.starts[k]}
+            for k in keys
+            if k in self.starts
+        }
+
+    def take_changed(self) -> dict[str, dict[int, dict[str, int]]]:
+        """The open cells `add` changed since the last call, by key and start (then forgotten):
+        the current rows a batch writes (a cell that did not change keeps its row)."""
         out: dict[str, dict[int, dict[str, int]]] = {}
-        for (k, start), v in self.cells.items():
-            if k in keys:
-                out.setdefault(k, {})[start] = dict(v)
+        for key, start in self.dirty_cells:
+            out.setdefault(key, {})[start] = dict(self.cells[(key, start)])
+        self.dirty_cells = set()
         return out
 
     def current(self, key: str) -> dict[int, dict[str, int]]:
@@ -490,4 +566,4 @@ class Windows:
         sessions: each open session by its first event time)."""
         if isinstance(self.kind, Sessions):
             return {s.first_ms: dict(s.counts) for s in self.sessions.get(key, [])}
-        return {start: dict(v) for (k, start), v in self.cells.items() if k == key}
+        return {start: dict(self.cells[(key, start)]) for start in self.starts.get(key, ())}

@@ -546,12 +546,12 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             part = stage[p]
             closed = part.close()
             finals += closed
-            ent, dirty, cells = part.take_changes()
+            ent, dirty, cells, changed = part.take_changes()
             entries[p] = ent
             w.watermarks[p] = part.watermark
             if part.watermark >= 0:
                 WATERMARK.labels(str(p)).set(part.watermark / 1000)
-            rows_of(kinds, part, dirty, cells, closed, w)
+            rows_of(kinds, part, dirty, changed, cells, closed, w)
             for f in closed:
                 FINALS.labels(f.window).inc()
                 due = f.end_ms + kinds[f.window].grace_ms
@@ -644,22 +644,24 @@ def rows_of(
     kinds: Mapping[str, Tumbling | Hopping | Sessions],
     part: StagePartition,
     dirty: dict[str, set[str]],
+    changed: dict[str, dict[str, dict[int, dict[str, int]]]],
     cells: dict[str, list[tuple[str, int, dict[str, int]]]],
     closed: list[Final],
     w: AnalyticsWrite,
 ) -> None:
-    """The PostgreSQL rows of a window stage batch: the open windows of the keys that changed
-    (current), the cells and sessions closed (final)."""
+    """The PostgreSQL rows of a window stage batch: the open windows and panes that changed and
+    the open sessions of the keys that changed (current), the cells and sessions closed (final).
+    An open cell that did not change keeps the row written when it last did."""
     for kind, period in PERIODS.items():
         tk = kinds[kind]
         assert isinstance(tk, Tumbling)
-        for key, opened in part.windows[kind].cells_of(dirty[kind]).items():
+        for key, opened in changed[kind].items():
             for start, values in opened.items():
                 w.sales.append(SalesWindow(period, key, start, tk.bounds(start)[1], values, False))
         for key, start, values in cells[kind]:
             w.sales.append(SalesWindow(period, key, start, tk.bounds(start)[1], values, True))
     for kind in ("trending", "search_terms"):
-        for key, opened in part.windows[kind].cells_of(dirty[kind]).items():
+        for key, opened in changed[kind].items():
             for pane, values in opened.items():
                 w.panes.append(PaneRow(kind, key, pane, values, False))
         for key, pane, values in cells[kind]:

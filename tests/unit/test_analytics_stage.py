@@ -127,7 +127,7 @@ def test_a_partition_put_back_from_its_entries_goes_on_exactly_as_before() -> No
         a.apply(rec(T0 + i * 20_000, T0 + i * 20_000, src="o:0", key=f"shop_{i % 2}"))
     a.apply({"m": "o:1", "w": T0 + 10_000})
     a.close()
-    entries, _, _ = a.take_changes()
+    entries, _, _, _ = a.take_changes()
     marker = a.marker()
     b = StagePartition(KINDS, SOURCES, marker)
     b.load((k, v) for k, v in entries.items() if v)
