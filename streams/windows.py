@@ -286,7 +286,7 @@ class Windows:
             start, end = kind.bounds(t_ms)
             if seen >= end + kind.grace_ms:
                 return Late(kind.name, key, start, end, t_ms, seen)
-            _add(self._open_cell(key, start), values)
+            _add(self.open_cell(key, start), values)
             self.dirty.add(key)
             self.dirty_cells.add((key, start))
             self._schedule(key, end + kind.grace_ms)
@@ -297,7 +297,7 @@ class Windows:
             if seen >= first_end + kind.grace_ms:
                 # the earliest window holding this pane is final: its result would change
                 return Late(kind.name, key, first_start, first_end, t_ms, seen)
-            _add(self._open_cell(key, pane), values)
+            _add(self.open_cell(key, pane), values)
             self.dirty.add(key)
             self.dirty_cells.add((key, pane))
             self._schedule(key, first_end + kind.grace_ms)
@@ -320,14 +320,16 @@ class Windows:
         self._schedule(key, merged.end_ms(kind.gap_ms) + kind.grace_ms)
         return None
 
-    def _open_cell(self, key: str, start: int) -> dict[str, int]:
+    def open_cell(self, key: str, start: int) -> dict[str, int]:
+        """The values of `key`'s cell starting at `start`, opened (empty) if need be."""
         cell = self.cells.get((key, start))
         if cell is None:
             cell = self.cells[(key, start)] = {}
             self.starts.setdefault(key, set()).add(start)
         return cell
 
-    def _close_cell(self, key: str, start: int) -> dict[str, int]:
+    def close_cell(self, key: str, start: int) -> dict[str, int]:
+        """Remove `key`'s cell starting at `start`; its values."""
         values = self.cells.pop((key, start))
         starts = self.starts[key]
         starts.discard(start)
@@ -415,7 +417,7 @@ class Windows:
         for start in sorted(self.starts.get(key, ())):
             _, end = kind.bounds(start)
             if self._final(end, kind.grace_ms):
-                values = self._close_cell(key, start)
+                values = self.close_cell(key, start)
                 out.append(Final(kind.name, key, start, end, dict(values)))
                 self.closed.append((key, start, values))
                 self.dirty.add(key)
@@ -455,7 +457,7 @@ class Windows:
         for p in panes:
             last_start, last_end = kind.windows_of_pane(p)[-1]
             if self._final(last_end, kind.grace_ms):
-                self.closed.append((key, p, self._close_cell(key, p)))
+                self.closed.append((key, p, self.close_cell(key, p)))
                 left -= 1
         if not left:
             # no pane left: an event not late can only open windows after the last final
@@ -480,7 +482,7 @@ class Windows:
         w = cls(kind)
         w.watermark = int(state["watermark"])
         for k, start, v in state["cells"]:
-            w._open_cell(str(k), int(start)).update(v)
+            w.open_cell(str(k), int(start)).update(v)
         w.final_until = {str(k): int(v) for k, v in state["final_until"].items()}
         w.sessions = {
             str(k): [Session(int(f), int(last), dict(c)) for f, last, c in open_]
@@ -512,7 +514,7 @@ class Windows:
     def load_key(self, key: str, state: Mapping[str, Any]) -> None:
         """Put back what `key_state` gave (the watermark is the caller's)."""
         for start, values in state["c"]:
-            cell = self._open_cell(key, int(start))
+            cell = self.open_cell(key, int(start))
             cell.clear()
             cell.update({str(n): int(v) for n, v in values.items()})
         if state["s"]:
