@@ -18,6 +18,14 @@ def _since(log: Path, offset: int) -> str:
     return log.read_bytes()[offset:].decode("utf-8", "replace")
 
 
+def _restarted(pipeline: Pipeline, name: str, log: Path) -> str:
+    """Start the worker again; what it logged until it was ready."""
+    start = log.stat().st_size
+    pipeline.workers.restart(name)
+    poll(lambda: "Worker ready" in _since(log, start), timeout=60, what=f"{name} to be ready")
+    return _since(log, start)
+
+
 def test_a_worker_killed_restores_its_tables_from_the_changelogs_and_a_clean_stop_keeps_them(
     pipeline: Pipeline,
 ) -> None:
@@ -33,28 +41,14 @@ def test_a_worker_killed_restores_its_tables_from_the_changelogs_and_a_clean_sto
         assert running.exists()
         left = tables / "left-by-the-killed-run"
         left.write_text("an entry the changelog never got\n")
-        start = log.stat().st_size
-        pipeline.workers.restart(iso.name)
-        poll(
-            lambda: "Worker ready" in _since(log, start),
-            timeout=60,
-            what="the restarted worker to be ready",
-        )
-        assert "did not stop cleanly" in _since(log, start)
+        assert "did not stop cleanly" in _restarted(pipeline, iso.name, log)
         assert not left.exists()
         # stopped cleanly: its stores are kept
         pipeline.workers.stop(iso.name)
         assert not running.exists()
         kept = tables / "kept-after-a-clean-stop"
         kept.write_text("x\n")
-        start = log.stat().st_size
-        pipeline.workers.restart(iso.name)
-        poll(
-            lambda: "Worker ready" in _since(log, start),
-            timeout=60,
-            what="the worker to be ready again",
-        )
-        assert "did not stop cleanly" not in _since(log, start)
+        assert "did not stop cleanly" not in _restarted(pipeline, iso.name, log)
         assert kept.exists() and running.exists()
     finally:
         pipeline.workers.stop(iso.name)
