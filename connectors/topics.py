@@ -7,6 +7,7 @@ from KAFKA_REPLICATION_FACTOR and KAFKA_MIN_INSYNC_REPLICAS.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Iterable
 
@@ -87,6 +88,7 @@ def ensure_topics_ready(
     (a record written to a partition its leader does not serve yet may be lost). Returns the
     names created."""
     wanted = list(topics if topics is not None else TOPICS.values())
+    deadline = time.monotonic() + timeout_s  # one budget for both steps
     created = ensure_topics(
         bootstrap,
         wanted,
@@ -94,7 +96,7 @@ def ensure_topics_ready(
         min_insync_replicas=min_insync_replicas,
         timeout_s=timeout_s,
     )
-    wait_topics_ready(bootstrap, wanted, timeout_s=timeout_s)
+    wait_topics_ready(bootstrap, wanted, timeout_s=max(1.0, deadline - time.monotonic()))
     return created
 
 
@@ -165,9 +167,10 @@ def _not_served(admin: AdminClient, wanted: dict[str, int], deadline: float) -> 
         futures = admin.list_offsets(request, request_timeout=wait)
     except KafkaException as exc:
         return [f"listing offsets failed: {exc}"]
+    concurrent.futures.wait(list(futures.values()), timeout=wait)  # one wait for them all
     for tp, future in futures.items():
         try:
-            future.result(wait)
+            future.result(0)
         except Exception as exc:  # noqa: BLE001 - a KafkaException or a timeout: not served yet
             pending.setdefault(tp.topic, []).append(tp.partition)
             first = first or str(exc)

@@ -10,6 +10,7 @@ reliability mechanism (`streams.reliability.Guard`).
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import importlib
 import logging
@@ -208,6 +209,10 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
     transport.run_app(app, settings.log_level.lower(), clean_stop=running)
 
 
+#: the data folders' locks, held for the process's life (see `distrust_crashed_stores`)
+_LOCKS: list[int] = []
+
+
 def distrust_crashed_stores(datadir: Path, tabledir: Path) -> Path:
     """A worker's local table stores are trusted only after a clean stop. faust writes a table
     entry to the local store (RocksDB) at once and to its changelog later: a worker that ended
@@ -217,17 +222,29 @@ def distrust_crashed_stores(datadir: Path, tabledir: Path) -> Path:
     (two movements with one sequence number, found by the 20,000-event kill -9 test). So
     the file `RUNNING` marks a run in progress (`run_app` removes it after a clean stop); found
     at start, it means the last run did not stop cleanly, and the local stores are removed: the
-    tables are restored from their changelogs alone. Returns the marker's path."""
+    tables are restored from their changelogs alone. The file is locked while the worker runs
+    (another worker on the same folder exits instead). Returns the marker's path."""
     running = datadir / "RUNNING"
-    if running.exists() and tabledir.exists():
+    # held while this process lives (the kernel drops it at exit, however the process ends):
+    # a second worker started on the same folder by mistake must not remove a live one's stores
+    lock = os.open(running, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held = running.read_text(encoding="utf-8").strip()
+        exit_worker(EXIT_NOT_READY, f"{datadir} is in use by another worker ({held})")
+    _LOCKS.append(lock)
+    last = running.read_text(encoding="utf-8").strip()
+    if last and tabledir.exists():
         log.warning(
             "the last run in %s did not stop cleanly (%s): removing its local table stores, "
             "restored from their changelogs",
             datadir,
-            running.read_text(encoding="utf-8").strip() or "no detail",
+            last,
         )
         shutil.rmtree(tabledir)
-    running.write_text(f"pid {os.getpid()} started at {time.time():.3f}\n", encoding="utf-8")
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, f"pid {os.getpid()} started at {time.time():.3f}\n".encode(), 0)
     return running
 
 

@@ -366,13 +366,6 @@ class Windows:
             default=None,
         )
 
-    @property
-    def due(self) -> int:
-        """The lowest watermark at which `advance` may close anything (-1: nothing open)."""
-        while self.heap and self.key_due.get(self.heap[0][1]) != self.heap[0][0]:
-            heapq.heappop(self.heap)  # superseded
-        return self.heap[0][0] if self.heap else -1
-
     def _final(self, end_ms: int, grace_ms: int) -> bool:
         return self.watermark >= end_ms + grace_ms
 
@@ -545,14 +538,6 @@ class Windows:
                 st["f"] = self.final_until[key]
             out[key] = st
         return out
-
-    def cells_of(self, keys: set[str]) -> dict[str, dict[int, dict[str, int]]]:
-        """The open cells (tumbling windows, hopping panes) of `keys`."""
-        return {
-            k: {start: dict(self.cells[(k, start)]) for start in self.starts[k]}
-            for k in keys
-            if k in self.starts
-        }
 
     def take_changed(self) -> dict[str, dict[int, dict[str, int]]]:
         """The open cells `add` changed since the last call, by key and start (then forgotten):

@@ -133,14 +133,22 @@ class Buffer(ProducerBuffer):
         super().__post_init__()
         self.sending = 0
         self.in_order = asyncio.Lock()  # one hand-over at a time, in the order taken
+        # a record Kafka refused (faust only logs it): the local stores are then ahead of their
+        # changelogs, and a stop is not clean (see `streams.app.distrust_crashed_stores`)
+        self.refused = 0
 
     async def _send_pending(self, fut: Any) -> None:
         self.sending += 1  # taken from the queue (no longer in `size`) in the same step
         try:
+            fut.add_done_callback(self._delivered)
             async with self.in_order:
                 await super()._send_pending(fut)
         finally:
             self.sending -= 1
+
+    def _delivered(self, fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.refused += 1
 
     async def flush(self) -> None:
         waited = 0.0

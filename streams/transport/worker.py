@@ -15,8 +15,8 @@ class _Worker(faust.Worker):
     aiokafka debug line was then formatted (a third of a core at low rates, and 250-500 ms tails
     from produce to row). No spinner: the root logger stays at the configured level.
 
-    After a stop that handed every table write to Kafka, the file `clean_stop` is removed (see
-    `streams.app.distrust_crashed_stores`)."""
+    After a stop that handed every table write to Kafka, none of them refused, the file
+    `clean_stop` is removed (see `streams.app.distrust_crashed_stores`)."""
 
     clean_stop: Path | None = None
 
@@ -26,7 +26,8 @@ class _Worker(faust.Worker):
     def stop_and_shutdown(self) -> None:
         super().stop_and_shutdown()
         buffer = self.app.producer.buffer
-        if self.clean_stop is not None and not buffer.size and not getattr(buffer, "sending", 0):
+        handed_over = not buffer.size and not getattr(buffer, "sending", 0)
+        if self.clean_stop is not None and handed_over and not getattr(buffer, "refused", 0):
             self.clean_stop.unlink(missing_ok=True)
 
 

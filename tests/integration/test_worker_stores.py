@@ -35,7 +35,7 @@ def test_a_worker_killed_restores_its_tables_from_the_changelogs_and_a_clean_sto
     log = pipeline.workers.log_of(iso.name)
     try:
         poll(lambda: "Worker ready" in _since(log, 0), timeout=60, what="the worker to be ready")
-        assert running.exists() and tables.is_dir()
+        poll(lambda: running.exists() and tables.is_dir(), timeout=30, what="its table stores")
         # killed: what its stores hold is not trusted
         pipeline.workers.kill9(iso.name)
         assert running.exists()
