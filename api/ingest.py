@@ -22,8 +22,8 @@ from confluent_kafka import KafkaError
 from prometheus_client import Counter, Histogram
 
 from api.problems import Problem
-from api.producer import Delivery, EventProducer, Failure, Record, failure_kind
 from connectors.claims import ClaimStore
+from connectors.producer import Delivery, EventProducer, Failure, Record, failure_kind
 from schemas.catalog import EVENT_TYPES, EventType
 from schemas.codec import frame
 from schemas.encoder import _long, _string, compile_encoder

@@ -19,12 +19,12 @@ from api.ingest import Ingestor
 from api.live import LiveHub
 from api.metrics import RequestMetrics
 from api.problems import install_handlers
-from api.producer import EventProducer
 from api.reads import ReadSide
 from api.routes import analytics, events, health, notifications, reads
 from api.routes.events import IngestEndpoints
 from connectors.claims import ClaimStore
 from connectors.db import migrate
+from connectors.producer import EventProducer
 from connectors.topics import ensure_topics_ready
 from core.settings import Settings, get_settings
 from schemas.catalog import EVENT_TYPES

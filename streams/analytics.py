@@ -30,15 +30,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
+from schemas.partitioner import partition_for
 from streams.funnel import session_values
 from streams.sales import OrderSales, contribution
 from streams.windows import MINUTE_MS, Final, Hopping, Late, Sessions, Tumbling, Windows
 
 __all__ = [
     "AGGREGATES",
+    "Bundles",
     "Contribution",
     "StagePartition",
     "contributions",
+    "items_of",
+    "partition_of",
     "position",
     "search_term",
     "window_kinds",
@@ -136,6 +142,64 @@ def position(routed_from: str) -> tuple[str, tuple[int, int]]:
     return source, (int(offset), int(index))
 
 
+def partition_of(key: str, parts: int) -> int:
+    """The by-key partition of a contribution's key (`<aggregate>:<key>`): Kafka's default
+    partitioner, so a key stays where the records the router sent one by one went."""
+    return partition_for(key, parts)
+
+
+#: a bundle record's value at most about this many bytes (a Kafka record's limit is 1 MiB)
+BUNDLE_BYTES = 256 * 1024
+
+
+class Bundles:
+    """What a router batch sends to the by-key topic: per partition, its items (contributions
+    and marks, each a JSON object with its position `o` offset, `i` index) in order, shipped as
+    **bundle** records `{"b": [item, ...]}` of at most `BUNDLE_BYTES` (one record per partition
+    and batch instead of one per contribution: the window stage's per-record cost was most of
+    the role's)."""
+
+    def __init__(self, parts: int, limit: int = BUNDLE_BYTES) -> None:
+        self.parts, self.limit = parts, limit
+        self.open: dict[int, tuple[list[bytes], int, int]] = {}  # items, bytes, latest time
+        self.full: list[tuple[int, bytes, int]] = []
+
+    def add(self, partition: int, item: Mapping[str, Any], at_ms: int) -> None:
+        encoded = orjson.dumps(item)
+        items, size, top = self.open.get(partition, ([], 0, -1))
+        if items and size + len(encoded) + 1 > self.limit:
+            self.full.append((partition, _bundle(items), top))
+            items, size, top = [], 0, -1
+        items.append(encoded)
+        self.open[partition] = (items, size + len(encoded) + 1, max(top, at_ms))
+
+    def add_to_all(self, item: Mapping[str, Any], at_ms: int) -> None:
+        for p in range(self.parts):
+            self.add(p, item, at_ms)
+
+    def take(self) -> list[tuple[int, bytes, int]]:
+        """The bundle records, (partition, value, timestamp ms: the latest item's time), in
+        order within each partition; empties the bundles."""
+        out = self.full + [(p, _bundle(items), top) for p, (items, _, top) in self.open.items()]
+        self.open, self.full = {}, []
+        return out
+
+
+def _bundle(items: list[bytes]) -> bytes:
+    return b'{"b":[' + b",".join(items) + b"]}"
+
+
+def items_of(value: bytes | None, routed_from: str | None) -> list[dict[str, Any]]:
+    """The items of a by-key record: a bundle's, or the one contribution or mark of a record
+    written one by one (before bundles; its position in the header `x-routed-from`)."""
+    record = orjson.loads(value or b"{}")
+    if "b" in record:
+        return list(record["b"])
+    if routed_from is not None:
+        _, (record["o"], record["i"]) = position(routed_from)
+    return [record]
+
+
 @dataclass
 class LateEvent:
     late: Late
@@ -181,15 +245,34 @@ class StagePartition:
         }
 
     def copy_of_applied(self, routed_from: str | None) -> bool:
-        """Whether a record is a copy the router forwarded again (by its position)."""
+        """Whether a record is a copy the router forwarded again (by its position, a header
+        `x-routed-from`)."""
         if routed_from is None:
             return False
         source, pos = position(routed_from)
+        return self.copy_of(source, pos[0], pos[1])
+
+    def copy_of(self, source: str, offset: int, index: int) -> bool:
+        """Whether an item at this position of its router input partition `source` is a copy
+        the router forwarded again (at or below the highest position applied from there); if
+        not, its position becomes the highest."""
         last = self.routed.get(source)
-        if last is not None and tuple(pos) <= tuple(last):
+        if last is not None and (offset, index) <= (last[0], last[1]):
             return True
-        self.routed[source] = list(pos)
+        self.routed[source] = [offset, index]
         return False
+
+    def changed_keys(self) -> int:
+        """How many keys changed since the last `take_changes` (over the window kinds)."""
+        return sum(len(w.dirty) for w in self.windows.values())
+
+    def take(self, item: Mapping[str, Any]) -> list[LateEvent] | None:
+        """Apply a by-key item unless it is a copy (None) or has no position (applied)."""
+        if "o" in item:
+            source = str(item["m"] if "m" in item else item["s"])
+            if self.copy_of(source, int(item["o"]), int(item["i"])):
+                return None
+        return self.apply(item)
 
     def _observe(self, source: str, wm: int) -> None:
         if wm > self.sources.get(source, -1):

@@ -63,6 +63,8 @@ from connectors.analytics import (
 )
 from connectors.base import DependencyDown
 from connectors.kafka import consumer_config
+from connectors.producer import Delivery, EventProducer
+from connectors.producer import Record as OutRecord
 from schemas.catalog import TOPICS
 from schemas.codec import EventCodec, UndecodableRecord
 from schemas.outputs import ANALYTICS_LATE, ANALYTICS_WINDOW, Output, late_id, window_id
@@ -70,9 +72,12 @@ from schemas.registry import UnknownSchema
 from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.analytics import (
     ROUTED,
+    Bundles,
     LateEvent,
     StagePartition,
     contributions,
+    items_of,
+    partition_of,
     window_kinds,
 )
 from streams.reliability import Record, Rejection
@@ -88,6 +93,16 @@ __all__ = ["by_key_topic", "final_datum", "install", "rows_of", "ticks_topic"]
 log = logging.getLogger(__name__)
 
 ROUTED_FROM = "x-routed-from"
+#: the key of a bundle record (the router chooses each record's partition)
+BUNDLE_KEY = b"~bundle"
+#: the window stage writes its state after at most this many items, or once the keys they
+#: changed reach FLUSH_KEYS (a partition's marker carries those keys' entries in one changelog
+#: record: about 300 bytes each in the benchmark, at most CHANGELOG_MAX_BYTES in all)
+FLUSH_ITEMS = 5000
+FLUSH_KEYS = 2000
+#: how long librdkafka tries to deliver a final result or late event before the batch fails
+#: (and is done again)
+OUTPUT_DELIVERY_TIMEOUT_MS = 30_000
 #: a tick's mark comes after every record of the offset it follows: its index is this + W
 TICK_INDEX = 10**13
 #: sales windows: window kind -> the `period` of their rows
@@ -239,6 +254,16 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         os._exit(137)
 
     # --- 1. route ---------------------------------------------------------------------------
+    partitions: dict[str, int] = {}  # a contribution's key -> its by-key partition
+
+    def partition_for(key: str) -> int:
+        p = partitions.get(key)
+        if p is None:
+            if len(partitions) >= 100_000:
+                partitions.clear()
+            p = partitions[key] = partition_of(key, parts)
+        return p
+
     clocks: dict[str, tuple[int, SourceClock]] = {}  # source -> (offset handled, its clock)
     last_seen: dict[str, float] = {}  # source -> monotonic time its last record was handled
 
@@ -265,30 +290,24 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             known = clocks[source] = (offset, SourceClock(wm))
         return known
 
-    def marks(source: str, offset: int, index: int, wm: int) -> list[Any]:
-        value = orjson.dumps({"m": source, "w": wm})
-        pos = f"{source}:{offset}:{index}".encode()
-        return [
-            app.producer.send(
-                by_key_name,
-                b"~mark",
-                value,
-                partition=p,
-                timestamp=wm / 1000,
-                headers=[(ROUTED_FROM, pos)],
-            )
-            for p in range(parts)
-        ]
+    def mark(out: Bundles, source: str, offset: int, index: int, wm: int) -> None:
+        out.add_to_all({"m": source, "w": wm, "o": offset, "i": index}, wm)
 
-    def apply_ticks(source: str, low: int, high: int, clock: SourceClock) -> list[Any]:
-        """Grant the ticks following offsets in [low, high]: the marks to send."""
-        sends: list[Any] = []
+    def apply_ticks(source: str, low: int, high: int, clock: SourceClock, out: Bundles) -> None:
+        """Grant the ticks following offsets in [low, high]; their marks into `out`."""
         for follows, wm in ticks.between(source, low, high):
             before = clock.watermark
             clock.grant(wm)
             if closes_between(graces, before, clock.watermark):
-                sends += marks(source, follows, TICK_INDEX + wm, clock.watermark)
-        return sends
+                mark(out, source, follows, TICK_INDEX + wm, clock.watermark)
+
+    def shipped(out: Bundles) -> list[Any]:
+        return [
+            app.producer.send(
+                by_key_name, BUNDLE_KEY, value, partition=p, timestamp=ts / 1000, headers=[]
+            )
+            for p, value, ts in out.take()
+        ]
 
     async def send_in_order(sends: list[Any]) -> None:
         futures = [await f for f in sends]  # queued in order (one partition: kept in order)
@@ -320,7 +339,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         return []
 
     async def route_records(records: list[Record]) -> None:
-        sends: list[Any] = []
+        out = Bundles(parts)
         orders: dict[str, tuple[OrderSales | None, faust.EventT[Any]]] = {}
         touched: dict[str, faust.EventT[Any]] = {}
         for r in records:
@@ -328,7 +347,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             handled, clock = clock_of(source, r.source)
             if r.offset <= handled:
                 continue  # handled before a crash (the table is ahead of the committed offset)
-            sends += apply_ticks(source, handled, r.offset - 1, clock)
+            apply_ticks(source, handled, r.offset - 1, clock, out)
             touched[source] = r.source
             last_seen[source] = time.monotonic()
             ev = await decoded(r)
@@ -337,7 +356,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 before = clock.watermark
                 clock.stamp(r.timestamp_ms)
                 if closes_between(graces, before, clock.watermark):
-                    sends += marks(source, r.offset, 0, clock.watermark)
+                    mark(out, source, r.offset, 0, clock.watermark)
                 clocks[source] = (r.offset, clock)
                 continue
             state: OrderSales | None = None
@@ -350,38 +369,30 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                     in_partition_of(r.source)
                     saved = router_table.get(f"order|{oid}")
                     state = None if saved is None else OrderSales.from_json(saved)
-            new, out = contributions(ev, state)
+            new, made = contributions(ev, state)
             if oid and new is not state:
                 orders[oid] = (new, r.source)
             seen, _ = clock.stamp(_ms(ev["occurred_at"]))
-            mark = clock.watermark if closes_between(graces, seen, clock.watermark) else None
+            passed = clock.watermark if closes_between(graces, seen, clock.watermark) else None
             eid, etype = str(ev["id"]), str(ev["type"])
-            for i, c in enumerate(out):
-                value = orjson.dumps(
-                    {
-                        "a": c.aggregate,
-                        "k": c.key,
-                        "t": c.at_ms,
-                        "v": c.values,
-                        "w": seen,
-                        "s": source,
-                        "e": eid,
-                        "y": etype,
-                    }
-                )
-                sends.append(
-                    app.producer.send(
-                        by_key_name,
-                        f"{c.aggregate}:{c.key}".encode(),
-                        value,
-                        partition=None,
-                        timestamp=c.at_ms / 1000,
-                        headers=[(ROUTED_FROM, f"{source}:{r.offset}:{i}".encode())],
-                    )
-                )
-            if mark is not None:
-                sends += marks(source, r.offset, len(out), mark)
+            for i, c in enumerate(made):
+                item = {
+                    "a": c.aggregate,
+                    "k": c.key,
+                    "t": c.at_ms,
+                    "v": c.values,
+                    "w": seen,
+                    "s": source,
+                    "e": eid,
+                    "y": etype,
+                    "o": r.offset,
+                    "i": i,
+                }
+                out.add(partition_for(f"{c.aggregate}:{c.key}"), item, c.at_ms)
+            if passed is not None:
+                mark(out, source, r.offset, len(made), passed)
             clocks[source] = (r.offset, clock)
+        sends = shipped(out)
         forwarded = bool(sends)
         await send_in_order(sends)
         if forwarded:
@@ -443,7 +454,9 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 source = f"{tp.topic}:{tp.partition}"
                 handled, clock = clock_of(source, None)
                 # ticks of the topic at this offset (a restart): granted before deciding
-                await send_in_order(apply_ticks(source, handled, handled, clock))
+                out = Bundles(parts)
+                apply_ticks(source, handled, handled, clock, out)
+                await send_in_order(shipped(out))
                 end = highwater(app, tp)
                 if end is None or handled != end - 1:
                     continue  # not read to its end (or no fetch yet)
@@ -470,7 +483,8 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 TICKS.inc()
                 ticks.add(source, handled, grant)
                 # granted (its marks sent); the clock's entry follows with the next record
-                await send_in_order(apply_ticks(source, handled, handled, clock))
+                apply_ticks(source, handled, handled, clock, out)
+                await send_in_order(shipped(out))
 
     # --- 3. aggregate --------------------------------------------------------------------------
     stage: dict[int, StagePartition] = {}
@@ -485,6 +499,35 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             )
             known = codecs[output.suffix] = (sid, EventCodec(output.schema))
         return known
+
+    # the final results and late events: librdkafka's producer (faust's, in Python, cost a
+    # tenth of the role's CPU for about one final result per event in the benchmark)
+    outputs: list[EventProducer] = []
+
+    async def publish(records: list[OutRecord]) -> None:
+        """Write `records`; return once Kafka acknowledged every one (DependencyDown if not:
+        the batch is done again, the same records with the same ids)."""
+        if not records:
+            return
+        if not outputs:
+            producer = EventProducer(
+                s.kafka_bootstrap,
+                delivery_timeout_ms=OUTPUT_DELIVERY_TIMEOUT_MS,
+                linger_ms=5,
+                max_message_bytes=1 << 20,
+            )
+            producer.start(asyncio.get_running_loop())
+            outputs.append(producer)
+        results = await outputs[0].send(records)
+        failed = [r for r in results if not isinstance(r, Delivery)]
+        if failed:
+            raise DependencyDown(f"{len(failed)} analytics output records not written: {failed[0]}")
+
+    @app.on_before_shutdown.connect
+    async def close_outputs(_app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        for producer in outputs:
+            await asyncio.to_thread(producer.close)
+        outputs.clear()
 
     def put(key: str, value: Any) -> None:
         if value is None:
@@ -515,6 +558,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             stage_gen[0] = gen
         touched: dict[int, faust.EventT[Any]] = {}
         late: list[LateEvent] = []
+        taken = 0
         try:
             for r in records:
                 p = r.partition
@@ -525,10 +569,21 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                     continue  # applied before a crash
                 touched[p] = r.source
                 routed = r.headers.get(ROUTED_FROM)
-                if part.copy_of_applied(None if routed is None else routed.decode()):
-                    COPIES.inc()
-                else:
-                    late += part.apply(orjson.loads(r.value or b"{}"))
+                for item in items_of(r.value, None if routed is None else routed.decode()):
+                    got = part.take(item)
+                    if got is None:
+                        COPIES.inc()
+                        continue
+                    late += got
+                    taken += 1
+                    if taken >= FLUSH_ITEMS or (
+                        taken % 100 == 0
+                        and sum(stage[q].changed_keys() for q in touched) >= FLUSH_KEYS
+                    ):
+                        # in the middle of a bundle: the marker keeps this record's offset
+                        # unapplied, the positions applied skip its first items on a restart
+                        await emit(touched, late)
+                        touched, late, taken = {p: r.source}, [], 0
                 part.offset = r.offset
             await emit(touched, late)
         except BaseException:
@@ -573,21 +628,13 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 )
             )
         await store.write(w)
-        sends: list[Any] = []
+        sends: list[OutRecord] = []
         if finals:
             sid, wc = await codec(ANALYTICS_WINDOW)
+            topic = ANALYTICS_WINDOW.topic(ns)
             for f in finals:
                 value = wc.encode(sid, final_datum(f))
-                sends.append(
-                    app.producer.send(
-                        ANALYTICS_WINDOW.topic(ns),
-                        f"{f.window}:{f.key}".encode(),
-                        value,
-                        partition=None,
-                        timestamp=f.end_ms / 1000,
-                        headers=[],
-                    )
-                )
+                sends.append(OutRecord(topic, f"{f.window}:{f.key}".encode(), value, f.end_ms))
         if late:
             sid, lc = await codec(ANALYTICS_LATE)
             for x in late:
@@ -608,16 +655,14 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                     },
                 )
                 sends.append(
-                    app.producer.send(
+                    OutRecord(
                         ANALYTICS_LATE.topic(ns),
                         f"{lt.window}:{lt.key}".encode(),
                         value,
-                        partition=None,
-                        timestamp=lt.event_ms / 1000,
-                        headers=[],
+                        lt.event_ms,
                     )
                 )
-        await send_in_order(sends)
+        await publish(sends)
         # per partition, in its changelog partition: the marker with the entries ("not done"),
         # the entries, the marker "done"
         for p, event in touched.items():
@@ -635,8 +680,8 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
 
     @app.agent(raw_topic(app, by_key_name, partitions=parts), name="aggregate_windows")
     async def aggregate_windows(stream: faust.StreamT[Any]) -> None:
-        # at most 500: a partition's marker carries its batch's entries in one changelog record
-        async for events, records in raw_batches(stream, min(size, 500), within):
+        # records of bundles: a batch's state is written each FLUSH_ITEMS items
+        async for events, records in raw_batches(stream, size, within):
             await settle(events, stage_guard.process(records, aggregate))
 
 
@@ -708,6 +753,11 @@ def final_datum(f: Final) -> dict[str, Any]:
         "window_end": _dt(f.end_ms),
         "values": {k: int(v) for k, v in f.values.items()},
     }
+
+
+def key_of(late: Any) -> bytes:
+    """A late event's record key: its window kind and key."""
+    return f"{late.window}:{late.key}".encode()
 
 
 def _dt(ms: int) -> datetime:

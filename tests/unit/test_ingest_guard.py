@@ -7,8 +7,8 @@ import pytest
 
 from api.ingest import Ingestor
 from api.problems import Problem
-from api.producer import EventProducer
 from connectors.claims import ClaimStore
+from connectors.producer import EventProducer
 from schemas.catalog import EVENT_TYPES
 from schemas.registry import SchemaRegistry
 

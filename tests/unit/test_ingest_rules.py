@@ -14,9 +14,9 @@ from confluent_kafka import KafkaError
 
 from api.ingest import Ingestor
 from api.problems import Problem
-from api.producer import Delivery, Failure, Record, failure_kind
 from api.routes.events import require_json
 from connectors.claims import ClaimOutcome
+from connectors.producer import Delivery, Failure, Record, failure_kind
 from schemas.catalog import EVENT_TYPES
 
 # --- media type -----------------------------------------------------------------------------------
