@@ -9,11 +9,13 @@ tables expire windows by the wall clock); the arithmetic is `streams.windows`, `
    a tick) and, per
    order, what the sales windows counted of it (`OrderSales`), in the table `analytics-router`
    (partitioned like the source topics). Each event becomes contributions
-   (`streams.analytics.contributions`), forwarded to the by-key topic keyed by aggregate and
-   key, each stamped with its source partition's watermark just before it (lateness is judged
-   by it) and its position (`x-routed-from`: source partition, offset, index). Each time a
-   source partition's watermark passes a point where a window may close (`closes_between`: a
-   minute boundary plus a grace), a mark goes to every by-key partition.
+   (`streams.analytics.contributions`), forwarded to the by-key topic, to the partition of
+   its aggregate and key (Kafka's default partitioner), each stamped with its source
+   partition's watermark just before it (lateness is judged by it) and its position (source
+   partition, offset, index). Each time a source partition's watermark passes a point where a
+   window may close (`closes_between`: a minute boundary plus a grace), a mark goes to every
+   by-key partition. A batch's contributions and marks go as **bundles**
+   (`streams.analytics.Bundles`: one record per by-key partition, its items in order).
 2. **Tick.** A source partition quiet for `ANALYTICS_TICK_IDLE_S`, read to its end, gets a tick:
    a record in the retained ticks topic naming the partition, the offset it follows and the
    watermark it grants (the wall clock), written before it is applied (a mark to every by-key
@@ -24,16 +26,18 @@ tables expire windows by the wall clock); the arithmetic is `streams.windows`, `
 3. **Aggregate.** `aggregate_windows` reads the by-key topic. Per partition, its state
    (`streams.analytics.StagePartition`: each source partition's watermark, the router
    positions applied, the windows of its keys) lives in the table `analytics`: one entry per
-   window kind and key, and a marker. A record at or below the marker's offset, or a copy the
-   router forwarded again (position at or below the highest applied from its source), is
-   skipped. After a batch, the windows are advanced to the partition's watermark (the minimum
-   of its source partitions'); then, in order: the rows (current and final) in PostgreSQL, in
-   one transaction; the final results and late events on their topics (delivery awaited);
-   per partition the marker with the batch's entries ("not done"), the entries, the marker
-   "done" (as the stock role: the changelog keeps a prefix after a crash; a marker "not done"
-   is completed from its own copy of the entries). A crash before the marker redoes the batch
-   from the same state: the same rows (values set, never added; a final row never changes)
-   and the same final records (same ids: recognisable duplicates).
+   window kind and key, a marker and a journal (`streams.analytics.Journal`). A record at or
+   below the applied offset, or an item the router forwarded again (position at or below the
+   highest applied from its source), is skipped. After a batch (or every FLUSH_ITEMS items, in
+   the middle of a bundle: its offset stays unapplied, its items applied are skipped by
+   position when it comes again), the windows are advanced to the partition's watermark (the
+   minimum of its source partitions'); then, in order: the rows (current and final) in
+   PostgreSQL, in one transaction; the final results and late events on their topics
+   (librdkafka, delivery awaited); per partition **one** journal record holding the batch's
+   positions and the entries of the keys it changed, and at times a checkpoint (the entries,
+   the marker, the journal records deleted). A crash before the journal record redoes the
+   batch from the same state: the same rows (values set, never added; a final row never
+   changes) and the same final records (same ids: recognisable duplicates).
 """
 
 from __future__ import annotations
@@ -73,11 +77,13 @@ from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.analytics import (
     ROUTED,
     Bundles,
+    Journal,
     LateEvent,
     StagePartition,
     contributions,
     items_of,
     partition_of,
+    replay,
     window_kinds,
 )
 from streams.reliability import Record, Rejection
@@ -100,6 +106,10 @@ BUNDLE_KEY = b"~bundle"
 #: record: about 300 bytes each in the benchmark, at most CHANGELOG_MAX_BYTES in all)
 FLUSH_ITEMS = 5000
 FLUSH_KEYS = 2000
+#: a window stage partition checkpoints its journal (see `streams.analytics.Journal`) once it
+#: holds this many keys' entries or this many batches
+CHECKPOINT_KEYS = 5000
+CHECKPOINT_RECORDS = 50
 #: how long librdkafka tries to deliver a final result or late event before the batch fails
 #: (and is done again)
 OUTPUT_DELIVERY_TIMEOUT_MS = 30_000
@@ -488,6 +498,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
 
     # --- 3. aggregate --------------------------------------------------------------------------
     stage: dict[int, StagePartition] = {}
+    journals: dict[int, Journal] = {}
     stage_gen: list[int | None] = [-2]
     codecs: dict[str, tuple[int, EventCodec]] = {}
 
@@ -537,17 +548,28 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             table[key] = value
 
     def load(p: int, event: faust.EventT[Any]) -> StagePartition:
-        """Partition `p`'s state from the table (a marker "not done" completed first)."""
+        """Partition `p`'s state from the table: its entries, then its journal's records."""
         in_partition_of(event)
         marker = table.get(f"@:{p}")
         if isinstance(marker, dict) and not marker.get("done", True):
+            # a marker "not done" (written before journals): its entries completed first
             for key, value in marker["writes"].items():
                 put(key, value)
             marker = {k: v for k, v in marker.items() if k != "writes"} | {"done": True}
             table[f"@:{p}"] = marker
-        part = StagePartition(kinds, sources, marker if isinstance(marker, dict) else None)
-        prefix = f"w:{p}:"
-        part.load((k[len(prefix) :], v) for k, v in table.items() if k.startswith(prefix) and v)
+        w_prefix, j_prefix = f"w:{p}:", f"j:{p}:"
+        entries: dict[str, Any] = {}
+        records: list[tuple[str, Any]] = []
+        for k, v in table.items():
+            if k.startswith(w_prefix):
+                entries[k] = v
+            elif k.startswith(j_prefix) and v:
+                records.append((k, v))
+        states, last, journals[p] = replay(
+            entries, marker if isinstance(marker, dict) else None, records
+        )
+        part = StagePartition(kinds, sources, last)
+        part.load((k[len(w_prefix) :], v) for k, v in states.items() if v)
         part.take_changes()
         return part
 
@@ -663,20 +685,26 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                     )
                 )
         await publish(sends)
-        # per partition, in its changelog partition: the marker with the entries ("not done"),
-        # the entries, the marker "done"
+        # per partition, in its changelog partition: the batch's journal record (its state
+        # and positions: one record), and at times a checkpoint
         for p, event in touched.items():
             in_partition_of(event)
             marker = stage[p].marker()
             writes = {f"w:{p}:{k}": v for k, v in entries[p].items()}
-            table[f"@:{p}"] = {**marker, "done": False, "writes": writes}
-            if writes:
-                # the batch's one record (state and offset) is written, its entries and the
-                # marker "done" are not: a restart must complete them from that record
-                await drill("between-state-and-marker")
-            for key, value in writes.items():
+            ops, half = journals[p].batch(
+                p,
+                marker,
+                writes,
+                keys=CHECKPOINT_KEYS,
+                records=CHECKPOINT_RECORDS,
+                force=bool(writes) and fault[0] == "between-state-and-marker",
+            )
+            for i, (key, value) in enumerate(ops):
+                if i == half:
+                    # the batch's state is written, half its checkpoint's entries and the
+                    # marker are not: a restart must complete them from the journal
+                    await drill("between-state-and-marker")
                 put(key, value)
-            table[f"@:{p}"] = {**marker, "done": True}
 
     @app.agent(raw_topic(app, by_key_name, partitions=parts), name="aggregate_windows")
     async def aggregate_windows(stream: faust.StreamT[Any]) -> None:
@@ -753,11 +781,6 @@ def final_datum(f: Final) -> dict[str, Any]:
         "window_end": _dt(f.end_ms),
         "values": {k: int(v) for k, v in f.values.items()},
     }
-
-
-def key_of(late: Any) -> bytes:
-    """A late event's record key: its window kind and key."""
-    return f"{late.window}:{late.key}".encode()
 
 
 def _dt(ms: int) -> datetime:

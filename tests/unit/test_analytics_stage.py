@@ -11,10 +11,12 @@ from schemas.partitioner import partition_for
 from streams.analytics import (
     Bundles,
     Contribution,
+    Journal,
     StagePartition,
     contributions,
     items_of,
     partition_of,
+    replay,
     search_term,
     window_kinds,
 )
@@ -186,3 +188,68 @@ def test_a_key_goes_to_the_partition_kafkas_default_partitioner_gives_it() -> No
     # the Java client's murmur2: a key keeps the partition records sent one by one had
     assert partition_of("sales:shop_201", 6) == partition_for(b"sales:shop_201", 6)
     assert {partition_of(f"sessions:s{i}", 6) for i in range(100)} == set(range(6))
+
+
+def _table_after(ops: list[tuple[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for key, value in ops:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return table
+
+
+def _replayed(table: dict[str, Any]) -> tuple[dict[str, Any], int, Journal]:
+    entries = {k: v for k, v in table.items() if k.startswith("w:0:")}
+    records = [(k, v) for k, v in table.items() if k.startswith("j:0:")]
+    states, last, journal = replay(entries, table.get("@:0"), records)
+    return {k: v for k, v in states.items() if v is not None}, int(last["offset"]), journal
+
+
+def test_a_journal_cut_at_any_write_replays_to_the_last_batch_written() -> None:
+    # batches changing keys (one deleted), a checkpoint every 3 records: the table after
+    # every prefix of the writes (a crash there) replays to the state of the last journal
+    # record written, with its offset
+    batches = [
+        {"w:0:a": {"v": 1}, "w:0:b": {"v": 1}},
+        {"w:0:a": {"v": 2}},
+        {"w:0:c": {"v": 1}, "w:0:b": None},
+        {"w:0:a": {"v": 3}, "w:0:d": {"v": 1}},
+        {},
+        {"w:0:c": {"v": 2}},
+        {"w:0:e": {"v": 1}},
+    ]
+    journal = Journal()
+    ops: list[tuple[str, Any]] = []
+    expected: list[tuple[int, dict[str, Any], int]] = []  # (ops written, state, offset)
+    state: dict[str, Any] = {}
+    checkpoints = 0
+    for offset, writes in enumerate(batches):
+        out, half = journal.batch(0, {"offset": offset}, writes, keys=100, records=3)
+        checkpoints += half is not None
+        state = {k: v for k, v in {**state, **writes}.items() if v is not None}
+        expected.append((len(ops) + 1, dict(state), offset))  # after its journal record
+        ops += out
+    assert checkpoints == 2
+    for cut in range(1, len(ops) + 1):
+        written, want, offset = [e for e in expected if e[0] <= cut][-1]
+        got, got_offset, _ = _replayed(_table_after(ops[:cut]))
+        assert (got, got_offset) == (want, offset), f"crash after write {cut}"
+    # and the journal replayed goes on where it was: its next record follows the last
+    _, _, again = _replayed(_table_after(ops))
+    assert again.last == journal.last and again.records == journal.records
+
+
+def test_a_checkpoint_writes_each_key_once_and_leaves_one_record_per_batch_between() -> None:
+    journal = Journal()
+    ops: list[tuple[str, Any]] = []
+    for offset in range(10):
+        out, _ = journal.batch(
+            0, {"offset": offset}, {"w:0:hot": {"v": offset}}, keys=100, records=5
+        )
+        ops += out
+    keys = [k for k, v in ops if v is not None]
+    assert keys.count("w:0:hot") == 2  # once per checkpoint, not once per batch
+    assert len([k for k in keys if k.startswith("j:0:")]) == 10
+    assert _table_after(ops)["w:0:hot"] == {"v": 9}
