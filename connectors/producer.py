@@ -132,6 +132,11 @@ class EventProducer:
         if self._thread:
             self._thread.join(timeout_s)
         self._producer.flush(timeout_s)
+        # the reports flush() served (after the poll thread stopped) still reach their sends
+        try:
+            self._hand_over()
+        except RuntimeError:  # the event loop is closed: no send is waiting any more
+            pass
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():

@@ -165,10 +165,14 @@ class Settings(BaseSettings):
     analytics_session_gap_s: float = Field(1800.0, gt=0)
     #: a source partition quiet this long (wall time), read to its end, gets a tick
     analytics_tick_idle_s: float = Field(1.0, gt=0)
+    #: the window stage writes its state at least every this many items (in the middle of a
+    #: bundle if need be)
+    analytics_flush_items: int = Field(5000, ge=1)
     #: drills only: end the analytics worker (status 137, as kill -9) once per data directory:
-    #: "between-state-and-marker" after a window batch's state record is written and before
-    #: its entries and marker "done"; "router-after-forward" after the router forwarded a
-    #: batch and before it recorded its clocks (the records come again: copies)
+    #: "between-state-and-marker" after a window batch's journal record is written, half way
+    #: through the checkpoint it forces (entries, marker); "router-after-forward" after the
+    #: router forwarded a batch and before it recorded its clocks (the records come again:
+    #: copies)
     analytics_fault: Literal["", "between-state-and-marker", "router-after-forward"] = ""
 
     # --- notifications ---

@@ -17,7 +17,8 @@ source event, and what a window stage partition does with what it is sent.
 **Stage partition** (`StagePartition`): the window state of one partition of the by-key topic: its
 source partitions' watermarks (`Watermarks`: the stage's is their minimum), the router positions
 it applied (a copy the router forwarded again is skipped), and one `Windows` per window kind.
-`apply` takes one record; `close` advances the windows to the stage's watermark and answers
+`take` applies one by-key item (a contribution or a mark; a copy skipped by its position);
+`close` advances the windows to the stage's watermark and answers
 what became final. `entries` gives the table entries of the keys that changed (one per window
 kind and key), `load` puts them back.
 """
@@ -151,6 +152,10 @@ def partition_of(key: str, parts: int) -> int:
     return partition_for(key, parts)
 
 
+#: a journal record's entries at most about this many bytes of JSON (a changelog record's limit
+#: is 16 MiB: `streams.app.CHANGELOG_MAX_BYTES`)
+JOURNAL_CHUNK_BYTES = 4 * 1024 * 1024
+
 #: a bundle record's value at most about this many bytes (a Kafka record's limit is 1 MiB)
 BUNDLE_BYTES = 256 * 1024
 
@@ -170,7 +175,7 @@ class Bundles:
     def add(self, partition: int, item: Mapping[str, Any], at_ms: int) -> None:
         encoded = orjson.dumps(item)
         items, size, top = self.open.get(partition, ([], 0, -1))
-        if items and size + len(encoded) + 1 > self.limit:
+        if items and size + len(encoded) + 1 + _WRAPPER > self.limit:
             self.full.append((partition, _bundle(items), top))
             items, size, top = [], 0, -1
         items.append(encoded)
@@ -186,6 +191,9 @@ class Bundles:
         out = self.full + [(p, _bundle(items), top) for p, (items, _, top) in self.open.items()]
         self.open, self.full = {}, []
         return out
+
+
+_WRAPPER = len(b'{"b":[]}')
 
 
 def _bundle(items: list[bytes]) -> bytes:
@@ -339,15 +347,16 @@ class StagePartition:
 class Journal:
     """A window stage partition's journal: the batches written since its last checkpoint.
 
-    Each batch is **one** changelog record `j:<p>:<n>` (n counting up): the partition's applied
-    offset, router positions and watermarks, and the entries of the keys it changed (`writes`:
-    table key -> state, None: gone). A key's own entry (`w:<p>:<kind>|<key>`) is written only at a
-    **checkpoint** (every `CHECKPOINT_KEYS` keys or `CHECKPOINT_RECORDS` batches): the pending
-    entries, the marker `@:<p>` (the same positions, and `n`), then the journal's records deleted
-    in order. One record per batch instead of one per key changed: the changelog was a fifth of
-    the role's CPU. A crash anywhere leaves a state `replay` completes: entries, then the journal
-    records left, in order (a key's latest state is in the last record naming it, never deleted
-    before the ones below it)."""
+    Each batch is **one** changelog record `j:<p>:<n>` (n counting up; several when its entries
+    pass `JOURNAL_CHUNK_BYTES`, applied only whole): the partition's applied offset, router
+    positions and watermarks, and the entries of the keys it changed (`writes`: table key ->
+    state, None: gone). A key's own entry (`w:<p>:<kind>|<key>`) is written only at a
+    **checkpoint** (every `CHECKPOINT_KEYS` keys or `CHECKPOINT_RECORDS` records): the pending
+    entries, the marker `@:<p>` (the same positions, and `n`), then the journal's records
+    deleted in order. One record per batch instead of one per key changed (about one per event:
+    a faust changelog record costs the role some 200 us of CPU). A crash anywhere leaves a
+    state `replay` completes: entries, then the journal's whole batches, in order (a key's
+    latest state is in the last record naming it, never deleted before the ones below it)."""
 
     last: int = 0  # the last record's n
     records: list[int] = field(default_factory=list)  # the records since the checkpoint
@@ -362,16 +371,27 @@ class Journal:
         keys: int,
         records: int,
         force: bool = False,
+        chunk_bytes: int = JOURNAL_CHUNK_BYTES,
     ) -> tuple[list[tuple[str, Any]], int | None]:
         """The table writes of partition `p`'s batch, in order (value None: delete the key),
         and the index among them where a checkpoint's entries are half written (None: no
         checkpoint). A checkpoint comes when the journal holds `keys` keys or `records`
-        records (or `force`)."""
+        records (or `force`). Writes of more than `chunk_bytes` (JSON) take several records;
+        only the last carries the positions (`replay` leaves out a batch whose last is missing)."""
         if not writes and not self.records:
             return [(f"@:{p}", {**marker, "n": self.last, "done": True})], None  # nothing pending
-        self.last += 1
-        out: list[tuple[str, Any]] = [(journal_key(p, self.last), {**marker, "writes": writes})]
-        self.records.append(self.last)
+        out: list[tuple[str, Any]] = []
+        chunks = _chunks(writes, chunk_bytes)
+        first = self.last + 1
+        for i, chunk in enumerate(chunks):
+            self.last += 1
+            last = i == len(chunks) - 1
+            value: dict[str, Any] = {**marker, "writes": chunk} if last else {"writes": chunk}
+            if len(chunks) > 1:
+                value["part_of"] = first  # the batch's first record
+                value["last"] = last
+            out.append((journal_key(p, self.last), value))
+            self.records.append(self.last)
         self.pending.update(writes)
         if not (force or len(self.pending) >= keys or len(self.records) >= records):
             return out, None
@@ -381,6 +401,20 @@ class Journal:
         out += [(journal_key(p, n), None) for n in self.records]
         self.records, self.pending = [], {}
         return out, half
+
+
+def _chunks(writes: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
+    """`writes` cut into dicts of at most about `limit` bytes of JSON (at least one)."""
+    out: list[dict[str, Any]] = [{}]
+    size = 0
+    for key, value in writes.items():
+        n = len(key) + len(orjson.dumps(value)) + 4
+        if out[-1] and size + n > limit:
+            out.append({})
+            size = 0
+        out[-1][key] = value
+        size += n
+    return out
 
 
 def journal_key(p: int, n: int) -> str:
@@ -397,12 +431,21 @@ def replay(
     states = dict(entries)
     journal = Journal(last=int(marker.get("n", 0)) if marker else 0)
     last = marker
-    for key, record in sorted(records):
+    parts: list[Mapping[str, Any]] = []  # the records of a batch written in several, so far
+    for key, record in sorted(records, key=lambda kv: int(kv[0].rpartition(":")[2])):
         n = int(key.rpartition(":")[2])
-        writes = record.get("writes", {})
-        states.update(writes)
-        journal.pending.update(writes)
-        journal.records.append(n)
+        journal.records.append(n)  # deleted at the next checkpoint, applied or not
         journal.last = max(journal.last, n)
+        if not record.get("last", True):
+            parts.append(record)
+            continue
+        # a batch is applied whole, with its last record (the parts of a batch a crash cut
+        # short are left out)
+        batch = [x for x in parts if "part_of" in record and x["part_of"] == record["part_of"]]
+        for piece in (*batch, record):
+            writes = piece.get("writes", {})
+            states.update(writes)
+            journal.pending.update(writes)
+        parts = []
         last = record
     return states, last, journal

@@ -28,7 +28,7 @@ tables expire windows by the wall clock); the arithmetic is `streams.windows`, `
    positions applied, the windows of its keys) lives in the table `analytics`: one entry per
    window kind and key, a marker and a journal (`streams.analytics.Journal`). A record at or
    below the applied offset, or an item the router forwarded again (position at or below the
-   highest applied from its source), is skipped. After a batch (or every FLUSH_ITEMS items, in
+   highest applied from its source), is skipped. After a batch (or every ANALYTICS_FLUSH_ITEMS, in
    the middle of a bundle: its offset stays unapplied, its items applied are skipped by
    position when it comes again), the windows are advanced to the partition's watermark (the
    minimum of its source partitions'); then, in order: the rows (current and final) in
@@ -101,10 +101,9 @@ log = logging.getLogger(__name__)
 ROUTED_FROM = "x-routed-from"
 #: the key of a bundle record (the router chooses each record's partition)
 BUNDLE_KEY = b"~bundle"
-#: the window stage writes its state after at most this many items, or once the keys they
-#: changed reach FLUSH_KEYS (a partition's marker carries those keys' entries in one changelog
-#: record: about 300 bytes each in the benchmark, at most CHANGELOG_MAX_BYTES in all)
-FLUSH_ITEMS = 5000
+#: the window stage writes its state after at most `ANALYTICS_FLUSH_ITEMS` items, or once
+#: the keys they changed reach FLUSH_KEYS (its journal record carries those keys' entries:
+#: about 300 bytes each in the benchmark; one over `JOURNAL_CHUNK_BYTES` is cut in several)
 FLUSH_KEYS = 2000
 #: a window stage partition checkpoints its journal (see `streams.analytics.Journal`) once it
 #: holds this many keys' entries or this many batches
@@ -128,8 +127,13 @@ LATE = Counter(
 )
 COPIES = Counter(
     "mohallamart_analytics_routed_copies_skipped_total",
-    "By-key records the router forwarded again (after a crash or a rebalance) that the window "
+    "By-key items the router forwarded again (after a crash or a rebalance) that the window "
     "stage skipped by their position",
+)
+BAD_ITEMS = Counter(
+    "mohallamart_analytics_unreadable_items_total",
+    "By-key items the window stage could not read (from a router of another version; each "
+    "logged with its position, then skipped)",
 )
 TICKS = Counter(
     "mohallamart_analytics_ticks_total", "Tick records written for quiet source partitions"
@@ -498,6 +502,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
 
     # --- 3. aggregate --------------------------------------------------------------------------
     stage: dict[int, StagePartition] = {}
+    flush_items = s.analytics_flush_items
     journals: dict[int, Journal] = {}
     stage_gen: list[int | None] = [-2]
     codecs: dict[str, tuple[int, EventCodec]] = {}
@@ -514,12 +519,15 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
     # the final results and late events: librdkafka's producer (faust's, in Python, cost a
     # tenth of the role's CPU for about one final result per event in the benchmark)
     outputs: list[EventProducer] = []
+    closing: list[bool] = []
 
     async def publish(records: list[OutRecord]) -> None:
         """Write `records`; return once Kafka acknowledged every one (DependencyDown if not:
         the batch is done again, the same records with the same ids)."""
         if not records:
             return
+        if closing:
+            raise DependencyDown("the worker is stopping: the analytics outputs are closed")
         if not outputs:
             producer = EventProducer(
                 s.kafka_bootstrap,
@@ -532,10 +540,16 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         results = await outputs[0].send(records)
         failed = [r for r in results if not isinstance(r, Delivery)]
         if failed:
+            if any(err.fatal() for err in failed):
+                # an idempotent producer that hit a fatal error is unusable: the next try
+                # starts a new one
+                dead = outputs.pop()
+                await asyncio.to_thread(dead.close, 5.0)
             raise DependencyDown(f"{len(failed)} analytics output records not written: {failed[0]}")
 
     @app.on_before_shutdown.connect
     async def close_outputs(_app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        closing.append(True)  # a batch still running is done again by the next worker
         for producer in outputs:
             await asyncio.to_thread(producer.close)
         outputs.clear()
@@ -592,13 +606,27 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 touched[p] = r.source
                 routed = r.headers.get(ROUTED_FROM)
                 for item in items_of(r.value, None if routed is None else routed.decode()):
-                    got = part.take(item)
+                    try:
+                        got = part.take(item)
+                    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                        # one item, not its whole bundle: the others apply
+                        BAD_ITEMS.inc()
+                        log.error(
+                            "analytics: by-key %d@%d: an item the stage cannot read (%s: %s), "
+                            "skipped: %s",
+                            p,
+                            r.offset,
+                            type(exc).__name__,
+                            exc,
+                            orjson.dumps(item)[:500].decode(errors="replace"),
+                        )
+                        continue
                     if got is None:
                         COPIES.inc()
                         continue
                     late += got
                     taken += 1
-                    if taken >= FLUSH_ITEMS or (
+                    if taken >= flush_items or (
                         taken % 100 == 0
                         and sum(stage[q].changed_keys() for q in touched) >= FLUSH_KEYS
                     ):
@@ -708,7 +736,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
 
     @app.agent(raw_topic(app, by_key_name, partitions=parts), name="aggregate_windows")
     async def aggregate_windows(stream: faust.StreamT[Any]) -> None:
-        # records of bundles: a batch's state is written each FLUSH_ITEMS items
+        # records of bundles: a batch's state is written every `flush_items` items
         async for events, records in raw_batches(stream, size, within):
             await settle(events, stage_guard.process(records, aggregate))
 

@@ -654,13 +654,18 @@ class Loaded:
 @pytest.fixture(scope="module")
 def loaded(pipeline: Pipeline) -> Iterator[Loaded]:
     """An out-of-order load (each event displaced within the smallest grace) written to an
-    analytics worker's own topics, the worker killed with SIGKILL after a third, then ended by
+    analytics worker's own topics (its window stage writing its state every 7 items, in the
+    middle of bundles), the worker killed with SIGKILL after a third, then ended by
     the two drills (the router after forwarding, the window stage between a batch's state and
     its marker); then one event per source partition 3 hours later, which closes every window
     of the load that can close."""
     rng = random.Random(15)
     tag = uuid.uuid4().hex[:8]
-    iso = start_iso(pipeline, "analytics-iso", ANALYTICS_TICK_IDLE_S="1000000")
+    # the window stage writes its state every 7 items: in the middle of most bundles, so the
+    # crashes below land between a bundle's items too
+    iso = start_iso(
+        pipeline, "analytics-iso", ANALYTICS_TICK_IDLE_S="1000000", ANALYTICS_FLUSH_ITEMS="7"
+    )
     base = datetime(2025, 3, 10, 18, 0, tzinfo=UTC)  # 23:30 IST: the load spans a day's end
     load = make_load(tag, base, rng)
     events = shuffled_within_grace(load.events, rng)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.partitioner import partition_for
+from aiokafka.partitioner import DefaultPartitioner
+
 from streams.analytics import (
     Bundles,
     Contribution,
@@ -185,9 +186,40 @@ def test_items_of_a_bundle_applied_again_after_a_crash_are_skipped_by_their_posi
 
 
 def test_a_key_goes_to_the_partition_kafkas_default_partitioner_gives_it() -> None:
-    # the Java client's murmur2: a key keeps the partition records sent one by one had
-    assert partition_of("sales:shop_201", 6) == partition_for(b"sales:shop_201", 6)
-    assert {partition_of(f"sessions:s{i}", 6) for i in range(100)} == set(range(6))
+    # aiokafka's own murmur2 (faust's producer chose the partitions of records sent one by
+    # one): a key keeps its partition
+    every = list(range(6))
+    keys = [f"{a}:k{i}" for a in ("sales", "trending", "sessions") for i in range(300)]
+    assert [partition_of(k, 6) for k in keys] == [
+        DefaultPartitioner()(k.encode(), every, every) for k in keys
+    ]
+
+
+def test_a_batch_cut_in_several_records_is_replayed_whole_or_not_at_all() -> None:
+    big = {f"w:0:k{i}": {"v": i, "pad": "x" * 40} for i in range(30)}
+    journal = Journal()
+    first, _ = journal.batch(0, {"offset": 1}, {"w:0:a": {"v": 1}}, keys=10**6, records=10**6)
+    second, _ = journal.batch(0, {"offset": 2}, big, keys=10**6, records=10**6, chunk_bytes=500)
+    assert len(second) > 3  # one batch, several records
+    ops = first + second
+    for cut in range(1, len(ops) + 1):
+        got, offset, _ = _replayed(_table_after(ops[:cut]))
+        if cut < len(ops):
+            assert (got, offset) == ({"w:0:a": {"v": 1}}, 1), f"crash after write {cut}"
+        else:
+            assert (got, offset) == ({"w:0:a": {"v": 1}, **big}, 2)
+    # cut short, then the next batch after a restart: the parts left over are not applied
+    table = _table_after(ops[:-1])
+    _, _, again = _replayed(table)
+    third, _ = again.batch(0, {"offset": 2}, {"w:0:b": {"v": 1}}, keys=10**6, records=10**6)
+    got, offset, _ = _replayed(_table_after([*ops[:-1], *third]))
+    assert (got, offset) == ({"w:0:a": {"v": 1}, "w:0:b": {"v": 1}}, 2)
+    # and a checkpoint deletes them
+    fourth, half = again.batch(0, {"offset": 3}, {}, keys=10**6, records=10**6, force=True)
+    assert half is not None
+    left = _table_after([*ops[:-1], *third, *fourth])
+    assert not [k for k in left if k.startswith("j:")]
+    assert _replayed(left)[:2] == ({"w:0:a": {"v": 1}, "w:0:b": {"v": 1}}, 3)
 
 
 def _table_after(ops: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -202,7 +234,8 @@ def _table_after(ops: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _replayed(table: dict[str, Any]) -> tuple[dict[str, Any], int, Journal]:
     entries = {k: v for k, v in table.items() if k.startswith("w:0:")}
-    records = [(k, v) for k, v in table.items() if k.startswith("j:0:")]
+    # a store hands its keys in any order
+    records = sorted(((k, v) for k, v in table.items() if k.startswith("j:0:")), reverse=True)
     states, last, journal = replay(entries, table.get("@:0"), records)
     return {k: v for k, v in states.items() if v is not None}, int(last["offset"]), journal
 
