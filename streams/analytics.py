@@ -371,13 +371,16 @@ class Journal:
         keys: int,
         records: int,
         force: bool = False,
+        defer: bool = False,
         chunk_bytes: int = JOURNAL_CHUNK_BYTES,
     ) -> tuple[list[tuple[str, Any]], int | None]:
         """The table writes of partition `p`'s batch, in order (value None: delete the key),
         and the index among them where a checkpoint's entries are half written (None: no
         checkpoint). A checkpoint comes when the journal holds `keys` keys or `records`
-        records (or `force`). Writes of more than `chunk_bytes` (JSON) take several records;
-        only the last carries the positions (`replay` leaves out a batch whose last is missing)."""
+        records (or `force`); with `defer` (another partition checkpoints in the same batch:
+        one at a time, so their pauses do not add up) only at twice `keys`. Writes of more than
+        `chunk_bytes` (JSON) take several records; only the last carries the positions
+        (`replay` leaves out a batch whose last is missing)."""
         if not writes and not self.records:
             return [(f"@:{p}", {**marker, "n": self.last, "done": True})], None  # nothing pending
         out: list[tuple[str, Any]] = []
@@ -393,7 +396,10 @@ class Journal:
             out.append((journal_key(p, self.last), value))
             self.records.append(self.last)
         self.pending.update(writes)
-        if not (force or len(self.pending) >= keys or len(self.records) >= records):
+        due = len(self.pending) >= keys or len(self.records) >= records
+        if defer:
+            due = len(self.pending) >= 2 * keys
+        if not (force or due):
             return out, None
         half = len(out) + len(self.pending) // 2
         out += self.pending.items()

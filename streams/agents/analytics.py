@@ -715,6 +715,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         await publish(sends)
         # per partition, in its changelog partition: the batch's journal record (its state
         # and positions: one record), and at times a checkpoint
+        checkpointed = False
         for p, event in touched.items():
             in_partition_of(event)
             marker = stage[p].marker()
@@ -726,7 +727,9 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 keys=CHECKPOINT_KEYS,
                 records=CHECKPOINT_RECORDS,
                 force=bool(writes) and fault[0] == "between-state-and-marker",
+                defer=checkpointed,  # one partition's checkpoint per batch
             )
+            checkpointed = checkpointed or half is not None
             for i, (key, value) in enumerate(ops):
                 if i == half:
                     # the batch's state is written, half its checkpoint's entries and the

@@ -286,3 +286,18 @@ def test_a_checkpoint_writes_each_key_once_and_leaves_one_record_per_batch_betwe
     assert keys.count("w:0:hot") == 2  # once per checkpoint, not once per batch
     assert len([k for k in keys if k.startswith("j:0:")]) == 10
     assert _table_after(ops)["w:0:hot"] == {"v": 9}
+
+
+def test_a_checkpoint_deferred_for_another_partitions_comes_later_or_at_twice_the_keys() -> None:
+    journal = Journal()
+    for offset in range(4):
+        _, half = journal.batch(
+            0, {"offset": offset}, {f"w:0:k{offset}": {"v": 1}}, keys=10, records=3, defer=True
+        )
+        assert half is None  # 4 records, 4 keys: due by records, deferred
+    _, half = journal.batch(0, {"offset": 4}, {"w:0:k4": {"v": 1}}, keys=10, records=3)
+    assert half is not None  # not deferred: it comes
+    crowded = Journal()
+    many = {f"w:0:k{i}": {"v": i} for i in range(20)}
+    _, half = crowded.batch(0, {"offset": 0}, many, keys=10, records=3, defer=True)
+    assert half is not None  # twice the keys: not deferred any more
