@@ -82,6 +82,7 @@ from streams.analytics import (
     StagePartition,
     contributions,
     items_of,
+    journal_key,
     partition_of,
     replay,
     window_kinds,
@@ -285,6 +286,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         gen = positions.generation()
         if gen != ticks.generation:
             clocks.clear()  # read again from the table: another process may have moved them
+            router_journals.clear()
             mine = [
                 clock_of(f"{tp.topic}:{tp.partition}", None)[1].watermark
                 for tp in app.assignor.assigned_actives()
@@ -293,16 +295,73 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             await asyncio.to_thread(ticks.read, min(mine, default=-1))
             ticks.generation = gen
             clocks.clear()
+            router_journals.clear()
 
     def clock_of(source: str, event: faust.EventT[Any] | None) -> tuple[int, SourceClock]:
         known = clocks.get(source)
         if known is None:
-            if event is not None:
-                in_partition_of(event)
-            saved = router_table.get(f"clock|{source}")
+            saved = router_get(int(source.rpartition(":")[2]), f"clock|{source}", event)
             offset, wm = (-1, -1) if saved is None else (int(saved[0]), int(saved[1]))
             known = clocks[source] = (offset, SourceClock(wm))
         return known
+
+    # the router table's journal, as the window stage's (`streams.analytics.Journal`): per
+    # changelog partition (a source partition number) one record per batch holding the orders'
+    # states and clocks it changed; an entry of its own per key only at a checkpoint
+    router_journals: dict[int, Journal] = {}
+
+    def router_journal(k: int, event: faust.EventT[Any] | None) -> Journal:
+        known = router_journals.get(k)
+        if known is None:
+            if event is not None:
+                in_partition_of(event)
+            marker = router_table.get(f"@:{k}")
+            last = int(marker["n"]) if isinstance(marker, dict) else 0
+            if event is not None:
+                # records a checkpoint cut short left (at or below its marker's n): unused
+                n = last
+                while n > 0 and router_table.get(journal_key(k, n)) is not None:
+                    del router_table[journal_key(k, n)]
+                    n -= 1
+            records = []
+            n = last + 1
+            while (record := router_table.get(journal_key(k, n))) is not None:
+                records.append((journal_key(k, n), record))
+                n += 1
+            _, _, known = replay({}, marker if isinstance(marker, dict) else None, records)
+            router_journals[k] = known
+        return known
+
+    def router_get(k: int, key: str, event: faust.EventT[Any] | None) -> Any:
+        """The router table's value of `key` (changelog partition `k`): its journal's first."""
+        journal = router_journal(k, event)
+        if key in journal.pending:
+            return journal.pending[key]
+        if event is not None:
+            in_partition_of(event)
+        return router_table.get(key)
+
+    def router_write(writes: dict[int, tuple[dict[str, Any], faust.EventT[Any]]]) -> None:
+        """Per changelog partition, one journal record of `writes` (and at times a checkpoint,
+        one partition's per call)."""
+        checkpointed = False
+        for k, (values, event) in writes.items():
+            ops, half = router_journal(k, event).batch(
+                k,
+                {},
+                values,
+                keys=CHECKPOINT_KEYS,
+                records=CHECKPOINT_RECORDS,
+                defer=checkpointed,
+            )
+            checkpointed = checkpointed or half is not None
+            in_partition_of(event)
+            for key, value in ops:
+                if value is None:
+                    if key in router_table:
+                        del router_table[key]
+                else:
+                    router_table[key] = value
 
     def mark(out: Bundles, source: str, offset: int, index: int, wm: int) -> None:
         out.add_to_all({"m": source, "w": wm, "o": offset, "i": index}, wm)
@@ -349,6 +408,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             await route_records(records)
         except BaseException:
             clocks.clear()  # what the table holds is the truth: read it again
+            router_journals.clear()
             raise
         return []
 
@@ -380,8 +440,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 if oid in orders:
                     state = orders[oid][0]
                 else:
-                    in_partition_of(r.source)
-                    saved = router_table.get(f"order|{oid}")
+                    saved = router_get(r.partition, f"order|{oid}", r.source)
                     state = None if saved is None else OrderSales.from_json(saved)
             new, made = contributions(ev, state)
             if oid and new is not state:
@@ -412,16 +471,18 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         if forwarded:
             # forwarded, not recorded: a restart forwards the same records again (copies)
             await drill("router-after-forward")
-        # the orders' states first, then the clocks (one changelog partition per source
-        # partition, in order): a crash never leaves a clock ahead of an order's state
+        # the orders' states and the clocks of a source partition number in one journal
+        # record: a crash never leaves a clock ahead of an order's state
+        writes: dict[int, tuple[dict[str, Any], faust.EventT[Any]]] = {}
         for oid, (state, event) in orders.items():
             if state is not None:
-                in_partition_of(event)
-                router_table[f"order|{oid}"] = state.as_json()
+                k = event.message.partition
+                writes.setdefault(k, ({}, event))[0][f"order|{oid}"] = state.as_json()
         for source, event in touched.items():
-            in_partition_of(event)
             offset, clock = clocks[source]
-            router_table[f"clock|{source}"] = [offset, clock.watermark]
+            k = event.message.partition
+            writes.setdefault(k, ({}, event))[0][f"clock|{source}"] = [offset, clock.watermark]
+        router_write(writes)
 
     async def route_batch(records: list[Record]) -> None:
         async with lock:
@@ -433,12 +494,14 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 source = f"{r.topic}:{r.partition}"
                 if source not in top or r.offset > top[source].offset:
                     top[source] = r
+            moved: dict[int, tuple[dict[str, Any], faust.EventT[Any]]] = {}
             for source, r in top.items():
                 known = clocks.get(source)
                 if known is not None and known[0] < r.offset:
                     clocks[source] = (r.offset, known[1])
-                    in_partition_of(r.source)
-                    router_table[f"clock|{source}"] = [r.offset, known[1].watermark]
+                    value = [r.offset, known[1].watermark]
+                    moved.setdefault(r.partition, ({}, r.source))[0][f"clock|{source}"] = value
+            router_write(moved)
 
     @app.agent(raw_topic(app, *src_topics), name="route_analytics")
     async def route_analytics(stream: faust.StreamT[Any]) -> None:
