@@ -361,6 +361,8 @@ class Journal:
     last: int = 0  # the last record's n
     records: list[int] = field(default_factory=list)  # the records since the checkpoint
     pending: dict[str, Any] = field(default_factory=dict)  # their writes, the latest per key
+    # records a checkpoint cut short may have left (deleted by the next writer)
+    stale: list[int] = field(default_factory=list)
 
     def batch(
         self,
@@ -403,7 +405,8 @@ class Journal:
             return out, None
         half = len(out) + len(self.pending) // 2
         out += self.pending.items()
-        out.append((f"@:{p}", {**marker, "n": self.last, "done": True}))
+        # `from`: the journal records this checkpoint deletes are from..n
+        out.append((f"@:{p}", {**marker, "n": self.last, "from": self.records[0], "done": True}))
         out += [(journal_key(p, n), None) for n in self.records]
         self.records, self.pending = [], {}
         return out, half

@@ -316,19 +316,19 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             if event is not None:
                 in_partition_of(event)
             marker = router_table.get(f"@:{k}")
-            last = int(marker["n"]) if isinstance(marker, dict) else 0
-            if event is not None:
-                # records a checkpoint cut short left (at or below its marker's n): unused
-                n = last
-                while n > 0 and router_table.get(journal_key(k, n)) is not None:
-                    del router_table[journal_key(k, n)]
-                    n -= 1
+            if not isinstance(marker, dict):
+                marker = None
+            last = int(marker["n"]) if marker else 0
             records = []
             n = last + 1
             while (record := router_table.get(journal_key(k, n))) is not None:
                 records.append((journal_key(k, n), record))
                 n += 1
-            _, _, known = replay({}, marker if isinstance(marker, dict) else None, records)
+            _, _, known = replay({}, marker, records)
+            if marker and "from" in marker:
+                # the last checkpoint's records (from..n) a crash may have left: never read
+                # (the journal starts above n), deleted by the next write
+                known.stale = list(range(int(marker["from"]), last + 1))
             router_journals[k] = known
         return known
 
@@ -346,7 +346,13 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         one partition's per call)."""
         checkpointed = False
         for k, (values, event) in writes.items():
-            ops, half = router_journal(k, event).batch(
+            journal = router_journal(k, event)
+            in_partition_of(event)
+            for n in journal.stale:
+                if journal_key(k, n) in router_table:
+                    del router_table[journal_key(k, n)]
+            journal.stale = []
+            ops, half = journal.batch(
                 k,
                 {},
                 values,
@@ -501,7 +507,12 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                     clocks[source] = (r.offset, known[1])
                     value = [r.offset, known[1].watermark]
                     moved.setdefault(r.partition, ({}, r.source))[0][f"clock|{source}"] = value
-            router_write(moved)
+            try:
+                router_write(moved)
+            except BaseException:
+                clocks.clear()  # what the table holds is the truth: read it again
+                router_journals.clear()
+                raise
 
     @app.agent(raw_topic(app, *src_topics), name="route_analytics")
     async def route_analytics(stream: faust.StreamT[Any]) -> None:

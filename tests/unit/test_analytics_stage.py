@@ -286,6 +286,10 @@ def test_a_checkpoint_writes_each_key_once_and_leaves_one_record_per_batch_betwe
     assert keys.count("w:0:hot") == 2  # once per checkpoint, not once per batch
     assert len([k for k in keys if k.startswith("j:0:")]) == 10
     assert _table_after(ops)["w:0:hot"] == {"v": 9}
+    # the marker names the records its checkpoint deletes (a crash may leave some: a reader
+    # that starts above n deletes them)
+    markers = [v for k, v in ops if k == "@:0"]
+    assert [(m["from"], m["n"]) for m in markers] == [(1, 5), (6, 10)]
 
 
 def test_a_checkpoint_deferred_for_another_partitions_comes_later_or_at_twice_the_keys() -> None:
