@@ -201,6 +201,13 @@ class Settings(BaseSettings):
     #: when older than the retention
     jobs_old_logs_every_s: int = Field(604_800, ge=1)
     log_retention_days: int = Field(90, ge=1)
+    #: the data-sync check (connectors/drift.py): how often the jobs role's leader runs it (0:
+    #: never; `mohallamart check` works either way), the rows of a kind above which it compares
+    #: a sample of about that many, and how long it waits for a store's role to catch up before
+    #: judging a difference (a role still behind then: unverified, never drift)
+    sync_check_every_s: float = Field(300.0, ge=0)
+    sync_check_sample: int = Field(20_000, ge=0)
+    sync_check_wait_s: float = Field(30.0, ge=0)
 
     # --- read side (cache, search, read API, live updates) ---
     #: before every Typesense collection and alias name (the read benchmark uses its own)

@@ -3,6 +3,7 @@
 mohallamart stack up|down|status|start|stop   the local stack of real services
 mohallamart run                               stack + API + workers in the foreground
 mohallamart api | worker --role R | smtpd     one process of the pipeline
+mohallamart check [--repair]                  do the cache and the index agree with PostgreSQL?
 
 Each group of commands is a module of `mohallamart.commands` (its options and handlers); this
 module builds the top-level parser from them and runs the command.
@@ -20,6 +21,7 @@ from core.errors import PipelineError
 from mohallamart.commands import (
     analytics,
     bench,
+    check,
     contract,
     db,
     dlq,
@@ -49,6 +51,7 @@ _GROUPS = (
     jobs,
     analytics,
     search,
+    check,
     contract,
     bench,
     smtpd,

@@ -129,6 +129,7 @@ def topics_in(namespace: str) -> dict[str, Topic]:
             Topic("analytics", f"{namespace}.analytics.events", 6, "session id"),
             Topic("search", f"{namespace}.search.events", 1, "collection name"),
             Topic("cleanup", f"{namespace}.cleanup.events", 1, "job name"),
+            Topic("ops", f"{namespace}.ops.events", 1, "entity id"),
         )
     }
 
@@ -213,6 +214,13 @@ _EVENTS: tuple[tuple[str, str, bool, str], ...] = (
     # cleanup
     ("cleanup.expired_sessions", "job", True, "Daily: remove sessions expired before the cutoff"),
     ("cleanup.old_logs", "job", True, "Weekly: delete log rows older than the cutoff"),
+    # ops
+    (
+        "ops.drift_detected",
+        "entity_id",
+        False,
+        "Derived: a store disagreed with PostgreSQL after its role caught up (data-sync check)",
+    ),
 )
 
 

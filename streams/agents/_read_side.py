@@ -5,18 +5,15 @@ batch's events, and the agent wiring (one agent per topic, its redrive topic inc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-from aiokafka.structs import TopicPartition as AioTP
 
 from connectors.base import DependencyDown, Sink
 from connectors.db import PgReader
+from connectors.groups import GroupOffsets
 from connectors.views import pending_events
 from core.settings import Settings
 from schemas.catalog import TOPICS
@@ -39,43 +36,14 @@ __all__ = [
 
 class ProjectionsProgress:
     """Where the projections role's consumer group has committed: every record before that
-    offset has been applied, skipped as superseded, or dead-lettered by the projections.
-
-    Asked with aiokafka's admin client on the worker's own loop: librdkafka's admin client
-    (confluent-kafka), asked from a thread while the broker went away, aborted the whole worker
-    (`rd_kafka_enq_once_del_source_return: Assertion 'eonce->refcnt > 0' failed`, SIGABRT)."""
+    offset has been applied, skipped as superseded, or dead-lettered by the projections."""
 
     def __init__(self, settings: Settings) -> None:
         self.group = f"{settings.worker_app_prefix}-projections"
-        self.bootstrap = settings.kafka_bootstrap
-        self._admin: AIOKafkaAdminClient | None = None
-
-    async def _client(self) -> AIOKafkaAdminClient:
-        if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-            try:
-                await admin.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await admin.close()
-                raise
-            self._admin = admin
-        return self._admin
+        self.offsets = GroupOffsets(settings.kafka_bootstrap)
 
     async def committed(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        try:
-            async with asyncio.timeout(5):
-                admin = await self._client()
-                found = await admin.list_consumer_group_offsets(
-                    self.group, partitions=[AioTP(t, p) for t, p in sorted(tps)]
-                )
-        except (KafkaError, OSError, TimeoutError) as exc:
-            admin, self._admin = self._admin, None
-            if admin is not None:
-                with contextlib.suppress(Exception):
-                    await admin.close()
-            raise DependencyDown(f"Kafka: {type(exc).__name__}: {exc}".strip()) from exc
-        return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
+        return await self.offsets.committed(self.group, tps)
 
 
 #: the records of a batch the projections have still to deal with, as PostgreSQL shows it

@@ -9,6 +9,7 @@ covers every earlier one).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,10 +21,12 @@ from connectors.cleanup import (
     job_summary,
     publish_job_metrics,
 )
+from connectors.drift import CHECKS, drift_event, publish_metrics
 from schemas.catalog import TOPICS
 from streams.agents._read_side import PgReader, install_agent
 from streams.jobs import JOB_EVENTS, due, run_data, run_event_id, schedule
 from streams.reliability import Record, Rejection
+from streams.sync_check import report_lines, run_check
 
 if TYPE_CHECKING:
     from streams.runtime import Runtime
@@ -108,3 +111,45 @@ def install(rt: Runtime) -> None:
             await fut
             emitted.add(eid)
             log.info("job %s: run for cutoff %s scheduled (event %s)", job, cutoff.isoformat(), eid)
+
+    if settings.sync_check_every_s > 0:
+        checking = asyncio.Lock()
+
+        @app.timer(settings.sync_check_every_s, on_leader=True)  # type: ignore[untyped-decorator]
+        async def check_data_sync() -> None:
+            """The data-sync monitor: PostgreSQL against Redis and Typesense (leader only)."""
+            if checking.locked():
+                return
+            async with checking:
+                await _check_data_sync()
+
+    async def _check_data_sync() -> None:
+        try:
+            check_id, reports = await run_check(settings)
+        except Exception as exc:  # noqa: BLE001 - the next period tries again
+            CHECKS.labels("failed").inc()
+            log.warning(
+                "data-sync check: %s: %s; trying again in %.0f s",
+                type(exc).__name__,
+                exc,
+                settings.sync_check_every_s,
+            )
+            return
+        outcome = publish_metrics(reports)
+        for line in report_lines(reports):
+            (log.warning if outcome == "drift" else log.info)("data-sync check: %s", line)
+        for r in reports:
+            for f in r.drift:
+                ev = drift_event(f, trigger="SCHEDULE", check_id=check_id)
+                topic, value = await rt.encode(
+                    ev["type"], ev["id"], ev["occurred_at"], ev["trace_id"], ev["data"]
+                )
+                fut = await app.producer.send(
+                    topic,
+                    f.entity_id.encode(),
+                    value,
+                    partition=None,
+                    timestamp=ev["occurred_at"].timestamp(),
+                    headers=[],
+                )
+                await fut

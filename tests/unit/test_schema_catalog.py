@@ -73,6 +73,7 @@ REQUIRED_TYPES = {
     "search.reindex_requested",
     "cleanup.expired_sessions",
     "cleanup.old_logs",
+    "ops.drift_detected",
     "shop.created",
     "shop.updated",
 }
@@ -84,6 +85,7 @@ DERIVED_TYPES = {
     "product.stock_changed",
     "product.out_of_stock",
     "product.back_in_stock",
+    "ops.drift_detected",
 }
 
 #: The record key of each category's events.
@@ -97,6 +99,7 @@ KEY_FIELDS = {
     "analytics": "session_id",
     "search": "collection",
     "cleanup": "job",
+    "ops": "entity_id",
 }
 
 #: Fields every event of a category carries in `data`, besides its key.
@@ -333,7 +336,7 @@ def test_every_category_has_a_topic_and_event_types() -> None:
     categories = {e.category for e in EVENT_TYPES.values()}
     assert categories <= set(TOPICS), f"types without a topic: {categories - set(TOPICS)}"
     assert set(TOPICS) <= categories, f"topics without types: {set(TOPICS) - categories}"
-    assert len(TOPICS) == 9
+    assert len(TOPICS) == 10
 
 
 def test_derived_types_exist_and_are_not_postable() -> None:
