@@ -28,6 +28,8 @@ search role writes them), then compares them again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -43,7 +45,6 @@ from redis.exceptions import RedisError
 from connectors.base import DependencyDown
 from connectors.groups import GroupOffsets
 from connectors.redis_cache import ViewCache, cache_key
-from connectors.search import write_docs
 from connectors.typesense import SEARCH_LOCK, CollectionMissing, SearchIndex, collections_for_write
 from connectors.views import View, load_views, product_search_docs, shop_search_docs
 
@@ -85,10 +86,22 @@ class Finding:
     expected: str | None  # PostgreSQL's version (None: the store should not hold it)
     found: str | None  # the store's version (None: absent)
     detail: str = ""
+    #: a digest of what the store held (its content, not only its version)
+    held: str = ""
 
     def event_id(self) -> str:
-        """The same drift found again gives the same id."""
-        parts = (self.store, self.kind, self.entity_id, self.problem, self.expected, self.found)
+        """The same drift (the same versions and the same content held) found again by a later
+        check gives the same id; a different tampering, or drift back after a repair with other
+        content, gives another."""
+        parts = (
+            self.store,
+            self.kind,
+            self.entity_id,
+            self.problem,
+            self.expected,
+            self.found,
+            self.held,
+        )
         return str(uuid.uuid5(_DRIFT_NS, "|".join(str(p) for p in parts)))
 
     def line(self) -> str:
@@ -106,7 +119,10 @@ class StoreReport:
     role: str
     total: dict[str, int] = field(default_factory=dict)  # kind -> PostgreSQL rows
     checked: dict[str, int] = field(default_factory=dict)  # kind -> entities compared
-    sampled: bool = False
+    #: kinds compared by a sample (more rows, or store entries, than `sample`)
+    sampled: set[str] = field(default_factory=set)
+    #: why the store could not be checked (a dependency down): nothing judged
+    error: str = ""
     drift: list[Finding] = field(default_factory=list)
     #: differed while the role was behind: lag, not drift
     unverified: list[Finding] = field(default_factory=list)
@@ -125,7 +141,8 @@ class StoreReport:
             "role": self.role,
             "total": self.total,
             "checked": self.checked,
-            "sampled": self.sampled,
+            "sampled": sorted(self.sampled),
+            "error": self.error,
             "drift": [f.__dict__ for f in self.drift],
             "unverified": len(self.unverified),
             "behind": self.behind,
@@ -164,6 +181,24 @@ def _version(parts: Iterable[str]) -> str:
 def _diff_fields(expected: dict[str, Any], found: dict[str, Any]) -> str:
     keys = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
     return ("fields that differ: " + ", ".join(keys)) if keys else ""
+
+
+def _diff_payloads(want: bytes, got: bytes) -> str:
+    try:
+        found = orjson.loads(got)
+    except orjson.JSONDecodeError:
+        return "holds a value that is not JSON"
+    if not isinstance(found, dict):
+        return "holds JSON that is not an object"
+    return _diff_fields(orjson.loads(want), found)
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+def _digest(b: bytes) -> str:
+    return hashlib.blake2b(b, digest_size=8).hexdigest()
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -212,7 +247,7 @@ class CacheProbe:
         out: set[str] = set()
         try:
             async for key in self.cache.client.scan_iter(match=prefix + "*", count=1000):
-                name = key.decode() if isinstance(key, bytes) else str(key)
+                name = _text(key) if isinstance(key, bytes) else str(key)
                 out.add(name[len(prefix) :])
         except (RedisError, OSError) as exc:
             raise DependencyDown(f"Redis: {type(exc).__name__}: {exc}") from exc
@@ -252,13 +287,14 @@ class CacheProbe:
             k = 1
             parts = []
             while f"v{k}".encode() in entry:
-                parts.append(entry[f"v{k}".encode()].decode())
+                parts.append(_text(entry[f"v{k}".encode()]))
                 k += 1
             found_version = tuple(parts)
         found = None if found_version is None else _version(found_version)
+        held = _digest(entry.get(b"p", b"")) if entry else ""
         if view is None:
             if entry:
-                return Finding("redis", kind, i, "EXTRA", None, found, "no such row")
+                return Finding("redis", kind, i, "EXTRA", None, found, "no such row", held)
             return None
         expected = _version(view.version)
         if not entry:
@@ -273,27 +309,47 @@ class CacheProbe:
                 return None
             if not want or not got:
                 what = "a tombstone" if not got else "content where a tombstone belongs"
-                return Finding("redis", kind, i, "DIFFERENT", expected, found, f"holds {what}")
-            detail = _diff_fields(orjson.loads(want), orjson.loads(got))
-            return Finding("redis", kind, i, "DIFFERENT", expected, found, detail)
+                return Finding(
+                    "redis", kind, i, "DIFFERENT", expected, found, f"holds {what}", held
+                )
+            detail = _diff_payloads(want, got)
+            return Finding("redis", kind, i, "DIFFERENT", expected, found, detail, held)
         if len(found_version) == n and all(
             f <= e for f, e in zip(found_version, view.version, strict=True)
         ):
-            return Finding("redis", kind, i, "STALE", expected, found, "an older version")
-        return Finding("redis", kind, i, "DIFFERENT", expected, found, "a version PostgreSQL lacks")
+            return Finding("redis", kind, i, "STALE", expected, found, "an older version", held)
+        return Finding(
+            "redis", kind, i, "DIFFERENT", expected, found, "a version PostgreSQL lacks", held
+        )
 
     async def repair(self, conn: psycopg.AsyncConnection[Any], findings: list[Finding]) -> None:
+        """Remove each entry that still holds what was found (never one the cache role has
+        rewritten since), then write PostgreSQL's view by compare-and-set."""
+        try:
+            for f in findings:
+                if f.found is not None:
+                    await self.cache.client.eval(
+                        _DELETE_IF_HELD, 1, cache_key(f.kind, f.entity_id), *f.found.split("|")
+                    )
+        except (RedisError, OSError) as exc:
+            raise DependencyDown(f"Redis: {type(exc).__name__}: {exc}") from exc
         by_kind: dict[str, list[str]] = {}
         for f in findings:
             by_kind.setdefault(f.kind, []).append(f.entity_id)
         for kind, ids in by_kind.items():
+            # read after the deletes: a newer write of the role meanwhile is rendered, or wins
             views = await load_views(conn, kind, ids)
-            try:
-                await self.cache.client.delete(*(cache_key(kind, i) for i in ids))
-            except (RedisError, OSError) as exc:
-                raise DependencyDown(f"Redis: {type(exc).__name__}: {exc}") from exc
-            # compare-and-set: a newer write of the cache role meanwhile still wins
             await self.cache.put(list(views.values()))
+
+
+#: delete the entry if its version is still the one given (ARGV: its components)
+_DELETE_IF_HELD = """
+for i = 1, #ARGV do
+  if redis.call('HGET', KEYS[1], 'v' .. i) ~= ARGV[i] then return 0 end
+end
+if redis.call('HEXISTS', KEYS[1], 'v' .. (#ARGV + 1)) == 1 then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
 
 
 # --- Typesense -----------------------------------------------------------------------------------
@@ -358,10 +414,14 @@ class SearchProbe:
         def version(d: dict[str, Any] | None) -> str | None:
             return None if d is None else f"updated_at {d.get('updated_at')}"
 
+        held = "" if got is None else _digest(orjson.dumps(got, option=orjson.OPT_SORT_KEYS))
+
         if want is None:
             if got is None:
                 return None
-            return Finding("typesense", kind, i, "EXTRA", None, version(got), "not searchable")
+            return Finding(
+                "typesense", kind, i, "EXTRA", None, version(got), "not searchable", held
+            )
         if got is None:
             return Finding("typesense", kind, i, "MISSING", version(want), None, "searchable")
         if got == want:
@@ -370,28 +430,37 @@ class SearchProbe:
             "STALE" if int(got.get("updated_at") or 0) < int(want["updated_at"]) else "DIFFERENT"
         )
         return Finding(
-            "typesense", kind, i, problem, version(want), version(got), _diff_fields(want, got)
+            "typesense",
+            kind,
+            i,
+            problem,
+            version(want),
+            version(got),
+            _diff_fields(want, got),
+            held,
         )
 
     async def repair(self, conn: psycopg.AsyncConnection[Any], findings: list[Finding]) -> None:
+        """Render and write the drifted documents holding the search lock exclusively (as a
+        reindex's chunks do): the search role's batches in flight finish first, and render
+        after this write."""
         products = {f.entity_id for f in findings if f.kind == "product"}
         shops = {f.entity_id for f in findings if f.kind == "shop"}
-        if products:
-            await write_docs(conn, self.index, products, set())
-        if shops:  # the shops' documents only (write_docs would render all their products too)
-            await _write_shop_docs(conn, self.index, shops)
-
-
-async def _write_shop_docs(
-    conn: psycopg.AsyncConnection[Any], index: SearchIndex, shops: set[str]
-) -> None:
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SEARCH_LOCK,))
-        targets = await collections_for_write(conn)
-        rendered = await shop_search_docs(conn, shops)
-        for collection in targets.get("shops", []):
-            await index.upsert(collection, [d for d in rendered.values() if d is not None])
-            await index.delete(collection, [k for k, d in rendered.items() if d is None])
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SEARCH_LOCK,))
+            targets = await collections_for_write(conn)
+            docs = {
+                "products": await product_search_docs(conn, products, ()),
+                "shops": await shop_search_docs(conn, shops),
+            }
+            for alias, rendered in docs.items():
+                for collection in targets.get(alias, []) if rendered else []:
+                    await self.index.upsert(
+                        collection, [d for d in rendered.values() if d is not None]
+                    )
+                    await self.index.delete(
+                        collection, [k for k, d in rendered.items() if d is None]
+                    )
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -412,19 +481,20 @@ async def _entities(
     if sample <= 0 or total <= sample:
         cur = await conn.execute(f"SELECT {col} FROM {table}")  # noqa: S608
     else:
-        report.sampled = True
         pct = 100.0 * sample / total
         cur = await conn.execute(
             f"SELECT {col} FROM {table} TABLESAMPLE BERNOULLI (%s)",  # noqa: S608
             (pct,),
         )
     ids = {r[0] for r in await cur.fetchall()}
+    if sample > 0 and total > sample:
+        report.sampled.add(kind)
     held = await probe.store_ids(kind)
     if sample > 0 and len(held) > sample:
-        report.sampled = True
-        held = set(sorted(held)[:: max(1, len(held) // sample)])
-    ids |= held
-    return sorted(ids)
+        report.sampled.add(kind)
+        held = set(random.sample(sorted(held), sample))
+    # entries without a row are found among the store's ids; the rest are in `ids` already
+    return sorted(ids | held)
 
 
 async def _compare_all(
@@ -476,47 +546,78 @@ async def check(
     for probe in probes:
         started = time.monotonic()
         report = StoreReport(probe.store, probe.role)
-        await probe.prepare(conn, report)
-        first: dict[str, dict[str, tuple[Finding | None, Fingerprint]]] = {}
-        for kind in probe.kinds:
-            ids = await _entities(conn, probe, kind, sample, report)
-            report.checked[kind] = len(ids)
-            found = await _compare_all(conn, probe, kind, ids, say)
-            first[kind] = {i: r for i, r in found.items() if r[0] is not None}
-        candidates = sum(len(c) for c in first.values())
-        if candidates:
-            say(
-                f"{probe.store}: {candidates} entities differ; waiting (at most {wait_s:.0f} s) "
-                f"for the {probe.role} role to catch up before judging them"
-            )
-            report.behind = await caught_up(
-                offsets, group_of(probe.role), topics_of(probe.categories), wait_s
-            )
-        for kind, cands in first.items():
-            if not cands:
-                continue
-            if report.behind:
-                report.unverified.extend(f for f, _ in cands.values() if f is not None)
-                continue
-            again = await probe.compare(conn, kind, sorted(cands))
-            for i, (finding, fp) in again.items():
-                if finding is None:
-                    continue
-                if fp != cands[i][1]:
-                    report.moving += 1
-                else:
-                    report.drift.append(finding)
-        if repair and report.drift:
-            await probe.repair(conn, report.drift)
-            report.repaired = len(report.drift)
-            for kind in probe.kinds:
-                ids = sorted({f.entity_id for f in report.drift if f.kind == kind})
-                if ids:
-                    left = await probe.compare(conn, kind, ids)
-                    report.still_drifted += sum(1 for f, _ in left.values() if f is not None)
+        try:
+            await _check_one(conn, probe, offsets, report, group_of, topics_of, sample, wait_s, say)
+            if repair and report.drift:
+                await _repair(conn, probe, report)
+        except (DependencyDown, CollectionMissing, psycopg.OperationalError, OSError) as exc:
+            # this store is not judged; the others still are
+            report.error = f"{type(exc).__name__}: {exc}"
         report.seconds = time.monotonic() - started
         reports.append(report)
     return reports
+
+
+async def _check_one(
+    conn: psycopg.AsyncConnection[Any],
+    probe: Probe,
+    offsets: GroupOffsets,
+    report: StoreReport,
+    group_of: Callable[[str], str],
+    topics_of: Callable[[Sequence[str]], list[str]],
+    sample: int,
+    wait_s: float,
+    say: Say,
+) -> None:
+    await probe.prepare(conn, report)
+    first: dict[str, dict[str, tuple[Finding | None, Fingerprint]]] = {}
+    for kind in probe.kinds:
+        ids = await _entities(conn, probe, kind, sample, report)
+        report.checked[kind] = len(ids)
+        found = await _compare_all(conn, probe, kind, ids, say)
+        first[kind] = {i: r for i, r in found.items() if r[0] is not None}
+    candidates = sum(len(c) for c in first.values())
+    if not candidates:
+        return
+    say(
+        f"{probe.store}: {candidates} "
+        + ("entity differs" if candidates == 1 else "entities differ")
+        + f"; waiting (at most {wait_s:.0f} s) for the {probe.role} role to catch up "
+        "before judging"
+    )
+    report.behind = await caught_up(
+        offsets, group_of(probe.role), topics_of(probe.categories), wait_s
+    )
+    for kind, cands in first.items():
+        if not cands:
+            continue
+        if report.behind:
+            report.unverified.extend(f for f, _ in cands.values() if f is not None)
+            continue
+        # compared twice more: each comparison reads PostgreSQL, then the store, so the third
+        # one's PostgreSQL read follows the second's store read; drift is what differs while
+        # PostgreSQL rendered the entity the same all along (a store that moved on with a
+        # PostgreSQL that changed is the role at work, not drift)
+        second = await probe.compare(conn, kind, sorted(cands))
+        still = sorted(i for i, (f, _) in second.items() if f is not None)
+        third = await probe.compare(conn, kind, still) if still else {}
+        for i in still:
+            finding, fp = second[i]
+            assert finding is not None
+            if fp == cands[i][1] and third[i][1] == fp and third[i][0] is not None:
+                report.drift.append(finding)
+            else:
+                report.moving += 1
+
+
+async def _repair(conn: psycopg.AsyncConnection[Any], probe: Probe, report: StoreReport) -> None:
+    await probe.repair(conn, report.drift)
+    report.repaired = len(report.drift)
+    for kind in probe.kinds:
+        ids = sorted({f.entity_id for f in report.drift if f.kind == kind})
+        if ids:
+            left = await probe.compare(conn, kind, ids)
+            report.still_drifted += sum(1 for f, _ in left.values() if f is not None)
 
 
 def drift_event(
@@ -559,7 +660,7 @@ UNVERIFIED = Gauge(
 )
 CHECKS = Counter(
     "mohallamart_drift_checks_total",
-    "Data-sync checks run, by outcome (clean, drift, unverified, failed)",
+    "Data-sync checks run, by outcome (clean, drift, unverified, failed: a store not reached)",
     ["outcome"],
 )
 LAST_CHECK = Gauge(
@@ -577,7 +678,9 @@ def publish_metrics(reports: Sequence[StoreReport]) -> str:
                 DRIFTED.labels(r.store, kind, problem).set(n)
         UNVERIFIED.labels(r.store).set(len(r.unverified))
     LAST_CHECK.set(time.time())
-    if any(r.drift for r in reports):
+    if any(r.error for r in reports):
+        outcome = "failed"
+    elif any(r.drift for r in reports):
         outcome = "drift"
     elif any(r.unverified for r in reports):
         outcome = "unverified"

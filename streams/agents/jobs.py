@@ -124,8 +124,27 @@ def install(rt: Runtime) -> None:
                 await _check_data_sync()
 
     async def _check_data_sync() -> None:
+        # nothing may escape a faust timer: it would stop the whole worker
         try:
             check_id, reports = await run_check(settings)
+            outcome = publish_metrics(reports)
+            for line in report_lines(reports):
+                (log.info if outcome == "clean" else log.warning)("data-sync check: %s", line)
+            for r in reports:
+                for f in r.drift:
+                    ev = drift_event(f, trigger="SCHEDULE", check_id=check_id)
+                    topic, value = await rt.encode(
+                        ev["type"], ev["id"], ev["occurred_at"], ev["trace_id"], ev["data"]
+                    )
+                    fut = await app.producer.send(
+                        topic,
+                        f.entity_id.encode(),
+                        value,
+                        partition=None,
+                        timestamp=ev["occurred_at"].timestamp(),
+                        headers=[],
+                    )
+                    await fut
         except Exception as exc:  # noqa: BLE001 - the next period tries again
             CHECKS.labels("failed").inc()
             log.warning(
@@ -134,22 +153,3 @@ def install(rt: Runtime) -> None:
                 exc,
                 settings.sync_check_every_s,
             )
-            return
-        outcome = publish_metrics(reports)
-        for line in report_lines(reports):
-            (log.warning if outcome == "drift" else log.info)("data-sync check: %s", line)
-        for r in reports:
-            for f in r.drift:
-                ev = drift_event(f, trigger="SCHEDULE", check_id=check_id)
-                topic, value = await rt.encode(
-                    ev["type"], ev["id"], ev["occurred_at"], ev["trace_id"], ev["data"]
-                )
-                fut = await app.producer.send(
-                    topic,
-                    f.entity_id.encode(),
-                    value,
-                    partition=None,
-                    timestamp=ev["occurred_at"].timestamp(),
-                    headers=[],
-                )
-                await fut

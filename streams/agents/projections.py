@@ -34,4 +34,5 @@ def install(rt: Runtime) -> None:
             TOPICS[category].name,
             sink,
             on_dead_letter=refused,
+            positions=True,
         )

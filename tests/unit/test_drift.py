@@ -142,22 +142,30 @@ class _Probe:
         self, conn: Any, kind: str, ids: Sequence[str]
     ) -> dict[str, tuple[Finding | None, Any]]:
         now = self.passes[0] if len(self.passes) == 1 else self.passes.pop(0)
-        return {i: now[i] for i in ids}
+        return {i: now.get(i, (None, "fp")) for i in ids}
 
     async def repair(self, conn: Any, findings: list[Finding]) -> None:
         self.repaired.extend(findings)
 
 
 class _Conn:
-    """Answers the check's count and id queries (no rows in PostgreSQL: the store's ids only)."""
+    """Answers the check's count and id queries with `rows` ids (none by default: the store's
+    ids only), and keeps the statements."""
+
+    def __init__(self, rows: int = 0) -> None:
+        self.rows = rows
+        self.statements: list[str] = []
 
     async def execute(self, sql: str, params: Any = None) -> Any:
+        self.statements.append(sql)
+        rows = self.rows
+
         class _Cur:
             async def fetchone(self) -> tuple[int]:
-                return (0,)
+                return (rows,)
 
             async def fetchall(self) -> list[Any]:
-                return []
+                return [(f"p{i}",) for i in range(min(rows, 10))]
 
         return _Cur()
 
@@ -166,18 +174,21 @@ def _f(i: str, problem: str = "STALE") -> Finding:
     return Finding("redis", "product", i, problem, "v2", "v1")
 
 
-async def _run(probe: _Probe, offsets: _Offsets, **kw: Any) -> StoreReport:
-    reports = await check(
-        _Conn(),  # type: ignore[arg-type]
-        [probe],
+async def _run(probe: Any, offsets: _Offsets, **kw: Any) -> StoreReport:
+    return (await _run_all([probe], offsets, **kw))[0]
+
+
+async def _run_all(probes: list[Any], offsets: _Offsets, **kw: Any) -> list[StoreReport]:
+    return await check(
+        kw.pop("conn", _Conn()),
+        probes,
         offsets,  # type: ignore[arg-type]
         group_of=lambda role: f"g-{role}",
         topics_of=list,
-        sample=0,
+        sample=kw.pop("sample", 0),
         wait_s=kw.pop("wait_s", 0.0),
         **kw,
     )
-    return reports[0]
 
 
 async def test_a_difference_while_the_role_is_behind_is_unverified_never_drift() -> None:
@@ -209,7 +220,7 @@ async def test_once_caught_up_what_still_differs_the_same_way_is_drift_and_lag_i
 
 async def test_repair_rewrites_the_drifted_and_compares_them_again() -> None:
     drifted = {"a": (_f("a", "DIFFERENT"), "fp")}
-    probe = _Probe([drifted, drifted, {"a": (None, "fp")}])
+    probe = _Probe([drifted, drifted, drifted, {"a": (None, "fp")}])
     report = await _run(probe, _Offsets(behind=0), repair=True)
     assert [f.entity_id for f in probe.repaired] == ["a"]
     assert report.repaired == 1 and report.still_drifted == 0
@@ -221,3 +232,59 @@ async def test_nothing_differs_nothing_is_waited_for(behind: int) -> None:
     probe = _Probe([{"a": (None, "fp")}])
     report = await _run(probe, _Offsets(behind=behind), wait_s=30.0)
     assert report.drift == [] and report.unverified == [] and report.behind == 0
+
+
+async def test_a_store_ahead_of_a_postgresql_that_moved_on_is_the_role_at_work_not_drift() -> None:
+    ahead = Finding("redis", "product", "a", "DIFFERENT", "v2", "v3", "a version PostgreSQL lacks")
+    first = {"a": (_f("a"), "fp-v2")}  # the store held v1
+    second = {"a": (ahead, "fp-v2")}  # read v2 from PostgreSQL, then the store had v3
+    third = {"a": (_f("a", "STALE"), "fp-v4")}  # PostgreSQL moved on again
+    report = await _run(_Probe([first, second, third]), _Offsets(behind=0))
+    assert report.drift == [] and report.moving == 1
+
+
+def test_a_cached_value_that_is_not_a_json_object_is_reported_not_a_crash() -> None:
+    v = _view()
+    for junk, what in ((b"garbage", "not JSON"), (b"[1]", "not an object")):
+        f = _judge(v, _entry(v, p=junk))
+        assert f is not None and f.problem == "DIFFERENT" and what in f.detail
+    other = _judge(v, _entry(v, p=b"\xff\xfe"))
+    assert other is not None and other.problem == "DIFFERENT"
+
+
+def test_the_event_id_tells_two_tamperings_of_one_version_apart() -> None:
+    v = _view()
+    one = _judge(v, _entry(v, p=orjson.dumps({**v.doc, "price_paise": 1})))
+    two = _judge(v, _entry(v, p=orjson.dumps({**v.doc, "price_paise": 2})))
+    again = _judge(v, _entry(v, p=orjson.dumps({**v.doc, "price_paise": 1})))
+    assert one is not None and two is not None and again is not None
+    assert one.event_id() != two.event_id() and one.event_id() == again.event_id()
+
+
+async def test_one_store_down_leaves_the_others_report_whole() -> None:
+    from connectors.base import DependencyDown
+
+    class _Down(_Probe):
+        store = "typesense"
+
+        async def store_ids(self, kind: str) -> set[str]:
+            raise DependencyDown("Typesense: ConnectError")
+
+    good = _Probe([{"a": (_f("a", "DIFFERENT"), "fp")}])
+    reports = await _run_all([_Down([{}]), good], _Offsets(behind=0))
+    assert reports[0].error.startswith("DependencyDown") and reports[0].drift == []
+    assert [f.entity_id for f in reports[1].drift] == ["a"]
+    assert outcome_code(reports, repaired=False) == 4
+
+
+async def test_above_the_sample_size_a_kind_is_sampled_and_says_so() -> None:
+    from streams.sync_check import report_lines
+
+    held = {f"s{i}": (None, "fp") for i in range(50)}
+    conn = _Conn(rows=100)
+    report = await _run(_Probe([held]), _Offsets(behind=0), conn=conn, sample=10)
+    assert report.sampled == {"product"} and report.total == {"product": 100}
+    assert any("TABLESAMPLE" in q for q in conn.statements)
+    # 10 rows of the table's sample, 10 of the store's 50 entries
+    assert report.checked == {"product": 20}
+    assert "products 20 (a random sample; 100 rows)" in "\n".join(report_lines([report]))

@@ -1,0 +1,243 @@
+"""The PostgreSQL side of a rebuild: shadow schemas of the projection tables, their checkpoints,
+parity with the live tables, and the swap.
+
+A rebuild writes the projection tables (`connectors.postgres.PROJECTION_TABLES`) of a schema of
+its own, created like public's (columns, defaults, checks, keys, indexes with their names),
+through the projections' own code (`PostgresProjections(schema=...)`). Its
+`projection_positions` is its checkpoint, written in the same transaction as each chunk. The
+swap moves public's projection tables to `rebuild_previous` and the shadow's to public, in one
+transaction (each table's lock held until it commits); every other table (API keys, dedup
+claims, the notification outbox, `job_runs`, redrive records) stays where it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from connectors.postgres import PROJECTION_TABLES
+
+__all__ = [
+    "PREVIOUS",
+    "SHADOW",
+    "Difference",
+    "create_shadow",
+    "drop_schema",
+    "meta",
+    "parity",
+    "positions",
+    "schemas",
+    "swap",
+]
+
+SHADOW = "rebuild_shadow"
+PREVIOUS = "rebuild_previous"
+_SWAP = "rebuild_swap"
+#: columns that hold when a row was written, not what the events say
+_WALL_CLOCK = {"audit_log": ("recorded_at",), "projection_refusals": ("refused_at", "reason")}
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _ident(name: str) -> sql.Identifier:
+    if not _NAME.match(name):
+        raise ValueError(f"not a schema name of ours: {name!r}")
+    return sql.Identifier(name)
+
+
+async def schemas(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    """The rebuild schemas that exist."""
+    cur = await conn.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'rebuild\\_%%' ORDER BY nspname"
+    )
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def meta(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[str, Any] | None:
+    """What a shadow was made for ({"until": ..., "started_at": ...}), None if it is not one."""
+    cur = await conn.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+        "AND table_name = 'rebuild_meta'",
+        (schema,),
+    )
+    if await cur.fetchone() is None:
+        return None
+    cur = await conn.execute(
+        sql.SQL("SELECT value FROM {}.rebuild_meta WHERE key = 'meta'").format(_ident(schema))
+    )
+    row = await cur.fetchone()
+    return None if row is None else dict(row[0])
+
+
+async def create_shadow(
+    conn: psycopg.AsyncConnection[Any], schema: str, *, until: datetime | None
+) -> None:
+    """Make `schema` with empty projection tables shaped like public's (in one transaction)."""
+    s = _ident(schema)
+    async with conn.transaction():
+        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(s))
+        for table in PROJECTION_TABLES:
+            t = sql.Identifier(table)
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {}.{} (LIKE public.{} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                    "INCLUDING GENERATED INCLUDING STORAGE)"
+                ).format(s, t, t)
+            )
+        # keys and foreign keys (by name, pointing inside the schema), then the other indexes
+        cur = await conn.execute(
+            "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), c.contype "
+            "FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
+            "JOIN pg_namespace n ON n.oid = r.relnamespace "
+            "WHERE n.nspname = 'public' AND r.relname = ANY(%s) AND c.contype IN ('p', 'u', 'f') "
+            "ORDER BY c.contype DESC, 1, 2",
+            (list(PROJECTION_TABLES),),
+        )
+        constraints = await cur.fetchall()
+        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(s))
+        for table, name, definition, _ in constraints:
+            await conn.execute(
+                sql.SQL("ALTER TABLE {}.{} ADD CONSTRAINT {} ").format(
+                    s, sql.Identifier(table.removeprefix("public.")), sql.Identifier(name)
+                )
+                + sql.SQL(definition)  # PostgreSQL's own text
+            )
+        cur = await conn.execute(
+            "SELECT indexdef FROM pg_indexes i WHERE schemaname = 'public' "
+            "AND tablename = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
+            "WHERE c.conname = i.indexname AND c.connamespace = 'public'::regnamespace)",
+            (list(PROJECTION_TABLES),),
+        )
+        for (definition,) in await cur.fetchall():
+            moved = definition.replace(" ON public.", f" ON {schema}.", 1)
+            await conn.execute(sql.SQL(moved))  # PostgreSQL's own text
+        await conn.execute(
+            sql.SQL("CREATE TABLE {}.rebuild_meta (key text PRIMARY KEY, value jsonb)").format(s)
+        )
+        value = {"until": until.isoformat() if until else None, "started_at": "now"}
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.rebuild_meta VALUES ('meta', jsonb_set(%s::jsonb, "
+                "'{{started_at}}', to_jsonb(now())))"
+            ).format(s),
+            (orjson.dumps(value).decode(),),
+        )
+
+
+async def positions(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> next offset, of `schema`'s projection_positions."""
+    cur = await conn.execute(
+        sql.SQL("SELECT topic, partition, next_offset FROM {}.projection_positions").format(
+            _ident(schema)
+        )
+    )
+    return {(t, p): int(o) for t, p, o in await cur.fetchall()}
+
+
+@dataclass(frozen=True)
+class Difference:
+    table: str
+    key: str
+    what: str  # "only in <schema>", or "differs"
+
+
+async def _columns(conn: psycopg.AsyncConnection[Any], table: str) -> list[str]:
+    cur = await conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+        "AND table_name = %s ORDER BY ordinal_position",
+        (table,),
+    )
+    skip = _WALL_CLOCK.get(table, ())
+    return [r[0] for r in await cur.fetchall() if r[0] not in skip]
+
+
+async def _key(conn: psycopg.AsyncConnection[Any], table: str) -> list[str]:
+    cur = await conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
+        "ORDER BY array_position(i.indkey, a.attnum)",
+        (f"public.{table}",),
+    )
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def parity(
+    conn: psycopg.AsyncConnection[Any], schema: str, *, limit: int = 20
+) -> tuple[dict[str, tuple[int, int]], list[Difference]]:
+    """Compare `schema`'s projection tables with public's, entity by entity (a checksum of each
+    row's columns, the wall-clock ones left out). Returns {table: (rows in public, rows in
+    schema)} and up to `limit` differences per table."""
+    counts: dict[str, tuple[int, int]] = {}
+    diffs: list[Difference] = []
+    for table in PROJECTION_TABLES:
+        if table == "projection_positions":
+            continue  # compared by the caller: the shadow must stand where the live tables do
+        cols, key = await _columns(conn, table), await _key(conn, table)
+        row = sql.SQL("md5(ROW({})::text)").format(
+            sql.SQL(", ").join(sql.Identifier("t", c) for c in cols)
+        )
+        k = sql.SQL("concat_ws('/', {})").format(
+            sql.SQL(", ").join(sql.Identifier("t", c) for c in key)
+        )
+        side = sql.SQL("SELECT {} AS k, {} AS h FROM {}.{} t")
+        q = sql.SQL(
+            "SELECT (SELECT count(*) FROM public.{t}), (SELECT count(*) FROM {s}.{t}), "
+            "COALESCE(a.k, b.k), a.h IS NULL, b.h IS NULL FROM ({a}) a FULL JOIN ({b}) b "
+            "ON a.k = b.k WHERE a.h IS DISTINCT FROM b.h ORDER BY 3 LIMIT %s"
+        ).format(
+            t=sql.Identifier(table),
+            s=_ident(schema),
+            a=side.format(k, row, sql.Identifier("public"), sql.Identifier(table)),
+            b=side.format(k, row, _ident(schema), sql.Identifier(table)),
+        )
+        cur = await conn.execute(q, (limit,))
+        found = await cur.fetchall()
+        if found:
+            counts[table] = (int(found[0][0]), int(found[0][1]))
+        else:
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT (SELECT count(*) FROM public.{t}), (SELECT count(*) FROM {s}.{t})"
+                ).format(t=sql.Identifier(table), s=_ident(schema))
+            )
+            both = await cur.fetchone()
+            assert both is not None
+            counts[table] = (int(both[0]), int(both[1]))
+        for _, _, key_text, only_b, only_a in found:
+            what = f"only in {schema}" if only_a else "only in public" if only_b else "differs"
+            diffs.append(Difference(table, str(key_text), what))
+    return counts, diffs
+
+
+async def swap(conn: psycopg.AsyncConnection[Any], incoming: str, outgoing: str) -> None:
+    """Move public's projection tables to `outgoing` (made here) and `incoming`'s to public. Run
+    inside the caller's transaction (the cut-over barrier's)."""
+    out = _ident(outgoing)
+    await conn.execute(sql.SQL("CREATE SCHEMA {}").format(out))
+    for table in PROJECTION_TABLES:
+        t = sql.Identifier(table)
+        await conn.execute(sql.SQL("ALTER TABLE public.{} SET SCHEMA {}").format(t, out))
+        await conn.execute(
+            sql.SQL("ALTER TABLE {}.{} SET SCHEMA public").format(_ident(incoming), t)
+        )
+
+
+async def swap_back(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The rollback's swap: `rebuild_previous`'s tables to public, public's to
+    `rebuild_previous` (inside the caller's transaction)."""
+    await swap(conn, PREVIOUS, _SWAP)
+    await conn.execute(sql.SQL("DROP SCHEMA {}").format(_ident(PREVIOUS)))
+    await conn.execute(
+        sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(_ident(_SWAP), _ident(PREVIOUS))
+    )
+
+
+async def drop_schema(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    if not schema.startswith("rebuild_"):
+        raise ValueError(f"not a rebuild schema: {schema}")
+    await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(_ident(schema)))
