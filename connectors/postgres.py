@@ -416,8 +416,12 @@ class PostgresProjections:
             )
         if out.categories:
             await conn.execute(
-                "INSERT INTO categories SELECT * FROM jsonb_populate_recordset("
-                "NULL::categories, %s::jsonb) ON CONFLICT DO NOTHING",
+                # the earliest event that named it, whatever order the topics were read in (a
+                # rebuild from the topics gives the same row)
+                "INSERT INTO categories AS t SELECT * FROM jsonb_populate_recordset("
+                "NULL::categories, %s::jsonb) ON CONFLICT (category) DO UPDATE SET "
+                "first_seen_at = EXCLUDED.first_seen_at "
+                "WHERE EXCLUDED.first_seen_at < t.first_seen_at",
                 (_json([{"category": c, "first_seen_at": t} for c, t in out.categories.items()]),),
             )
 
@@ -597,7 +601,8 @@ def _shopkeeper(ev: dict[str, Any], cur: Row | None, out: _Batch) -> Row:
 
 def _product_fields(d: dict[str, Any], out: _Batch, at: datetime) -> Row:
     if d.get("category"):
-        out.categories.setdefault(d["category"], at)
+        known = out.categories.get(d["category"])
+        out.categories[d["category"]] = at if known is None else min(known, at)
     return {
         "product_id": d["product_id"],
         "shop_id": d["shop_id"],

@@ -21,6 +21,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from connectors.cleanup import load_cutoffs
 from connectors.postgres import PROJECTION_TABLES
 
 __all__ = [
@@ -32,8 +33,10 @@ __all__ = [
     "meta",
     "parity",
     "positions",
+    "prune",
     "schemas",
     "swap",
+    "swap_back",
 ]
 
 SHADOW = "rebuild_shadow"
@@ -241,3 +244,25 @@ async def drop_schema(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     if not schema.startswith("rebuild_"):
         raise ValueError(f"not a rebuild schema: {schema}")
     await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(_ident(schema)))
+
+
+async def prune(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[str, int]:
+    """Remove from `schema` what the recorded cleanup runs removed from public (sessions that
+    expired, audit rows older than the cutoff): a shadow may have written them before the run
+    was recorded."""
+    cutoffs = await load_cutoffs(conn)
+    removed: dict[str, int] = {}
+    for table, column, cutoff in (
+        ("sessions", "expires_at", cutoffs.sessions),
+        ("audit_log", "occurred_at", cutoffs.audit_log),
+    ):
+        if cutoff is None:
+            continue
+        cur = await conn.execute(
+            sql.SQL("DELETE FROM {}.{} WHERE {} < %s").format(
+                _ident(schema), sql.Identifier(table), sql.Identifier(column)
+            ),
+            (cutoff,),
+        )
+        removed[table] = max(cur.rowcount, 0)
+    return removed

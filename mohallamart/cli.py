@@ -4,6 +4,7 @@ mohallamart stack up|down|status|start|stop   the local stack of real services
 mohallamart run                               stack + API + workers in the foreground
 mohallamart api | worker --role R | smtpd     one process of the pipeline
 mohallamart check [--repair]                  do the cache and the index agree with PostgreSQL?
+mohallamart rebuild postgres [--until T]      the projections rebuilt from the topics, then cut over
 
 Each group of commands is a module of `mohallamart.commands` (its options and handlers); this
 module builds the top-level parser from them and runs the command.
@@ -29,6 +30,7 @@ from mohallamart.commands import (
     keys,
     offsets,
     processes,
+    rebuild,
     run,
     search,
     smtpd,
@@ -52,6 +54,7 @@ _GROUPS = (
     analytics,
     search,
     check,
+    rebuild,
     contract,
     bench,
     smtpd,

@@ -1,0 +1,498 @@
+"""`mohallamart rebuild postgres`: the projection tables rebuilt from the topics, beside the live
+ones, then swapped in without losing a write.
+
+1. A plain consumer (librdkafka, a group of its own that commits nothing) reads the projections'
+   topics and their redrive topics (the records redriven to the projections) from the
+   checkpoint, or from the beginning, and applies them in chunks with the projections' own code
+   (`PostgresProjections(schema=...)`: the same fold, lifecycle rules and upserts) into the
+   tables of a shadow schema. Each chunk and its positions commit together, so Ctrl-C or
+   `kill -9` loses nothing: the same command continues from the checkpoint. Nothing is sent: no
+   dead letter (an event the projections refuse is recorded as refused), no derived event.
+2. It chases the live projections' own positions (`projection_positions`, written in each live
+   batch's transaction), never going past them, until it is within `CUTOVER_GAP` records.
+3. The cut-over: the barrier lock taken exclusively (every live batch holds it shared until it
+   commits, so the live projections pause between two batches), their positions L read, the
+   shadow brought exactly to L, the cleanup runs applied to it, parity checked (every row of
+   every projection table, by checksum), and the tables swapped, all in one transaction. The
+   live projections' next batch then writes the new tables. Without parity the swap is refused
+   unless `--force`. The old tables stay in `rebuild_previous` until `rebuild drop-old`;
+   `rebuild rollback` brings them up to date the same way and swaps them back.
+4. `--until T`: a point-in-time copy in `rebuild_asof_<T>`: exactly the records before
+   `offsets_for_times(T)` of each partition; never swapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from connectors.postgres import REBUILD_LOCK, PostgresProjections
+from connectors.rebuild import (
+    PREVIOUS,
+    SHADOW,
+    create_shadow,
+    drop_schema,
+    meta,
+    parity,
+    positions,
+    prune,
+    swap,
+    swap_back,
+)
+from core.settings import Settings
+
+__all__ = ["RebuildFailed", "rebuild_postgres", "rollback_postgres"]
+
+Say = Callable[[str], None]
+TP = tuple[str, int]
+
+#: how close (records) the shadow must be to the live projections before the cut-over pauses them
+CUTOVER_GAP = 1000
+
+
+class RebuildFailed(Exception):
+    """The rebuild stopped; the shadow and its checkpoint stay for the same command to resume."""
+
+
+@dataclass
+class _Progress:
+    say: Say
+    start: dict[TP, int]
+    stops: dict[TP, int] = field(default_factory=dict)
+    events: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last: float = 0.0
+    last_events: int = 0
+    tty: bool = field(default_factory=lambda: sys.stdout.isatty())
+
+    def line(self, pos: dict[TP, int], *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < (0.5 if self.tty else 2.0):
+            return
+        rate = (self.events - self.last_events) / max(now - self.last, 1e-6) if self.last else 0
+        self.last, self.last_events = now, self.events
+        total = sum(max(0, self.stops.get(tp, 0) - self.start.get(tp, 0)) for tp in self.stops)
+        done = sum(
+            max(0, min(pos.get(tp, 0), self.stops[tp]) - self.start.get(tp, 0)) for tp in self.stops
+        )
+        overall = self.events / max(now - self.started, 1e-6)
+        eta = (total - done) / overall if overall > 0 and total > done else 0.0
+        width = 30
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "." * (width - filled)
+        text = (
+            f"[{bar}] {done:,}/{total:,} records, {self.events:,} events applied, "
+            f"{rate if not final else overall:,.0f} events/s, ETA {eta:,.0f} s"
+        )
+        if self.tty and not final:
+            sys.stdout.write("\r" + text[:160])
+            sys.stdout.flush()
+        else:
+            if self.tty:
+                sys.stdout.write("\r")
+            self.say(text)
+
+
+def _topics(settings: Settings) -> list[str]:
+    from schemas.catalog import TOPICS
+    from streams.agents.projections import CATEGORIES
+    from streams.reliability import redrive_topic
+
+    names = [TOPICS[c].name for c in CATEGORIES]
+    return names + [redrive_topic(t) for t in names]
+
+
+class _Source:
+    """The plain consumer: assigned partitions, each read from a position up to a stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Consumer
+
+        from schemas.codec import RegistryDecoder
+        from schemas.registry import SchemaRegistry
+
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.worker_app_prefix}-rebuild-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "fetch.max.bytes": 52_428_800,
+                "log_level": 3,
+            }
+        )
+        self.decoder = RegistryDecoder(SchemaRegistry(settings.registry_url).schema_by_id)
+        self.partitions: dict[TP, tuple[int, int]] = {}  # tp -> (low, high) watermarks
+        self.paused: set[TP] = set()
+        self.undecodable = 0
+
+    def discover(self, topics: list[str]) -> None:
+        from confluent_kafka import TopicPartition
+
+        meta_ = self.consumer.list_topics(timeout=15)
+        for t in topics:
+            if t not in meta_.topics or meta_.topics[t].error is not None:
+                continue  # a redrive topic nobody has written yet
+            for p in meta_.topics[t].partitions:
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=15)
+                self.partitions[(t, p)] = (low, high)
+
+    def assign(self, at: dict[TP, int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        self.consumer.assign([TopicPartition(t, p, at[(t, p)]) for t, p in self.partitions])
+
+    def until(self, when: datetime) -> dict[TP, int]:
+        """Per partition, the first offset at or after `when` (its end if none)."""
+        from confluent_kafka import TopicPartition
+
+        ms = int(when.timestamp() * 1000)
+        found = self.consumer.offsets_for_times(
+            [TopicPartition(t, p, ms) for t, p in self.partitions], timeout=15
+        )
+        out = {}
+        for tp in found:
+            key = (tp.topic, tp.partition)
+            out[key] = self.partitions[key][1] if tp.offset < 0 else tp.offset
+        return out
+
+    def park(self, tp: TP, at: int) -> None:
+        """Stop reading `tp`, its next record to be read again from `at`."""
+        from confluent_kafka import TopicPartition
+
+        if tp not in self.paused:
+            part = TopicPartition(tp[0], tp[1], at)
+            self.consumer.pause([part])
+            self.consumer.seek(part)
+            self.paused.add(tp)
+
+    def unpark(self, tp: TP) -> None:
+        from confluent_kafka import TopicPartition
+
+        if tp in self.paused:
+            self.consumer.resume([TopicPartition(tp[0], tp[1])])
+            self.paused.discard(tp)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+async def _read_to(
+    source: _Source,
+    sink: PostgresProjections,
+    pos: dict[TP, int],
+    stops: dict[TP, int],
+    progress: _Progress,
+    *,
+    chunk: int,
+) -> None:
+    """Apply every record before `stops`, from `pos` (moved along, checkpointed per chunk)."""
+    from streams.reliability import REDRIVE_STAGE
+
+    progress.stops = stops
+    for tp in source.partitions:
+        if pos[tp] < stops.get(tp, 0):
+            source.unpark(tp)
+        else:
+            source.park(tp, pos[tp])
+    while any(pos[tp] < stops.get(tp, 0) for tp in source.partitions):
+        msgs = await asyncio.to_thread(source.consumer.consume, chunk, 0.5)
+        events: list[dict[str, Any]] = []
+        moved: dict[TP, int] = {}
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            tp = (topic, partition)
+            if offset < pos[tp]:
+                continue  # read again after a seek
+            if offset >= stops.get(tp, 0):
+                source.park(tp, offset)
+                continue
+            pos[tp] = moved[tp] = offset + 1
+            if tp[0].endswith(".redrive"):
+                headers = dict(m.headers() or [])
+                raw = headers.get(REDRIVE_STAGE) or b""
+                stage = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if stage.split("/", 1)[0] != "projections":
+                    continue  # redriven to another role
+            try:
+                events.append(source.decoder.decode(m.value()))
+            except Exception:  # noqa: BLE001 - undecodable bytes: the live role dead-letters them
+                source.undecodable += 1
+        for tp in source.partitions:
+            if pos[tp] >= stops.get(tp, 0):
+                source.park(tp, pos[tp])
+        if moved:
+            await sink.rebuild_chunk(events, moved)
+            progress.events += len(events)
+        progress.line(pos)
+
+
+async def _live_positions(conn: psycopg.AsyncConnection[Any]) -> dict[TP, int]:
+    """Where the live projections stand: their `projection_positions`."""
+    cur = await conn.execute(
+        "SELECT topic, partition, next_offset FROM public.projection_positions"
+    )
+    return {(t, p): int(o) for t, p, o in await cur.fetchall()}
+
+
+async def _committed(settings: Settings, tps: list[TP]) -> dict[TP, int]:
+    from connectors.groups import GroupOffsets
+
+    offsets = GroupOffsets(settings.kafka_bootstrap)
+    try:
+        return await offsets.committed(f"{settings.worker_app_prefix}-projections", tps)
+    finally:
+        await offsets.close()
+
+
+async def _targets(
+    conn: psycopg.AsyncConnection[Any], settings: Settings, source: _Source
+) -> dict[TP, int]:
+    """Where the live projections stand, per partition: their recorded positions, and for a
+    partition they have recorded nothing of (its records were applied before positions were
+    recorded), their group's commit."""
+    live = await _live_positions(conn)
+    missing = [tp for tp in source.partitions if tp not in live]
+    if missing:
+        for tp, at in (await _committed(settings, missing)).items():
+            live[tp] = max(at, source.partitions[tp][0])
+    return {tp: max(live.get(tp, 0), 0) for tp in source.partitions}
+
+
+def _where(pos: dict[TP, int], limit: int = 12) -> str:
+    """Per-partition positions, for people: `user.events/3@120` (namespace left out)."""
+    parts = [f"{t.split('.', 1)[-1]}/{p}@{o}" for (t, p), o in sorted(pos.items()) if o]
+    if not parts:
+        return "the beginning"
+    more = len(parts) - limit
+    return ", ".join(parts[:limit]) + (f" (+{more} more)" if more > 0 else "")
+
+
+async def _build(
+    settings: Settings,
+    schema: str,
+    *,
+    until: datetime | None,
+    chunk: int,
+    say: Say,
+    create: bool,
+) -> tuple[_Source, PostgresProjections, dict[TP, int], _Progress]:
+    source = _Source(settings)
+    await asyncio.to_thread(source.discover, _topics(settings))
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as c:
+        cur = await c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        exists = await cur.fetchone() is not None
+        if not exists:
+            if not create:
+                raise RebuildFailed(f"{schema} does not exist")
+            await create_shadow(c, schema, until=until)
+            say(f"{schema}: created (projection tables shaped like public's)")
+        elif create and await meta(c, schema) is None:
+            raise RebuildFailed(f"{schema} exists but is not a rebuild's shadow: not touched")
+        done = await positions(c, schema)
+    pos = {tp: max(done.get(tp, 0), source.partitions[tp][0]) for tp in source.partitions}
+    if done:
+        say(f"{schema}: resuming from its checkpoint: {_where(done)}")
+    else:
+        say(f"{schema}: starting from the beginning of {len(source.partitions)} partitions")
+    source.assign(pos)
+    sink = PostgresProjections(settings.postgres_dsn, schema=schema)
+    return source, sink, pos, _Progress(say, dict(pos))
+
+
+async def rebuild_postgres(
+    settings: Settings,
+    *,
+    until: datetime | None = None,
+    cutover: bool = True,
+    force: bool = False,
+    chunk: int = 5000,
+    say: Say = print,
+    cutover_within_s: float = 600.0,
+) -> int:
+    """The command (see the module's text). Returns an exit status."""
+    schema = (
+        SHADOW if until is None else f"rebuild_asof_{until.astimezone(UTC):%Y%m%dT%H%M%SZ}".lower()
+    )
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as c:
+        if until is None and cutover:
+            cur = await c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (PREVIOUS,))
+            if await cur.fetchone() is not None:
+                say(
+                    f"{PREVIOUS} holds the tables of an earlier cut-over: `mohallamart rebuild "
+                    "drop-old` (or `rebuild rollback`) first"
+                )
+                return 2
+    source, sink, pos, progress = await _build(
+        settings, schema, until=until, chunk=chunk, say=say, create=True
+    )
+    try:
+        if until is not None:
+            stops = await asyncio.to_thread(source.until, until)
+            await _read_to(source, sink, pos, stops, progress, chunk=chunk)
+            async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as c:
+                async with c.transaction():
+                    await prune(c, schema)
+            progress.line(pos, final=True)
+            say(
+                f"{schema}: the projections as of {until.isoformat()} ({source.undecodable} "
+                f"undecodable records skipped). Read it with `SET search_path TO {schema}, "
+                f"public`; `mohallamart rebuild discard --schema {schema}` drops it."
+            )
+            return 0
+        return await _catch_up_and_cut_over(
+            settings,
+            schema,
+            source,
+            sink,
+            pos,
+            progress,
+            chunk=chunk,
+            say=say,
+            cutover=cutover,
+            force=force,
+            within_s=cutover_within_s,
+            swap_in=lambda conn: swap(conn, SHADOW, PREVIOUS),
+        )
+    finally:
+        source.close()
+        await sink.close()
+
+
+async def rollback_postgres(
+    settings: Settings, *, force: bool = False, chunk: int = 5000, say: Say = print
+) -> int:
+    """Bring the tables the last cut-over put aside up to the live position, then swap them
+    back in with the same barrier."""
+    source, sink, pos, progress = await _build(
+        settings, PREVIOUS, until=None, chunk=chunk, say=say, create=False
+    )
+    try:
+        return await _catch_up_and_cut_over(
+            settings,
+            PREVIOUS,
+            source,
+            sink,
+            pos,
+            progress,
+            chunk=chunk,
+            say=say,
+            cutover=True,
+            force=force,
+            within_s=600.0,
+            swap_in=swap_back,
+        )
+    finally:
+        source.close()
+        await sink.close()
+
+
+async def _catch_up_and_cut_over(
+    settings: Settings,
+    schema: str,
+    source: _Source,
+    sink: PostgresProjections,
+    pos: dict[TP, int],
+    progress: _Progress,
+    *,
+    chunk: int,
+    say: Say,
+    cutover: bool,
+    force: bool,
+    within_s: float,
+    swap_in: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+) -> int:
+    dsn = settings.postgres_dsn
+    deadline = time.monotonic() + within_s
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+        while True:
+            live = await _targets(c, settings, source)
+            await _read_to(source, sink, pos, live, progress, chunk=chunk)
+            live = await _targets(c, settings, source)
+            gap = sum(max(0, live[tp] - pos[tp]) for tp in live)
+            if gap <= CUTOVER_GAP:
+                break
+            if time.monotonic() > deadline:
+                progress.line(pos, final=True)
+                say(
+                    f"{schema}: still {gap:,} records behind the live projections after "
+                    f"{within_s:.0f} s; run the same command again to continue"
+                )
+                return 1
+    progress.line(pos, final=True)
+    say(f"{schema}: within {gap:,} records of the live projections ({_where(live)})")
+    if not cutover:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+            counts, diffs = await parity(c, schema)
+        say(
+            f"{schema}: built; no cut-over asked (`mohallamart rebuild postgres` continues and "
+            f"swaps it in). Parity now, without pausing the live projections (a difference may "
+            f"be their lag): {sum(n for _, n in counts.values()):,} rows, {len(diffs)} "
+            "differences"
+        )
+        for d in diffs:
+            say(f"  {d.table} {d.key}: {d.what}")
+        return 0
+    async with await psycopg.AsyncConnection.connect(dsn) as b:
+        try:
+            async with b.transaction():
+                await b.execute("SET LOCAL lock_timeout = '30s'")
+                asked = time.monotonic()
+                await b.execute("SELECT pg_advisory_xact_lock(%s)", (REBUILD_LOCK,))
+                paused = time.monotonic()
+                say(
+                    f"cut-over: live projections paused (waited {paused - asked:.2f} s for "
+                    "their batches in flight)"
+                )
+                at = await _targets(b, settings, source)
+                await _read_to(source, sink, pos, at, progress, chunk=chunk)
+                removed = await prune(b, schema)
+                counts, diffs = await parity(b, schema)
+                shadow_at = await positions(b, schema)
+                off = [tp for tp, o in at.items() if o > 0 and shadow_at.get(tp, 0) != o]
+                checked = time.monotonic()
+                say(
+                    f"cut-over: {schema} at the live position ({_where(at)}); cleanup runs "
+                    f"applied ({removed or 'nothing to remove'}); parity of "
+                    f"{sum(b for _, b in counts.values()):,} rows in {checked - paused:.2f} s"
+                )
+                for d in diffs:
+                    say(f"  {d.table} {d.key}: {d.what}")
+                for tp in off:
+                    say(f"  positions: {tp[0]}/{tp[1]} live {at[tp]}, {schema} {shadow_at.get(tp)}")
+                if (diffs or off) and not force:
+                    raise _NoParity
+                await swap_in(b)
+        except _NoParity:
+            say(
+                f"cut-over refused: {schema} differs from the live tables (above); nothing "
+                "swapped, the live projections resumed. `--force` swaps anyway."
+            )
+            return 1
+        resumed = time.monotonic()
+    say(f"cut-over: swapped; live projections resumed after a pause of {resumed - paused:.2f} s")
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+        if schema == SHADOW:
+            await drop_schema(c, SHADOW)  # only its bookkeeping is left
+            say(
+                f"the old tables are in {PREVIOUS} until `mohallamart rebuild drop-old`; "
+                "`mohallamart rebuild rollback` swaps them back"
+            )
+    return 0
+
+
+class _NoParity(Exception):
+    pass
