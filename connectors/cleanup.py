@@ -53,8 +53,8 @@ async def load_cutoffs(conn: psycopg.AsyncConnection[Any]) -> Cutoffs:
     statements, so the read sees a cleanup that committed while the lock was waited for."""
     await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (CLEANUP_LOCK,))
     cur = await conn.execute(
-        "SELECT (SELECT max(cutoff) FROM job_runs WHERE job = 'expired_sessions') AS sessions, "
-        "(SELECT max(cutoff) FROM job_runs WHERE job = 'old_logs' "
+        "SELECT (SELECT max(cutoff) FROM public.job_runs WHERE job = 'expired_sessions') "
+        "AS sessions, (SELECT max(cutoff) FROM public.job_runs WHERE job = 'old_logs' "
         "AND 'AUDIT_LOG' = ANY(targets)) AS audit_log"
     )
     row: Any = await cur.fetchone()

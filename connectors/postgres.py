@@ -161,7 +161,9 @@ class PostgresProjections:
                 # was small (a fresh database) kept scanning it whole once it had grown (p50
                 # 700 ms from API to row after 100k events). A batch is worth planning each time.
                 options="-c plan_cache_mode=force_custom_plan"
-                + ("" if self._schema is None else f" -c search_path={self._schema},public"),
+                # a rebuild's schema alone: were it dropped under the rebuild, its writes fail
+                # instead of reaching the live tables (what it reads of public is qualified)
+                + ("" if self._schema is None else f" -c search_path={self._schema}"),
             )
             if not self._upserts:
                 await self._prepare_upserts(self._conn)
@@ -208,6 +210,9 @@ class PostgresProjections:
                     # and this batch waits for the cut-over (then writes the tables swapped in)
                     await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (REBUILD_LOCK,))
                 outcomes = await self._apply(conn, items)
+                # refusals with their batch (the dead-letter handler records them again, without
+                # effect): positions never stand past a refused event without its refusal
+                await _record_refusals(conn, items, outcomes)
                 if positions:
                     await record_positions(conn, positions)
         except psycopg.OperationalError as exc:
@@ -317,32 +322,32 @@ class PostgresProjections:
         self, events: Sequence[dict[str, Any]], positions: Positions
     ) -> list[Outcome]:
         """A rebuild's chunk (`schema` set): applied as a live batch is, its refusals recorded
-        (nothing dead-lettered), its positions checkpointed, in one transaction."""
+        (nothing dead-lettered), its positions checkpointed, in one transaction. An event the
+        database refuses (a check, a value out of range) is split out, as the live guard
+        splits a failing batch, and recorded as refused with the error's class."""
         if self._schema is None:
             raise RuntimeError("rebuild_chunk writes a rebuild's schema only")
         conn = await self._connection()
         async with conn.transaction():
-            outcomes = await self._apply(conn, events)
-            refused = [
-                {
-                    "event_id": str(ev["id"]),
-                    "event_type": ev["type"],
-                    "error_class": o.error_class or "IllegalTransition",
-                    "reason": o.reason[:2000],
-                }
-                for ev, o in zip(events, outcomes, strict=True)
-                if o.status == "refused"
-            ]
-            if refused:
-                await conn.execute(
-                    "INSERT INTO projection_refusals (event_id, event_type, error_class, reason) "
-                    "SELECT event_id, event_type, error_class, reason FROM "
-                    "jsonb_populate_recordset(NULL::projection_refusals, %s::jsonb) "
-                    "ON CONFLICT (event_id) DO NOTHING",
-                    (_json(refused),),
-                )
+            outcomes = await self._apply_split(conn, events)
+            await _record_refusals(conn, events, outcomes)
             await record_positions(conn, positions)
         return outcomes
+
+    async def _apply_split(
+        self, conn: psycopg.AsyncConnection[Row], events: Sequence[dict[str, Any]]
+    ) -> list[Outcome]:
+        try:
+            async with conn.transaction():  # a savepoint
+                return await self._apply(conn, events)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            if len(events) == 1:
+                return [refused(f"{type(exc).__name__}: {exc}"[:2000], type(exc).__name__)]
+            mid = len(events) // 2
+            return [
+                *await self._apply_split(conn, events[:mid]),
+                *await self._apply_split(conn, events[mid:]),
+            ]
 
     @staticmethod
     def _stock_changed(ev: dict[str, Any], current: Row | None, out: _Batch) -> None:
@@ -424,6 +429,31 @@ class PostgresProjections:
                 "WHERE EXCLUDED.first_seen_at < t.first_seen_at",
                 (_json([{"category": c, "first_seen_at": t} for c, t in out.categories.items()]),),
             )
+
+
+async def _record_refusals(
+    conn: psycopg.AsyncConnection[Any],
+    events: Sequence[dict[str, Any]],
+    outcomes: Sequence[Outcome],
+) -> None:
+    refused_ = [
+        {
+            "event_id": str(ev["id"]),
+            "event_type": ev["type"],
+            "error_class": o.error_class or "IllegalTransition",
+            "reason": o.reason[:2000],
+        }
+        for ev, o in zip(events, outcomes, strict=True)
+        if o.status == "refused"
+    ]
+    if refused_:
+        await conn.execute(
+            "INSERT INTO projection_refusals (event_id, event_type, error_class, reason) "
+            "SELECT event_id, event_type, error_class, reason FROM "
+            "jsonb_populate_recordset(NULL::projection_refusals, %s::jsonb) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            (_json(refused_),),
+        )
 
 
 async def record_positions(conn: psycopg.AsyncConnection[Any], positions: Positions) -> None:

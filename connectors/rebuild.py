@@ -30,6 +30,8 @@ __all__ = [
     "Difference",
     "create_shadow",
     "drop_schema",
+    "hold",
+    "shape_differs",
     "meta",
     "parity",
     "positions",
@@ -149,24 +151,23 @@ class Difference:
     what: str  # "only in <schema>", or "differs"
 
 
-async def _columns(conn: psycopg.AsyncConnection[Any], table: str) -> list[str]:
+async def _shapes(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[list[str], list[str]]]:
+    """table -> (its columns compared, its primary key's columns), of public, in one query."""
     cur = await conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
-        "AND table_name = %s ORDER BY ordinal_position",
-        (table,),
+        "SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum), "
+        "(SELECT array_agg(k.attname::text ORDER BY array_position(i.indkey, k.attnum)) "
+        " FROM pg_index i JOIN pg_attribute k ON k.attrelid = i.indrelid "
+        " AND k.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary) "
+        "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s) "
+        "AND a.attnum > 0 AND NOT a.attisdropped GROUP BY c.oid, c.relname",
+        (list(PROJECTION_TABLES),),
     )
-    skip = _WALL_CLOCK.get(table, ())
-    return [r[0] for r in await cur.fetchall() if r[0] not in skip]
-
-
-async def _key(conn: psycopg.AsyncConnection[Any], table: str) -> list[str]:
-    cur = await conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
-        "ORDER BY array_position(i.indkey, a.attnum)",
-        (f"public.{table}",),
-    )
-    return [r[0] for r in await cur.fetchall()]
+    out = {}
+    for table, cols, key in await cur.fetchall():
+        skip = _WALL_CLOCK.get(table, ())
+        out[table] = ([c for c in cols if c not in skip], list(key or cols))
+    return out
 
 
 async def parity(
@@ -174,13 +175,14 @@ async def parity(
 ) -> tuple[dict[str, tuple[int, int]], list[Difference]]:
     """Compare `schema`'s projection tables with public's, entity by entity (a checksum of each
     row's columns, the wall-clock ones left out). Returns {table: (rows in public, rows in
-    schema)} and up to `limit` differences per table."""
+    schema)} and up to `limit` differences per table. One query per table."""
     counts: dict[str, tuple[int, int]] = {}
     diffs: list[Difference] = []
+    shapes = await _shapes(conn)
     for table in PROJECTION_TABLES:
         if table == "projection_positions":
             continue  # compared by the caller: the shadow must stand where the live tables do
-        cols, key = await _columns(conn, table), await _key(conn, table)
+        cols, key = shapes[table]
         row = sql.SQL("md5(ROW({})::text)").format(
             sql.SQL(", ").join(sql.Identifier("t", c) for c in cols)
         )
@@ -189,31 +191,28 @@ async def parity(
         )
         side = sql.SQL("SELECT {} AS k, {} AS h FROM {}.{} t")
         q = sql.SQL(
-            "SELECT (SELECT count(*) FROM public.{t}), (SELECT count(*) FROM {s}.{t}), "
-            "COALESCE(a.k, b.k), a.h IS NULL, b.h IS NULL FROM ({a}) a FULL JOIN ({b}) b "
-            "ON a.k = b.k WHERE a.h IS DISTINCT FROM b.h ORDER BY 3 LIMIT %s"
+            "WITH a AS ({a}), b AS ({b}), d AS (SELECT COALESCE(a.k, b.k) AS k, a.h IS NULL "
+            "AS only_b, b.h IS NULL AS only_a FROM a FULL JOIN b ON a.k = b.k "
+            "WHERE a.h IS DISTINCT FROM b.h) "
+            "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b), "
+            "(SELECT coalesce(json_agg(x), '[]') FROM (SELECT * FROM d ORDER BY k LIMIT %s) x)"
         ).format(
-            t=sql.Identifier(table),
-            s=_ident(schema),
             a=side.format(k, row, sql.Identifier("public"), sql.Identifier(table)),
             b=side.format(k, row, _ident(schema), sql.Identifier(table)),
         )
         cur = await conn.execute(q, (limit,))
-        found = await cur.fetchall()
-        if found:
-            counts[table] = (int(found[0][0]), int(found[0][1]))
-        else:
-            cur = await conn.execute(
-                sql.SQL(
-                    "SELECT (SELECT count(*) FROM public.{t}), (SELECT count(*) FROM {s}.{t})"
-                ).format(t=sql.Identifier(table), s=_ident(schema))
+        found = await cur.fetchone()
+        assert found is not None
+        counts[table] = (int(found[0]), int(found[1]))
+        for d in found[2]:
+            what = (
+                f"only in {schema}"
+                if d["only_a"]
+                else "only in public"
+                if d["only_b"]
+                else "differs"
             )
-            both = await cur.fetchone()
-            assert both is not None
-            counts[table] = (int(both[0]), int(both[1]))
-        for _, _, key_text, only_b, only_a in found:
-            what = f"only in {schema}" if only_a else "only in public" if only_b else "differs"
-            diffs.append(Difference(table, str(key_text), what))
+            diffs.append(Difference(table, str(d["k"]), what))
     return counts, diffs
 
 
@@ -228,6 +227,8 @@ async def swap(conn: psycopg.AsyncConnection[Any], incoming: str, outgoing: str)
         await conn.execute(
             sql.SQL("ALTER TABLE {}.{} SET SCHEMA public").format(_ident(incoming), t)
         )
+    if incoming == SHADOW:  # only its bookkeeping is left: gone with the swap
+        await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(_ident(incoming)))
 
 
 async def swap_back(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -244,6 +245,30 @@ async def drop_schema(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     if not schema.startswith("rebuild_"):
         raise ValueError(f"not a rebuild schema: {schema}")
     await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(_ident(schema)))
+
+
+async def hold(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
+    """Take `schema`'s rebuild lock for the life of `conn`'s session (False: another rebuild,
+    rollback or drop has it)."""
+    cur = await conn.execute(
+        "SELECT pg_try_advisory_lock(hashtext('mohallamart-rebuild:' || %s))", (schema,)
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def shape_differs(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
+    """The projection tables whose columns in `schema` are not public's (a migration since the
+    shadow was made)."""
+    cur = await conn.execute(
+        "SELECT table_name, array_agg(column_name::text || ':' || data_type ORDER BY "
+        "ordinal_position) FILTER (WHERE table_schema = 'public'), array_agg(column_name::text "
+        "|| ':' || data_type ORDER BY ordinal_position) FILTER (WHERE table_schema = %s) "
+        "FROM information_schema.columns WHERE table_schema IN ('public', %s) "
+        "AND table_name = ANY(%s) GROUP BY table_name",
+        (schema, schema, list(PROJECTION_TABLES)),
+    )
+    return sorted(t for t, a, b in await cur.fetchall() if a != b)
 
 
 async def prune(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[str, int]:

@@ -40,16 +40,18 @@ from connectors.rebuild import (
     SHADOW,
     create_shadow,
     drop_schema,
+    hold,
     meta,
     parity,
     positions,
     prune,
+    shape_differs,
     swap,
     swap_back,
 )
 from core.settings import Settings
 
-__all__ = ["RebuildFailed", "rebuild_postgres", "rollback_postgres"]
+__all__ = ["RebuildFailed", "drop", "rebuild_postgres", "rollback_postgres"]
 
 Say = Callable[[str], None]
 TP = tuple[str, int]
@@ -92,6 +94,13 @@ class _Progress:
             f"[{bar}] {done:,}/{total:,} records, {self.events:,} events applied, "
             f"{rate if not final else overall:,.0f} events/s, ETA {eta:,.0f} s"
         )
+        left = sorted(
+            ((self.stops[tp] - pos.get(tp, 0), tp) for tp in self.stops),
+            reverse=True,
+        )
+        behind = {tp: pos.get(tp, 0) for n, tp in left[:3] if n > 0}
+        if behind and not self.tty:
+            text += f"; furthest behind: {_where(behind)}"
         if self.tty and not final:
             sys.stdout.write("\r" + text[:160])
             sys.stdout.flush()
@@ -133,6 +142,10 @@ class _Source:
         self.decoder = RegistryDecoder(SchemaRegistry(settings.registry_url).schema_by_id)
         self.partitions: dict[TP, tuple[int, int]] = {}  # tp -> (low, high) watermarks
         self.paused: set[TP] = set()
+        #: redrive partitions waiting at a record for its original: -> (original's tp, offset)
+        self.held: dict[TP, tuple[TP, int]] = {}
+        #: the live projections' group commits of partitions they have no position of
+        self.committed: dict[TP, int] = {}
         self.undecodable = 0
 
     def discover(self, topics: list[str]) -> None:
@@ -186,6 +199,10 @@ class _Source:
         self.consumer.close()
 
 
+#: how long a rebuild waits without reading a record it still needs before it gives up
+STALL_S = 120.0
+
+
 async def _read_to(
     source: _Source,
     sink: PostgresProjections,
@@ -195,17 +212,28 @@ async def _read_to(
     *,
     chunk: int,
 ) -> None:
-    """Apply every record before `stops`, from `pos` (moved along, checkpointed per chunk)."""
+    """Apply every record before `stops`, from `pos` (moved along, checkpointed per chunk).
+
+    A record redriven to the projections is applied after its original (a rebuild from the
+    beginning reaches the small redrive partitions long before the originals): its redrive
+    partition waits at it until the original's partition has passed the original's offset."""
+    from schemas.codec import UndecodableRecord
+    from schemas.registry import RegistryUnavailable, UnknownSchema
     from streams.reliability import REDRIVE_STAGE
 
     progress.stops = stops
+    held = source.held
     for tp in source.partitions:
-        if pos[tp] < stops.get(tp, 0):
+        if pos[tp] < stops.get(tp, 0) and tp not in held:
             source.unpark(tp)
         else:
             source.park(tp, pos[tp])
+    last_read = time.monotonic()
     while any(pos[tp] < stops.get(tp, 0) for tp in source.partitions):
-        msgs = await asyncio.to_thread(source.consumer.consume, chunk, 0.5)
+        # ask for no more than is left: librdkafka returns once it has that many, instead of
+        # waiting out the timeout for a full chunk (inside the cut-over's pause, that matters)
+        left = sum(max(0, stops.get(tp, 0) - pos[tp]) for tp in source.partitions)
+        msgs = await asyncio.to_thread(source.consumer.consume, max(1, min(chunk, left)), 0.5)
         events: list[dict[str, Any]] = []
         moved: dict[TP, int] = {}
         for m in msgs:
@@ -215,28 +243,48 @@ async def _read_to(
             if topic is None or partition is None or offset is None:
                 continue
             tp = (topic, partition)
-            if offset < pos[tp]:
-                continue  # read again after a seek
+            if offset < pos[tp] or tp in held:
+                continue  # read again after a seek, or waiting for its original
             if offset >= stops.get(tp, 0):
                 source.park(tp, offset)
                 continue
-            pos[tp] = moved[tp] = offset + 1
-            if tp[0].endswith(".redrive"):
-                headers = dict(m.headers() or [])
-                raw = headers.get(REDRIVE_STAGE) or b""
-                stage = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if stage.split("/", 1)[0] != "projections":
+            if topic.endswith(".redrive"):
+                raw: list[tuple[str, Any]] = list(m.headers() or [])  # type: ignore[arg-type]
+                h = {k: (v.decode() if isinstance(v, bytes) else str(v or "")) for k, v in raw}
+                if h.get(REDRIVE_STAGE, "").split("/", 1)[0] != "projections":
+                    pos[tp] = moved[tp] = offset + 1
                     continue  # redriven to another role
+                src = (h.get("x-source-topic", ""), int(h.get("x-source-partition") or 0))
+                src_offset = int(h.get("x-source-offset") or -1)
+                if src in pos and pos[src] <= src_offset and pos[src] < stops.get(src, 0):
+                    held[tp] = (src, src_offset)
+                    source.park(tp, offset)
+                    continue
+            pos[tp] = moved[tp] = offset + 1
             try:
                 events.append(source.decoder.decode(m.value()))
-            except Exception:  # noqa: BLE001 - undecodable bytes: the live role dead-letters them
-                source.undecodable += 1
+            except (UndecodableRecord, UnknownSchema):
+                source.undecodable += 1  # the live role dead-letters these bytes
+            except RegistryUnavailable as exc:
+                # nothing of this chunk is written: the checkpoint stays before it
+                raise RebuildFailed(f"the schema registry is not answering: {exc}") from exc
+        for tp, (src, src_offset) in list(held.items()):
+            if pos[src] > src_offset or pos[src] >= stops.get(src, 0):
+                del held[tp]  # its original is applied (or is not part of this rebuild)
+                if pos[tp] < stops.get(tp, 0):
+                    source.unpark(tp)
         for tp in source.partitions:
             if pos[tp] >= stops.get(tp, 0):
                 source.park(tp, pos[tp])
         if moved:
+            last_read = time.monotonic()
             await sink.rebuild_chunk(events, moved)
             progress.events += len(events)
+        elif time.monotonic() - last_read > STALL_S:
+            waiting = {tp: stops[tp] - pos[tp] for tp in stops if pos[tp] < stops[tp]}
+            raise RebuildFailed(
+                f"no record read for {STALL_S:.0f} s; still to read: {_where(waiting)}"
+            )
         progress.line(pos)
 
 
@@ -259,16 +307,24 @@ async def _committed(settings: Settings, tps: list[TP]) -> dict[TP, int]:
 
 
 async def _targets(
-    conn: psycopg.AsyncConnection[Any], settings: Settings, source: _Source
+    conn: psycopg.AsyncConnection[Any],
+    settings: Settings,
+    source: _Source,
+    *,
+    paused: bool = False,
 ) -> dict[TP, int]:
     """Where the live projections stand, per partition: their recorded positions, and for a
     partition they have recorded nothing of (its records were applied before positions were
-    recorded), their group's commit."""
+    recorded, or it has none), their group's commit. Asked while the live projections are
+    paused, the commits are those read before the pause (a client of Kafka's takes a second
+    to start, and the commit of a partition the live role has not written since cannot move)."""
     live = await _live_positions(conn)
     missing = [tp for tp in source.partitions if tp not in live]
-    if missing:
-        for tp, at in (await _committed(settings, missing)).items():
-            live[tp] = max(at, source.partitions[tp][0])
+    if missing and not paused:
+        source.committed = await _committed(settings, missing)
+    for tp in missing:
+        at = source.committed.get(tp, -1)
+        live[tp] = max(at, source.partitions[tp][0]) if at >= 0 else source.partitions[tp][0]
     return {tp: max(live.get(tp, 0), 0) for tp in source.partitions}
 
 
@@ -286,12 +342,9 @@ async def _build(
     schema: str,
     *,
     until: datetime | None,
-    chunk: int,
     say: Say,
     create: bool,
 ) -> tuple[_Source, PostgresProjections, dict[TP, int], _Progress]:
-    source = _Source(settings)
-    await asyncio.to_thread(source.discover, _topics(settings))
     async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as c:
         cur = await c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
         exists = await cur.fetchone() is not None
@@ -302,15 +355,36 @@ async def _build(
             say(f"{schema}: created (projection tables shaped like public's)")
         elif create and await meta(c, schema) is None:
             raise RebuildFailed(f"{schema} exists but is not a rebuild's shadow: not touched")
+        changed = await shape_differs(c, schema)
+        if changed:
+            raise RebuildFailed(
+                f"{schema} was made before a migration changed {', '.join(changed)}: "
+                f"`mohallamart rebuild discard --schema {schema}` and start again"
+            )
         done = await positions(c, schema)
-    pos = {tp: max(done.get(tp, 0), source.partitions[tp][0]) for tp in source.partitions}
-    if done:
-        say(f"{schema}: resuming from its checkpoint: {_where(done)}")
-    else:
-        say(f"{schema}: starting from the beginning of {len(source.partitions)} partitions")
-    source.assign(pos)
+    source = _Source(settings)
+    try:
+        await asyncio.to_thread(source.discover, _topics(settings))
+        pos = {tp: max(done.get(tp, 0), source.partitions[tp][0]) for tp in source.partitions}
+        if done:
+            say(f"{schema}: resuming from its checkpoint: {_where(done)}")
+        else:
+            say(f"{schema}: starting from the beginning of {len(source.partitions)} partitions")
+        source.assign(pos)
+    except BaseException:
+        source.close()
+        raise
     sink = PostgresProjections(settings.postgres_dsn, schema=schema)
     return source, sink, pos, _Progress(say, dict(pos))
+
+
+async def _holding(settings: Settings, schema: str) -> psycopg.AsyncConnection[Any]:
+    """A session holding `schema`'s rebuild lock (RebuildFailed if another has it)."""
+    conn = await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True)
+    if not await hold(conn, schema):
+        await conn.close()
+        raise RebuildFailed(f"another rebuild, rollback or drop is working on {schema}")
+    return conn
 
 
 async def rebuild_postgres(
@@ -322,6 +396,7 @@ async def rebuild_postgres(
     chunk: int = 5000,
     say: Say = print,
     cutover_within_s: float = 600.0,
+    show: int = 20,
 ) -> int:
     """The command (see the module's text). Returns an exit status."""
     schema = (
@@ -336,40 +411,46 @@ async def rebuild_postgres(
                     "drop-old` (or `rebuild rollback`) first"
                 )
                 return 2
-    source, sink, pos, progress = await _build(
-        settings, schema, until=until, chunk=chunk, say=say, create=True
-    )
+    lock = await _holding(settings, schema)
     try:
-        if until is not None:
-            stops = await asyncio.to_thread(source.until, until)
-            await _read_to(source, sink, pos, stops, progress, chunk=chunk)
-            async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as c:
-                async with c.transaction():
-                    await prune(c, schema)
-            progress.line(pos, final=True)
-            say(
-                f"{schema}: the projections as of {until.isoformat()} ({source.undecodable} "
-                f"undecodable records skipped). Read it with `SET search_path TO {schema}, "
-                f"public`; `mohallamart rebuild discard --schema {schema}` drops it."
-            )
-            return 0
-        return await _catch_up_and_cut_over(
-            settings,
-            schema,
-            source,
-            sink,
-            pos,
-            progress,
-            chunk=chunk,
-            say=say,
-            cutover=cutover,
-            force=force,
-            within_s=cutover_within_s,
-            swap_in=lambda conn: swap(conn, SHADOW, PREVIOUS),
+        source, sink, pos, progress = await _build(
+            settings, schema, until=until, say=say, create=True
         )
+        try:
+            if until is not None:
+                stops = await asyncio.to_thread(source.until, until)
+                await _read_to(source, sink, pos, stops, progress, chunk=chunk)
+                async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as c:
+                    async with c.transaction():
+                        await prune(c, schema)
+                progress.line(pos, final=True)
+                say(
+                    f"{schema}: the projections as of {until.isoformat()} "
+                    f"({source.undecodable} undecodable records skipped). Read it with "
+                    f"`SET search_path TO {schema}, public`; `mohallamart rebuild discard "
+                    f"--schema {schema}` drops it."
+                )
+                return 0
+            return await _catch_up_and_cut_over(
+                settings,
+                schema,
+                source,
+                sink,
+                pos,
+                progress,
+                chunk=chunk,
+                say=say,
+                cutover=cutover,
+                force=force,
+                within_s=cutover_within_s,
+                swap_in=lambda conn: swap(conn, SHADOW, PREVIOUS),
+                show=show,
+            )
+        finally:
+            source.close()
+            await sink.close()
     finally:
-        source.close()
-        await sink.close()
+        await lock.close()
 
 
 async def rollback_postgres(
@@ -377,27 +458,41 @@ async def rollback_postgres(
 ) -> int:
     """Bring the tables the last cut-over put aside up to the live position, then swap them
     back in with the same barrier."""
-    source, sink, pos, progress = await _build(
-        settings, PREVIOUS, until=None, chunk=chunk, say=say, create=False
-    )
+    lock = await _holding(settings, PREVIOUS)
     try:
-        return await _catch_up_and_cut_over(
-            settings,
-            PREVIOUS,
-            source,
-            sink,
-            pos,
-            progress,
-            chunk=chunk,
-            say=say,
-            cutover=True,
-            force=force,
-            within_s=600.0,
-            swap_in=swap_back,
+        source, sink, pos, progress = await _build(
+            settings, PREVIOUS, until=None, say=say, create=False
         )
+        try:
+            return await _catch_up_and_cut_over(
+                settings,
+                PREVIOUS,
+                source,
+                sink,
+                pos,
+                progress,
+                chunk=chunk,
+                say=say,
+                cutover=True,
+                force=force,
+                within_s=600.0,
+                swap_in=swap_back,
+                show=20,
+            )
+        finally:
+            source.close()
+            await sink.close()
     finally:
-        source.close()
-        await sink.close()
+        await lock.close()
+
+
+async def drop(settings: Settings, schema: str) -> None:
+    """Drop a rebuild schema nobody is working on."""
+    lock = await _holding(settings, schema)
+    try:
+        await drop_schema(lock, schema)
+    finally:
+        await lock.close()
 
 
 async def _catch_up_and_cut_over(
@@ -414,6 +509,7 @@ async def _catch_up_and_cut_over(
     force: bool,
     within_s: float,
     swap_in: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+    show: int,
 ) -> int:
     dsn = settings.postgres_dsn
     deadline = time.monotonic() + within_s
@@ -436,7 +532,7 @@ async def _catch_up_and_cut_over(
     say(f"{schema}: within {gap:,} records of the live projections ({_where(live)})")
     if not cutover:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
-            counts, diffs = await parity(c, schema)
+            counts, diffs = await parity(c, schema, limit=show)
         say(
             f"{schema}: built; no cut-over asked (`mohallamart rebuild postgres` continues and "
             f"swaps it in). Parity now, without pausing the live projections (a difference may "
@@ -447,27 +543,34 @@ async def _catch_up_and_cut_over(
             say(f"  {d.table} {d.key}: {d.what}")
         return 0
     async with await psycopg.AsyncConnection.connect(dsn) as b:
+        asked = time.monotonic()
         try:
             async with b.transaction():
+                # while this waits, new live batches queue behind it too: the pause starts here
                 await b.execute("SET LOCAL lock_timeout = '30s'")
-                asked = time.monotonic()
                 await b.execute("SELECT pg_advisory_xact_lock(%s)", (REBUILD_LOCK,))
-                paused = time.monotonic()
+                granted = time.monotonic()
                 say(
-                    f"cut-over: live projections paused (waited {paused - asked:.2f} s for "
-                    "their batches in flight)"
+                    f"cut-over: live projections paused (their batches in flight took "
+                    f"{granted - asked:.2f} s to commit)"
                 )
-                at = await _targets(b, settings, source)
+                live = await _live_positions(b)
+                unknown = sorted(tp for tp, o in live.items() if o > 0 and tp not in pos)
+                if unknown:
+                    new = _where(dict.fromkeys(unknown, 1))
+                    say(f"  partitions this rebuild does not read (new since it started): {new}")
+                    raise _NoParity
+                at = await _targets(b, settings, source, paused=True)
                 await _read_to(source, sink, pos, at, progress, chunk=chunk)
                 removed = await prune(b, schema)
-                counts, diffs = await parity(b, schema)
+                counts, diffs = await parity(b, schema, limit=show)
                 shadow_at = await positions(b, schema)
                 off = [tp for tp, o in at.items() if o > 0 and shadow_at.get(tp, 0) != o]
                 checked = time.monotonic()
                 say(
                     f"cut-over: {schema} at the live position ({_where(at)}); cleanup runs "
                     f"applied ({removed or 'nothing to remove'}); parity of "
-                    f"{sum(b for _, b in counts.values()):,} rows in {checked - paused:.2f} s"
+                    f"{sum(n for _, n in counts.values()):,} rows in {checked - granted:.2f} s"
                 )
                 for d in diffs:
                     say(f"  {d.table} {d.key}: {d.what}")
@@ -475,6 +578,9 @@ async def _catch_up_and_cut_over(
                     say(f"  positions: {tp[0]}/{tp[1]} live {at[tp]}, {schema} {shadow_at.get(tp)}")
                 if (diffs or off) and not force:
                     raise _NoParity
+                # readers of the tables (the API) hold them briefly; waiting longer would hold
+                # up the live projections
+                await b.execute("SET LOCAL lock_timeout = '5s'")
                 await swap_in(b)
         except _NoParity:
             say(
@@ -482,15 +588,19 @@ async def _catch_up_and_cut_over(
                 "swapped, the live projections resumed. `--force` swaps anyway."
             )
             return 1
-        resumed = time.monotonic()
-    say(f"cut-over: swapped; live projections resumed after a pause of {resumed - paused:.2f} s")
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
-        if schema == SHADOW:
-            await drop_schema(c, SHADOW)  # only its bookkeeping is left
+        except psycopg.errors.LockNotAvailable as exc:
             say(
-                f"the old tables are in {PREVIOUS} until `mohallamart rebuild drop-old`; "
-                "`mohallamart rebuild rollback` swaps them back"
+                f"cut-over abandoned: a lock was not granted in time ({exc}); nothing swapped, "
+                "the live projections resumed; run the same command again"
             )
+            return 1
+        resumed = time.monotonic()
+    say(f"cut-over: swapped; live projections resumed after a pause of {resumed - asked:.2f} s")
+    if schema == SHADOW:
+        say(
+            f"the old tables are in {PREVIOUS} until `mohallamart rebuild drop-old`; "
+            "`mohallamart rebuild rollback` swaps them back"
+        )
     return 0
 
 

@@ -32,6 +32,7 @@ def _cmd_postgres(args: argparse.Namespace) -> int:
                 chunk=args.chunk,
                 say=out,
                 cutover_within_s=args.within,
+                show=args.show,
             )
         )
     except RebuildFailed as exc:
@@ -52,8 +53,11 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(rollback_postgres(settings, force=args.force, say=out))
     except RebuildFailed as exc:
-        out(f"rebuild rollback: {exc} (nothing to roll back to)")
+        out(f"rebuild rollback: {exc}")
         return 1
+    except KeyboardInterrupt:
+        out("\nrebuild rollback: stopped; nothing swapped, the same command continues")
+        return 130
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -93,19 +97,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _drop(schema: str) -> int:
     import asyncio
 
-    import psycopg
+    from mohallamart.rebuild import RebuildFailed, drop
 
-    from connectors.rebuild import drop_schema
-
-    settings = load_settings()
-
-    async def run() -> None:
-        async with await psycopg.AsyncConnection.connect(
-            settings.postgres_dsn, autocommit=True
-        ) as c:
-            await drop_schema(c, schema)
-
-    asyncio.run(run())
+    try:
+        asyncio.run(drop(load_settings(), schema))
+    except RebuildFailed as exc:
+        out(f"rebuild: {exc}: not dropped")
+        return 1
     out(f"{schema}: dropped")
     return 0
 
@@ -152,6 +150,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pg.add_argument("--no-cutover", action="store_true", help="build and catch up, but do not swap")
     pg.add_argument("--force", action="store_true", help="swap even when parity finds differences")
     pg.add_argument("--chunk", type=int, default=5000, help="records per chunk (checkpoint)")
+    pg.add_argument(
+        "--show", type=int, default=20, help="differences listed per table by the parity check"
+    )
     pg.add_argument(
         "--within",
         type=float,

@@ -594,6 +594,11 @@ class Typesense(Service):
             self.host,
             "--peering-port",
             str(s.stack_typesense_peering_port),
+            # a restart loads the last snapshot and replays the writes since: every minute,
+            # not every hour (the default), so a restart after a busy hour (the test suite
+            # writes ~60,000 batches) is healthy in seconds, not minutes
+            "--snapshot-interval-seconds",
+            "60",
         ]
         # The key goes in the environment, never on the command line (`ps` shows that).
         env = {"TYPESENSE_API_KEY": s.typesense_api_key.get_secret_value()}

@@ -135,7 +135,7 @@ def test_a_rebuild_under_load_cuts_over_with_every_acknowledged_event_applied_on
     with _Load(p, shop, product) as load:
         poll(lambda: len(load.users) >= 10 or None, timeout=60, what="the load to start")
         started = time.monotonic()
-        r = mohallamart("rebuild", "postgres", timeout=600)
+        r = mohallamart("rebuild", "postgres", "--show", "100000", timeout=600)
         if r.returncode == 1 and "cut-over refused" in r.stdout:
             # rows other tests of this session left different from a replay (an event they had
             # dead-lettered while a dependency was down, say): never this test's own
@@ -153,6 +153,7 @@ def test_a_rebuild_under_load_cuts_over_with_every_acknowledged_event_applied_on
         f"rebuild under load: {took:.1f} s, pause {pause:.2f} s, {len(load.users)} users, "
         f"{load.adjusted} stock adjustments"
     )
+    report("\n".join(line for line in r.stdout.splitlines() if "cut-over" in line))
     assert pause <= 5.0, r.stdout
     assert "rebuild_previous" in r.stdout
 
@@ -184,7 +185,7 @@ def test_a_rebuild_under_load_cuts_over_with_every_acknowledged_event_applied_on
 
     # the tables equal a replay of the topics that no cut-over touched, row by row (this
     # test's entities; see above for the others)
-    again = mohallamart("rebuild", "postgres", "--no-cutover", timeout=600)
+    again = mohallamart("rebuild", "postgres", "--no-cutover", "--show", "100000", timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     keys = re.findall(r"^  \S+ (\S+): (?:differs|only in)", again.stdout, re.M)
     ours = {*load.users, product, shop}
@@ -228,14 +229,19 @@ def test_a_killed_rebuild_resumes_from_its_checkpoint_and_sends_nothing(
             return None
         return int(row[0]) if row and row[0] else None
 
+    total = sum(o for (o,) in p.rows("SELECT next_offset FROM public.projection_positions"))
     done_at_kill = poll(checkpointed, timeout=120, interval=0.02, what="a first checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
+    assert done_at_kill < total, "killed after the build had finished: nothing to resume"
     r = mohallamart("rebuild", "postgres", "--no-cutover", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming from its checkpoint" in r.stdout, r.stdout
     assert re.search(r"rows, 0 differences", r.stdout), r.stdout
-    report(f"rebuild killed after {done_at_kill} records checkpointed; resumed to parity")
+    # it went on from the checkpoint: it read only what was left
+    read = int(re.findall(r"\] [\d,]+/([\d,]+) records", r.stdout)[-1].replace(",", ""))
+    assert read <= total - done_at_kill, r.stdout
+    report(f"rebuild killed after {done_at_kill} of {total} records; resumed with {read} to read")
     # nothing sent: no topic (events, dead letters, redrives) gained a record
     assert _ends(p, topics) == before
 
@@ -269,3 +275,38 @@ def test_until_builds_the_state_as_it_was_at_that_time(
     assert row == at_t
     # never swapped: the live tables hold the later state
     assert p.row("SELECT name FROM users WHERE user_id = %s", user) == ("After T",)
+
+
+def test_a_swap_without_parity_is_refused_and_force_rollback_and_drop_old_work(
+    pipeline: Pipeline, no_rebuild_schemas: None
+) -> None:
+    p = pipeline
+    user = uid("usr_parity")
+    p.post("user.registered", example("user.registered", user_id=user, email=f"{user}@ex.in"))
+    p.wait_row("SELECT 1 FROM users WHERE user_id = %s", user, timeout=60)
+    # behind the pipeline's back: the live row no longer matches its events
+    p.execute("UPDATE users SET name = 'Tampered' WHERE user_id = %s", user)
+
+    refused = mohallamart("rebuild", "postgres", "--show", "100000", timeout=600)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "cut-over refused" in refused.stdout
+    assert re.search(rf"^  users {user}: differs$", refused.stdout, re.M), refused.stdout
+    assert p.row("SELECT name FROM users WHERE user_id = %s", user) == ("Tampered",)
+
+    forced = mohallamart("rebuild", "postgres", "--force", timeout=600)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    replayed = p.row("SELECT name FROM users WHERE user_id = %s", user)
+    assert replayed is not None and replayed != ("Tampered",)
+    # written after the swap: reaches the new tables, and the old ones on rollback
+    p.post("user.updated", {"user_id": user, "name": "After swap", "email": f"{user}@ex.in"})
+    p.wait_row("SELECT 1 FROM users WHERE user_id = %s AND name = 'After swap'", user, timeout=60)
+
+    back = mohallamart("rebuild", "rollback", "--force", timeout=600)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert p.row("SELECT name FROM users WHERE user_id = %s", user) == ("After swap",)
+    assert p.row("SELECT name FROM rebuild_previous.users WHERE user_id = %s", user) == (
+        "After swap",
+    )
+    dropped = mohallamart("rebuild", "drop-old")
+    assert dropped.returncode == 0, dropped.stdout + dropped.stderr
+    assert p.row("SELECT 1 FROM pg_namespace WHERE nspname = 'rebuild_previous'") is None

@@ -57,7 +57,8 @@ def _cached(rds: redis.Redis, kind: str, i: str) -> dict[str, Any] | None:
 
 
 def _written(p: Pipeline, rds: redis.Redis, ts: httpx.Client, user: str, pids: list[str]) -> None:
-    """Wait until the cache and search roles have written what the test's events made."""
+    """Wait until the cache and search roles have written what the test's events made (a
+    Typesense restarted by an earlier test may still be replaying its log: minutes)."""
     poll(lambda: _cached(rds, "user", user) is not None, timeout=60, what="the user's view cached")
     for pid in pids:
         poll(
@@ -65,7 +66,7 @@ def _written(p: Pipeline, rds: redis.Redis, ts: httpx.Client, user: str, pids: l
             timeout=60,
             what=f"{pid}'s published view cached",
         )
-        poll(lambda pid=pid: _ts_doc(ts, pid) is not None, timeout=60, what=f"{pid} indexed")
+        poll(lambda pid=pid: _ts_doc(ts, pid) is not None, timeout=300, what=f"{pid} indexed")
 
 
 def _check(*args: str) -> tuple[int, dict[str, Any]]:
