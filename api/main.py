@@ -20,7 +20,7 @@ from api.live import LiveHub
 from api.metrics import RequestMetrics
 from api.problems import install_handlers
 from api.reads import ReadSide
-from api.routes import analytics, events, health, notifications, reads
+from api.routes import analytics, events, health, notifications, ops, reads
 from api.routes.events import IngestEndpoints
 from connectors.claims import ClaimStore
 from connectors.db import migrate
@@ -170,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reads.router)
     app.include_router(notifications.router)
     app.include_router(analytics.router)
+    app.include_router(ops.router)
     app.add_middleware(RequestMetrics)
     return app
 

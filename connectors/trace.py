@@ -1,0 +1,454 @@
+"""One event's path through the pipeline, from the project's own records (`GET
+/v1/events/{id}/trace`).
+
+Nothing here is a log or a tracing backend: each hop is read from what the pipeline keeps anyway.
+- acknowledged: the ingest claim (topic, partition, offset), and the record itself read back;
+- projected: the entity's row and its version (applied, superseded by a later event, or still
+  pending), a refusal, the status change in the audit log;
+- stock: the inventory movements it caused (each a derived `product.stock_changed`);
+- the order's row when a derived event moved it (accepted or rejected by the stock role);
+- notifications: the outbox rows of its trace (recipients masked);
+- cache and search: the version the Redis view holds, the document Typesense holds;
+- dead letters of its topic naming it (with their stage, class and attempts), and redrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+from connectors.postgres import entity_of, version_of
+from connectors.redis_cache import ViewCache, cache_key
+from connectors.typesense import SearchIndex
+
+__all__ = ["KafkaLookup", "mask", "trace"]
+
+Hop = dict[str, Any]
+_KIND = {"users": "user", "shops": "shop", "shopkeepers": "shop", "products": "product"}
+_SEARCH = {"products": "products", "shops": "shops", "shopkeepers": "shops"}
+
+
+def mask(recipient: str) -> str:
+    """An address as the trace shows it: `p***@example.in`, `+91******345`."""
+    if "@" in recipient:
+        name, _, domain = recipient.partition("@")
+        return f"{name[:1]}***@{domain}"
+    if len(recipient) > 5:
+        return recipient[:3] + "*" * (len(recipient) - 6) + recipient[-3:]
+    return "***"
+
+
+class KafkaLookup:
+    """Reads one record back by its position, and the dead letters naming an event (blocking:
+    run in a thread)."""
+
+    def __init__(self, bootstrap: str, decode: Callable[[bytes], dict[str, Any]]) -> None:
+        self.bootstrap = bootstrap
+        self.decode = decode
+
+    def _consumer(self) -> Any:
+        from confluent_kafka import Consumer
+
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": "mohallamart-trace",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "log_level": 3,
+            }
+        )
+
+    def record(self, topic: str, partition: int, offset: int) -> dict[str, Any] | None:
+        from confluent_kafka import TopicPartition
+
+        c = self._consumer()
+        try:
+            c.assign([TopicPartition(topic, partition, offset)])
+            for _ in range(10):
+                m = c.poll(1.0)
+                if m is None or m.error() is not None:
+                    continue
+                if m.offset() == offset:
+                    value = m.value()
+                    return None if value is None else self.decode(value)
+            return None
+        finally:
+            c.close()
+
+    def dead_letters(self, topic: str, event_id: str) -> list[Hop]:
+        """The records of `topic` (a dead-letter topic) whose `x-event-id` is `event_id`."""
+        from confluent_kafka import TopicPartition
+
+        c = self._consumer()
+        out: list[Hop] = []
+        try:
+            meta = c.list_topics(topic, timeout=5).topics.get(topic)
+            if meta is None or meta.error is not None:
+                return out
+            ends: dict[int, int] = {}
+            assign = []
+            for p in meta.partitions:
+                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                if high > low:
+                    ends[p] = high
+                    assign.append(TopicPartition(topic, p, low))
+            if not assign:
+                return out
+            c.assign(assign)
+            while ends:
+                m = c.poll(5.0)
+                if m is None:
+                    break
+                if m.error() is not None:
+                    continue
+                p, off = m.partition(), m.offset()
+                if p in ends and off is not None and off >= ends[p] - 1:
+                    del ends[p]
+                raw: list[tuple[str, Any]] = list(m.headers() or [])
+                h = {k: (v.decode() if isinstance(v, bytes) else str(v or "")) for k, v in raw}
+                if h.get("x-event-id") == event_id:
+                    out.append(
+                        {
+                            "hop": "dead_lettered",
+                            "at": h.get("x-first-failure-time"),
+                            "topic": topic,
+                            "partition": p,
+                            "offset": off,
+                            "stage": h.get("x-stage"),
+                            "error_class": h.get("x-error-class"),
+                            "error": h.get("x-error-message", "")[:500],
+                            "attempts": int(h.get("x-attempts") or 0),
+                        }
+                    )
+        finally:
+            c.close()
+        return out
+
+
+def _iso(at: Any) -> Any:
+    return at.isoformat() if isinstance(at, datetime) else at
+
+
+async def trace(
+    conn: psycopg.AsyncConnection[Any],
+    event_id: str,
+    *,
+    kafka: KafkaLookup,
+    cache: ViewCache | None = None,
+    index: SearchIndex | None = None,
+) -> dict[str, Any] | None:
+    """Every hop of `event_id` the project's records show, in time order; None if the pipeline
+    never acknowledged such an event (nor derived it)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            'SELECT event_type, status, topic, "partition", "offset", claimed_at, done_at '
+            "FROM ingest_claims WHERE event_id = %s::uuid",
+            (event_id,),
+        )
+        claim = await cur.fetchone()
+        await cur.execute(
+            "SELECT * FROM inventory_movements WHERE event_id = %s::uuid", (event_id,)
+        )
+        derived_movement = await cur.fetchone()
+    hops: list[Hop] = []
+    event: dict[str, Any] | None = None
+    if claim is not None:
+        hops.append(
+            {
+                "hop": "acknowledged",
+                "at": _iso(claim["done_at"] or claim["claimed_at"]),
+                "by": "api",
+                "status": claim["status"],
+                "topic": claim["topic"],
+                "partition": claim["partition"],
+                "offset": claim["offset"],
+            }
+        )
+        if claim["topic"] is not None and claim["offset"] is not None:
+            event = await asyncio.to_thread(
+                kafka.record, claim["topic"], claim["partition"], claim["offset"]
+            )
+    elif derived_movement is not None:
+        hops.append(
+            {
+                "hop": "derived",
+                "at": _iso(derived_movement["occurred_at"]),
+                "by": "stock",
+                "type": "product.stock_changed",
+                "cause_event_id": str(derived_movement["cause_event_id"]),
+                "cause_type": derived_movement["cause_type"],
+            }
+        )
+    else:
+        return None
+    body: dict[str, Any] = {
+        "event_id": event_id,
+        "type": claim["event_type"] if claim else "product.stock_changed",
+    }
+    if event is not None:
+        body.update(
+            type=event["type"],
+            occurred_at=_iso(event["occurred_at"]),
+            trace_id=event.get("trace_id"),
+            source=event.get("source"),
+        )
+        hops.extend(await _projected(conn, event))
+        hops.extend(await _notifications(conn, str(event.get("trace_id") or "")))
+        if cache is not None:
+            hops.extend(await _cached(cache, event))
+        if index is not None:
+            hops.extend(await _indexed(conn, index, event))
+        if claim is not None and claim["topic"]:
+            hops.extend(
+                await asyncio.to_thread(kafka.dead_letters, f"{claim['topic']}.dlq", event_id)
+            )
+    hops.extend(await _movements(conn, event_id))
+    hops.extend(await _redrives(conn, event_id))
+    hops.sort(key=lambda h: (h.get("at") is None, str(h.get("at") or "")))
+    body["hops"] = hops
+    return body
+
+
+async def _projected(conn: psycopg.AsyncConnection[Any], event: dict[str, Any]) -> list[Hop]:
+    out: list[Hop] = []
+    ent = entity_of(event)
+    eid = str(event["id"])
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT error_class, reason, refused_at FROM projection_refusals "
+            "WHERE event_id = %s::uuid",
+            (eid,),
+        )
+        refusal = await cur.fetchone()
+        if refusal is not None:
+            out.append(
+                {
+                    "hop": "refused",
+                    "at": _iso(refusal["refused_at"]),
+                    "by": "projections",
+                    "error_class": refusal["error_class"],
+                    "reason": refusal["reason"],
+                }
+            )
+        if ent is not None and event["type"] != "product.stock_changed":
+            table, key_col, key = ent
+            await cur.execute(
+                "SELECT version_at, version_id, pg_xact_commit_timestamp(t.xmin) AS "  # noqa: S608
+                f"committed_at, to_jsonb(t)->>'status' AS status FROM {table} t "
+                f"WHERE {key_col} = %s",  # names from the catalogue
+                (key,),
+            )
+            row = await cur.fetchone()
+            mine = version_of(event)
+            if row is None:
+                state = "not applied"
+            else:
+                theirs = (row["version_at"], row["version_id"])
+                state = (
+                    "applied"
+                    if theirs == mine
+                    else "superseded by a later event"
+                    if theirs > mine
+                    else "not applied yet"
+                )
+            if refusal is None or row is not None:
+                out.append(
+                    {
+                        "hop": "projected",
+                        "at": _iso(row["committed_at"]) if row and state == "applied" else None,
+                        "by": "projections",
+                        "table": table,
+                        "key": key,
+                        "state": state,
+                        "row_version": None
+                        if row is None
+                        else f"{row['version_at'].isoformat()}/{row['version_id']}",
+                        "row_status": None if row is None else row["status"],
+                    }
+                )
+        await cur.execute(
+            "SELECT entity_type, entity_id, from_status, to_status, recorded_at FROM audit_log "
+            "WHERE event_id = %s::uuid",
+            (eid,),
+        )
+        for a in await cur.fetchall():
+            out.append(
+                {
+                    "hop": "status_changed",
+                    "at": _iso(a["recorded_at"]),
+                    "by": "projections",
+                    "entity": f"{a['entity_type']} {a['entity_id']}",
+                    "from": a["from_status"],
+                    "to": a["to_status"],
+                }
+            )
+        if event["type"].startswith("order."):
+            await cur.execute(
+                "SELECT status, status_reason_code, version_id, "
+                "pg_xact_commit_timestamp(xmin) AS committed_at FROM orders WHERE order_id = %s",
+                (str(event["data"].get("order_id")),),
+            )
+            order = await cur.fetchone()
+            if order is not None and str(order["version_id"]) != eid:
+                out.append(
+                    {
+                        "hop": "order_now",
+                        "at": _iso(order["committed_at"]),
+                        "by": "projections",
+                        "status": order["status"],
+                        "reason_code": order["status_reason_code"],
+                        "moved_by_event": str(order["version_id"]),
+                    }
+                )
+    return out
+
+
+async def _movements(conn: psycopg.AsyncConnection[Any], event_id: str) -> list[Hop]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT event_id, product_id, delta, stock_after, sequence, reason, occurred_at, "
+            "pg_xact_commit_timestamp(xmin) AS committed_at FROM inventory_movements "
+            "WHERE cause_event_id = %s::uuid ORDER BY sequence",
+            (event_id,),
+        )
+        return [
+            {
+                "hop": "stock_movement",
+                "at": _iso(m["committed_at"] or m["occurred_at"]),
+                "by": "stock",
+                "derived_event_id": str(m["event_id"]),
+                "derived_type": "product.stock_changed",
+                "product_id": m["product_id"],
+                "delta": m["delta"],
+                "stock_after": m["stock_after"],
+                "sequence": m["sequence"],
+                "reason": m["reason"],
+            }
+            for m in await cur.fetchall()
+        ]
+
+
+async def _notifications(conn: psycopg.AsyncConnection[Any], trace_id: str) -> list[Hop]:
+    if not trace_id:
+        return []
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT event_id, channel, recipient, kind, status, attempts, last_error, "
+            "message_id, created_at, sent_at FROM notification_outbox WHERE trace_id = %s "
+            "ORDER BY created_at",
+            (trace_id,),
+        )
+        return [
+            {
+                "hop": "notification",
+                "at": _iso(n["sent_at"] or n["created_at"]),
+                "by": "notifications",
+                "notification_event_id": str(n["event_id"]),
+                "kind": n["kind"],
+                "channel": n["channel"],
+                "recipient": mask(n["recipient"]),
+                "status": n["status"],
+                "attempts": n["attempts"],
+                "error": n["last_error"],
+            }
+            for n in await cur.fetchall()
+        ]
+
+
+async def _cached(cache: ViewCache, event: dict[str, Any]) -> list[Hop]:
+    ent = entity_of(event)
+    if ent is None or ent[0] not in _KIND:
+        return []
+    kind, key = _KIND[ent[0]], ent[2]
+    try:
+        v1 = await cache.client.hget(cache_key(kind, key), "v1")
+    except Exception as exc:  # noqa: BLE001 - a trace shows what it can
+        return [{"hop": "cached", "at": None, "by": "cache", "state": f"unknown ({exc})"}]
+    if v1 is None:
+        return [
+            {
+                "hop": "cached",
+                "at": None,
+                "by": "cache",
+                "state": "no entry (expired or never read)",
+            }
+        ]
+    held = v1.decode() if isinstance(v1, bytes) else str(v1)
+    at, vid = version_of(event)
+    mine = f"{int(at.timestamp() * 1_000_000):020d}:{vid}"
+    state = (
+        "this event's version"
+        if held == mine
+        else ("a later version" if held > mine else "an older version")
+    )
+    return [
+        {"hop": "cached", "at": None, "by": "cache", "key": cache_key(kind, key), "state": state}
+    ]
+
+
+async def _indexed(
+    conn: psycopg.AsyncConnection[Any], index: SearchIndex, event: dict[str, Any]
+) -> list[Hop]:
+    ent = entity_of(event)
+    if ent is None or ent[0] not in _SEARCH:
+        return []
+    alias, key = _SEARCH[ent[0]], ent[2]
+    try:
+        resp = await index.request(
+            "GET",
+            f"/collections/{index.prefix}{alias}/documents/export",
+            params={"filter_by": f"id:[`{key.replace('`', '')}`]"},
+        )
+    except Exception as exc:  # noqa: BLE001 - a trace shows what it can
+        return [{"hop": "indexed", "at": None, "by": "search", "state": f"unknown ({exc})"}]
+    lines = [x for x in resp.content.splitlines() if x.strip()] if resp.status_code == 200 else []
+    if not lines:
+        return [
+            {
+                "hop": "indexed",
+                "at": None,
+                "by": "search",
+                "collection": alias,
+                "state": "not in the index (not searchable)",
+            }
+        ]
+    doc = orjson.loads(lines[0])
+    updated = datetime.fromtimestamp(int(doc.get("updated_at") or 0), UTC)
+    mine = event["occurred_at"].replace(microsecond=0)
+    state = "this event's version or later" if updated >= mine else "an older version"
+    return [
+        {
+            "hop": "indexed",
+            "at": None,
+            "by": "search",
+            "collection": alias,
+            "document_updated_at": updated.isoformat(),
+            "state": state,
+        }
+    ]
+
+
+async def _redrives(conn: psycopg.AsyncConnection[Any], event_id: str) -> list[Hop]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            'SELECT dlq_topic, "partition", "offset", outcome, detail, done_at FROM dlq_redrives '
+            "WHERE event_id = %s ORDER BY done_at",
+            (event_id,),
+        )
+        return [
+            {
+                "hop": "redriven" if r["outcome"] == "redriven" else "redrive_skipped",
+                "at": _iso(r["done_at"]),
+                "by": "operator",
+                "dead_letter": f"{r['dlq_topic']}/{r['partition']}@{r['offset']}",
+                "detail": r["detail"],
+            }
+            for r in await cur.fetchall()
+        ]
