@@ -15,8 +15,10 @@ Nothing here is a log or a tracing backend: each hop is read from what the pipel
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -27,7 +29,7 @@ from connectors.postgres import entity_of, version_of
 from connectors.redis_cache import ViewCache, cache_key
 from connectors.typesense import SearchIndex
 
-__all__ = ["KafkaLookup", "mask", "trace"]
+__all__ = ["KafkaLookup", "mask", "scrub", "trace"]
 
 Hop = dict[str, Any]
 _KIND = {"users": "user", "shops": "shop", "shopkeepers": "shop", "products": "product"}
@@ -42,6 +44,23 @@ def mask(recipient: str) -> str:
     if len(recipient) > 5:
         return recipient[:3] + "*" * (len(recipient) - 6) + recipient[-3:]
     return "***"
+
+
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
+_DIGITS = re.compile(r"\+?\d[\d ]{6,}\d")
+
+
+def scrub(text: str | None) -> str | None:
+    """An error text as a trace shows it: addresses and phone numbers masked (a provider's
+    reply often echoes the number)."""
+    if text is None:
+        return None
+    text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    return _DIGITS.sub(lambda m: mask(m.group(0).replace(" ", "")), text)[:500]
+
+
+#: how many dead-letter records one trace reads at most (from the event's acknowledgement on)
+DLQ_SCAN_LIMIT = 20_000
 
 
 class KafkaLookup:
@@ -61,6 +80,8 @@ class KafkaLookup:
                 "group.id": "mohallamart-trace",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
+                # a record retention removed: an error, not a wait for new ones
+                "auto.offset.reset": "error",
                 "log_level": 3,
             }
         )
@@ -71,19 +92,24 @@ class KafkaLookup:
         c = self._consumer()
         try:
             c.assign([TopicPartition(topic, partition, offset)])
-            for _ in range(10):
+            for _ in range(5):
                 m = c.poll(1.0)
-                if m is None or m.error() is not None:
+                if m is None:
                     continue
+                if m.error() is not None:
+                    return None  # gone (retention), or the partition cannot be read
                 if m.offset() == offset:
                     value = m.value()
                     return None if value is None else self.decode(value)
+                if (m.offset() or 0) > offset:
+                    return None
             return None
         finally:
             c.close()
 
-    def dead_letters(self, topic: str, event_id: str) -> list[Hop]:
-        """The records of `topic` (a dead-letter topic) whose `x-event-id` is `event_id`."""
+    def dead_letters(self, topic: str, event_id: str, since: datetime | None = None) -> list[Hop]:
+        """The records of `topic` (a dead-letter topic) whose `x-event-id` is `event_id`, from
+        `since` on (at most `DLQ_SCAN_LIMIT` records read)."""
         from confluent_kafka import TopicPartition
 
         c = self._consumer()
@@ -93,16 +119,29 @@ class KafkaLookup:
             if meta is None or meta.error is not None:
                 return out
             ends: dict[int, int] = {}
-            assign = []
+            starts: dict[int, int] = {}
             for p in meta.partitions:
                 low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
                 if high > low:
-                    ends[p] = high
-                    assign.append(TopicPartition(topic, p, low))
+                    ends[p], starts[p] = high, low
+            if since is not None and starts:
+                ms = int(since.timestamp() * 1000)
+                found = c.offsets_for_times(
+                    [TopicPartition(topic, p, ms) for p in starts], timeout=5
+                )
+                for tp in found:
+                    if tp.offset < 0:  # nothing since: nothing to read there
+                        ends.pop(tp.partition, None)
+                    else:
+                        starts[tp.partition] = max(starts[tp.partition], tp.offset)
+            assign = [TopicPartition(topic, p, starts[p]) for p in ends if starts[p] < ends[p]]
+            ends = {p: ends[p] for p in ends if starts[p] < ends[p]}
             if not assign:
                 return out
             c.assign(assign)
-            while ends:
+            read = 0
+            while ends and read < DLQ_SCAN_LIMIT:
+                read += 1
                 m = c.poll(5.0)
                 if m is None:
                     break
@@ -123,7 +162,7 @@ class KafkaLookup:
                             "offset": off,
                             "stage": h.get("x-stage"),
                             "error_class": h.get("x-error-class"),
-                            "error": h.get("x-error-message", "")[:500],
+                            "error": scrub(h.get("x-error-message", "")),
                             "attempts": int(h.get("x-attempts") or 0),
                         }
                     )
@@ -133,11 +172,22 @@ class KafkaLookup:
 
 
 def _iso(at: Any) -> Any:
-    return at.isoformat() if isinstance(at, datetime) else at
+    """UTC, so that hops sort by their text."""
+    return at.astimezone(UTC).isoformat() if isinstance(at, datetime) else at
+
+
+#: a row's last commit, where PostgreSQL keeps commit timestamps (NULL elsewhere)
+_COMMITTED = (
+    "CASE WHEN current_setting('track_commit_timestamp') = 'on' "
+    "THEN pg_xact_commit_timestamp({}.xmin) END"
+)
+
+
+Connect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
 
 
 async def trace(
-    conn: psycopg.AsyncConnection[Any],
+    connect: Connect,
     event_id: str,
     *,
     kafka: KafkaLookup,
@@ -145,8 +195,9 @@ async def trace(
     index: SearchIndex | None = None,
 ) -> dict[str, Any] | None:
     """Every hop of `event_id` the project's records show, in time order; None if the pipeline
-    never acknowledged such an event (nor derived it)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
+    never acknowledged such an event (within the claims' retention) nor derived it as a stock
+    movement. `connect` lends a PostgreSQL connection; none is held while Kafka is read."""
+    async with connect() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             'SELECT event_type, status, topic, "partition", "offset", claimed_at, done_at '
             "FROM ingest_claims WHERE event_id = %s::uuid",
@@ -159,7 +210,9 @@ async def trace(
         derived_movement = await cur.fetchone()
     hops: list[Hop] = []
     event: dict[str, Any] | None = None
+    body: dict[str, Any] = {"event_id": event_id}
     if claim is not None:
+        body["type"] = claim["event_type"]
         hops.append(
             {
                 "hop": "acknowledged",
@@ -172,10 +225,21 @@ async def trace(
             }
         )
         if claim["topic"] is not None and claim["offset"] is not None:
-            event = await asyncio.to_thread(
-                kafka.record, claim["topic"], claim["partition"], claim["offset"]
-            )
+            try:
+                event = await asyncio.to_thread(
+                    kafka.record, claim["topic"], claim["partition"], claim["offset"]
+                )
+            except ValueError as exc:  # undecodable (UndecodableRecord), unknown schema
+                hops.append({"hop": "unreadable", "at": None, "by": "api", "error": str(exc)})
+            if claim["topic"]:
+                since = claim["claimed_at"] - timedelta(minutes=1)
+                hops.extend(
+                    await asyncio.to_thread(
+                        kafka.dead_letters, f"{claim['topic']}.dlq", event_id, since
+                    )
+                )
     elif derived_movement is not None:
+        body["type"] = "product.stock_changed"
         hops.append(
             {
                 "hop": "derived",
@@ -188,29 +252,22 @@ async def trace(
         )
     else:
         return None
-    body: dict[str, Any] = {
-        "event_id": event_id,
-        "type": claim["event_type"] if claim else "product.stock_changed",
-    }
-    if event is not None:
-        body.update(
-            type=event["type"],
-            occurred_at=_iso(event["occurred_at"]),
-            trace_id=event.get("trace_id"),
-            source=event.get("source"),
-        )
-        hops.extend(await _projected(conn, event))
-        hops.extend(await _notifications(conn, str(event.get("trace_id") or "")))
-        if cache is not None:
-            hops.extend(await _cached(cache, event))
-        if index is not None:
-            hops.extend(await _indexed(conn, index, event))
-        if claim is not None and claim["topic"]:
-            hops.extend(
-                await asyncio.to_thread(kafka.dead_letters, f"{claim['topic']}.dlq", event_id)
+    async with connect() as conn:
+        if event is not None:
+            body.update(
+                type=event["type"],
+                occurred_at=_iso(event["occurred_at"]),
+                trace_id=event.get("trace_id"),
+                source=event.get("source"),
             )
-    hops.extend(await _movements(conn, event_id))
-    hops.extend(await _redrives(conn, event_id))
+            hops.extend(await _projected(conn, event))
+            hops.extend(await _notifications(conn, str(event.get("trace_id") or "")))
+            if cache is not None:
+                hops.extend(await _cached(cache, event))
+            if index is not None:
+                hops.extend(await _indexed(index, event))
+        hops.extend(await _movements(conn, event_id))
+        hops.extend(await _redrives(conn, event_id))
     hops.sort(key=lambda h: (h.get("at") is None, str(h.get("at") or "")))
     body["hops"] = hops
     return body
@@ -240,14 +297,16 @@ async def _projected(conn: psycopg.AsyncConnection[Any], event: dict[str, Any]) 
         if ent is not None and event["type"] != "product.stock_changed":
             table, key_col, key = ent
             await cur.execute(
-                "SELECT version_at, version_id, pg_xact_commit_timestamp(t.xmin) AS "  # noqa: S608
+                f"SELECT version_at, version_id, {_COMMITTED.format('t')} AS "  # noqa: S608
                 f"committed_at, to_jsonb(t)->>'status' AS status FROM {table} t "
                 f"WHERE {key_col} = %s",  # names from the catalogue
                 (key,),
             )
             row = await cur.fetchone()
             mine = version_of(event)
-            if row is None:
+            if refusal is not None:
+                state = "refused"
+            elif row is None:
                 state = "not applied"
             else:
                 theirs = (row["version_at"], row["version_id"])
@@ -292,7 +351,7 @@ async def _projected(conn: psycopg.AsyncConnection[Any], event: dict[str, Any]) 
         if event["type"].startswith("order."):
             await cur.execute(
                 "SELECT status, status_reason_code, version_id, "
-                "pg_xact_commit_timestamp(xmin) AS committed_at FROM orders WHERE order_id = %s",
+                f"{_COMMITTED.format('orders')} AS committed_at FROM orders WHERE order_id = %s",
                 (str(event["data"].get("order_id")),),
             )
             order = await cur.fetchone()
@@ -314,7 +373,7 @@ async def _movements(conn: psycopg.AsyncConnection[Any], event_id: str) -> list[
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT event_id, product_id, delta, stock_after, sequence, reason, occurred_at, "
-            "pg_xact_commit_timestamp(xmin) AS committed_at FROM inventory_movements "
+            f"{_COMMITTED.format('inventory_movements')} AS committed_at FROM inventory_movements "
             "WHERE cause_event_id = %s::uuid ORDER BY sequence",
             (event_id,),
         )
@@ -342,7 +401,7 @@ async def _notifications(conn: psycopg.AsyncConnection[Any], trace_id: str) -> l
         await cur.execute(
             "SELECT event_id, channel, recipient, kind, status, attempts, last_error, "
             "message_id, created_at, sent_at FROM notification_outbox WHERE trace_id = %s "
-            "ORDER BY created_at",
+            "ORDER BY created_at LIMIT 50",
             (trace_id,),
         )
         return [
@@ -356,7 +415,10 @@ async def _notifications(conn: psycopg.AsyncConnection[Any], trace_id: str) -> l
                 "recipient": mask(n["recipient"]),
                 "status": n["status"],
                 "attempts": n["attempts"],
-                "error": n["last_error"],
+                "error": scrub(n["last_error"]),
+                # derived events carry their cause's trace id; events posted in one batch (or
+                # with one traceparent) share it, so their notifications are listed together
+                "matched_by": "trace id",
             }
             for n in await cur.fetchall()
         ]
@@ -367,8 +429,10 @@ async def _cached(cache: ViewCache, event: dict[str, Any]) -> list[Hop]:
     if ent is None or ent[0] not in _KIND:
         return []
     kind, key = _KIND[ent[0]], ent[2]
+    # a shop's view carries the shop's version (v1) and its shopkeeper's (v2)
+    component = "v2" if ent[0] == "shopkeepers" else "v1"
     try:
-        v1 = await cache.client.hget(cache_key(kind, key), "v1")
+        v1 = await cache.client.hget(cache_key(kind, key), component)
     except Exception as exc:  # noqa: BLE001 - a trace shows what it can
         return [{"hop": "cached", "at": None, "by": "cache", "state": f"unknown ({exc})"}]
     if v1 is None:
@@ -393,13 +457,12 @@ async def _cached(cache: ViewCache, event: dict[str, Any]) -> list[Hop]:
     ]
 
 
-async def _indexed(
-    conn: psycopg.AsyncConnection[Any], index: SearchIndex, event: dict[str, Any]
-) -> list[Hop]:
+async def _indexed(index: SearchIndex, event: dict[str, Any]) -> list[Hop]:
     ent = entity_of(event)
     if ent is None or ent[0] not in _SEARCH:
         return []
     alias, key = _SEARCH[ent[0]], ent[2]
+    hop: Hop = {"hop": "indexed", "at": None, "by": "search", "collection": alias}
     try:
         resp = await index.request(
             "GET",
@@ -407,32 +470,20 @@ async def _indexed(
             params={"filter_by": f"id:[`{key.replace('`', '')}`]"},
         )
     except Exception as exc:  # noqa: BLE001 - a trace shows what it can
-        return [{"hop": "indexed", "at": None, "by": "search", "state": f"unknown ({exc})"}]
-    lines = [x for x in resp.content.splitlines() if x.strip()] if resp.status_code == 200 else []
+        return [{**hop, "state": f"unknown ({type(exc).__name__})"}]
+    if resp.status_code != 200:
+        return [{**hop, "state": f"unknown (Typesense answered {resp.status_code})"}]
+    lines = [x for x in resp.content.splitlines() if x.strip()]
     if not lines:
-        return [
-            {
-                "hop": "indexed",
-                "at": None,
-                "by": "search",
-                "collection": alias,
-                "state": "not in the index (not searchable)",
-            }
-        ]
+        return [{**hop, "state": "not in the index (not searchable)"}]
     doc = orjson.loads(lines[0])
     updated = datetime.fromtimestamp(int(doc.get("updated_at") or 0), UTC)
+    if ent[0] == "shopkeepers":
+        # a shopkeeper's decision makes its shop searchable, without moving its updated_at
+        return [{**hop, "document_updated_at": updated.isoformat(), "state": "in the index"}]
     mine = event["occurred_at"].replace(microsecond=0)
     state = "this event's version or later" if updated >= mine else "an older version"
-    return [
-        {
-            "hop": "indexed",
-            "at": None,
-            "by": "search",
-            "collection": alias,
-            "document_updated_at": updated.isoformat(),
-            "state": state,
-        }
-    ]
+    return [{**hop, "document_updated_at": updated.isoformat(), "state": state}]
 
 
 async def _redrives(conn: psycopg.AsyncConnection[Any], event_id: str) -> list[Hop]:

@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     #: how long a worker waits for Kafka's topic metadata to be ready (at start, and when a
     #: batch meets "not ready yet" errors) before it exits with status 78 naming the topics
     worker_not_ready_timeout_s: float = Field(60.0, gt=0)
+    #: a worker in a rebalance whose table recovery has not started after this long exits, to
+    #: be restarted by its supervisor (0: never)
+    worker_stuck_rebalance_s: float = Field(120.0, ge=0)
     #: records parked for a retry per partition (a failing record and those of its key behind
     #: it) before the partition pauses
     worker_max_parked: int = Field(1000, ge=1)

@@ -153,6 +153,8 @@ def create_app(role: str, settings: Settings) -> faust.App:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
 
+    stuck_since: list[float | None] = [None]
+
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _watchdog() -> None:
         # aiokafka's fetcher can crash (seen once: KeyError in fetched_records while partitions
@@ -163,6 +165,22 @@ def create_app(role: str, settings: Settings) -> faust.App:
         crash = transport.fetcher_crash(app)
         if crash is not None:
             exit_worker(70, f"the Kafka fetcher crashed ({crash}): exiting to be restarted")
+        # Seen once in CI: an analytics worker restarted after a crash joined its group, opened
+        # one table partition, logged Ready and then nothing for 7 minutes: no recovery, no
+        # record consumed, its agents paused. A rebalance that has not reached its recovery
+        # after WORKER_STUCK_REBALANCE_S ends the worker the same way.
+        limit = settings.worker_stuck_rebalance_s
+        now = time.monotonic()
+        if not transport.assigning(app):
+            stuck_since[0] = None
+        elif stuck_since[0] is None:
+            stuck_since[0] = now
+        elif limit and now - stuck_since[0] > limit and not app.should_stop:
+            exit_worker(
+                70,
+                f"stuck in a rebalance for {now - stuck_since[0]:.0f} s, its recovery not "
+                "started: exiting to be restarted",
+            )
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

@@ -3,16 +3,21 @@ project's own records (`connectors.trace`)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated
 
+import psycopg
+from confluent_kafka import KafkaException
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
+from psycopg_pool import PoolTimeout
 
 from api.auth import Authenticator
 from api.deps import BearerDep
 from api.problems import Problem
 from api.reads import ReadSide, json_bytes
+from connectors.base import DependencyDown
 from connectors.trace import KafkaLookup, trace
 from schemas.codec import RegistryDecoder
 
@@ -52,14 +57,20 @@ async def event_trace(
             422, "validation-error", f"not an event id (a UUID): {event_id[:64]!r}"
         ) from None
     reads: ReadSide = request.app.state.reads
+    state = request.app.state
+    if getattr(state, "traces", None) is None:
+        # a trace reads Kafka for a second or more: two at a time, never the API's threads
+        state.traces = asyncio.Semaphore(2)
     try:
-        async with reads.pool.connection() as conn:
+        async with state.traces:
             body = await trace(
-                conn, eid, kafka=_lookup(request), cache=reads.cache, index=reads.index
+                reads.pool.connection,
+                eid,
+                kafka=_lookup(request),
+                cache=reads.cache,
+                index=reads.index,
             )
-    except Problem:
-        raise
-    except Exception as exc:  # PostgreSQL or Kafka unreachable
+    except (DependencyDown, psycopg.OperationalError, KafkaException, OSError, PoolTimeout) as exc:
         raise Problem(
             503, "dependency-unavailable", f"the trace could not be read: {type(exc).__name__}"
         ) from exc

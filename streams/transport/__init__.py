@@ -13,6 +13,7 @@ from __future__ import annotations
 from streams.transport.check import FAUST_VERSION, TransportMismatch, check_faust
 from streams.transport.consumer import (
     AppPositions,
+    assigning,
     committed_offset,
     fetcher_crash,
     highwater,
@@ -39,6 +40,7 @@ __all__ = [
     "broker_url",
     "check_faust",
     "committed_offset",
+    "assigning",
     "fetcher_crash",
     "highwater",
     "hold",

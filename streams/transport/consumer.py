@@ -14,6 +14,7 @@ __all__ = [
     "hold",
     "release",
     "committed_offset",
+    "assigning",
     "fetcher_crash",
     "highwater",
     "in_partition_of",
@@ -111,6 +112,14 @@ def highwater(app: AppT, tp: TP) -> int | None:
     except Exception:  # noqa: BLE001 - not assigned, or no fetch yet: not known
         return None
     return None if value is None else int(value)
+
+
+def assigning(app: AppT) -> bool:
+    """Whether the app is in a rebalance whose table recovery has not started: a state that
+    lasts seconds (the group's join and sync, the stores opened). A worker seen stuck there for
+    minutes, agents paused and nothing logged, consumed nothing until it was stopped."""
+    recovery = getattr(app.tables, "recovery", None)
+    return bool(app.rebalancing) and not (recovery is not None and recovery.in_recovery)
 
 
 def settling(app: AppT) -> bool:

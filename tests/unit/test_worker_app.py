@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +51,19 @@ def test_retry_delays_can_be_set_per_agent(
         policy=RetryPolicy(delays=settings.worker_retry_delays_s),
     )
     assert runtime.guard(stage).policy.delays == want
+
+
+def test_a_rebalance_is_assigning_until_its_recovery_starts() -> None:
+    """The watchdog's signal: rebalancing, recovery not started (a stuck worker sat there for
+    minutes); once recovery runs, or the rebalance ended, it is not."""
+    from types import SimpleNamespace
+
+    from streams.transport import assigning
+
+    def app(rebalancing: bool, in_recovery: bool) -> Any:
+        recovery = SimpleNamespace(in_recovery=in_recovery)
+        return SimpleNamespace(rebalancing=rebalancing, tables=SimpleNamespace(recovery=recovery))
+
+    assert assigning(app(True, False))
+    assert not assigning(app(True, True))
+    assert not assigning(app(False, False))
