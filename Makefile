@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-analytics bench-reads profile-workers lock up down status clean-stack
+.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-analytics bench-reads bench-rebuild profile-workers lock up down status clean-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ bench-analytics: install ## the analytics role beside plain confluent-kafka and 
 
 bench-reads: install ## the read side's benchmark: cache, search, reindex, live clients (stack up)
 	$(BIN)/mohallamart bench reads
+
+bench-rebuild: install ## each rebuild (postgres, redis, search) beside a raw baseline, 1M events (stack up)
+	$(BIN)/mohallamart bench rebuild
 
 lock: ## re-pin requirements.lock from pyproject.toml (needs network)
 	$(BIN)/python -m pip install --quiet uv

@@ -18,6 +18,7 @@ from api.fastpath import IngestFastPath
 from api.ingest import Ingestor
 from api.live import LiveHub
 from api.metrics import RequestMetrics
+from api.ops_monitor import OpsMonitor
 from api.problems import install_handlers
 from api.reads import ReadSide
 from api.routes import analytics, events, health, notifications, ops, reads
@@ -114,6 +115,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             app.state.auth, app.state.limiter, app.state.ingestor, settings
         )
         app.state.reads = ReadSide(settings, pool)
+        app.state.ops = OpsMonitor(settings, pool, health.dependencies)
         app.state.live = LiveHub(settings)
         app.state.live.start(asyncio.get_running_loop())
         topics = app.state.ingestor.topics_ready
@@ -149,6 +151,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
                 t.cancel()
             await asyncio.to_thread(app.state.live.stop)
             await app.state.reads.close()
+            await app.state.ops.close()
             await asyncio.to_thread(producer.close)
             await pool.close()
 
@@ -171,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notifications.router)
     app.include_router(analytics.router)
     app.include_router(ops.router)
+    app.include_router(ops.page)
+    ops.mount_assets(app)
     app.add_middleware(RequestMetrics)
     return app
 

@@ -83,6 +83,26 @@ class GroupOffsets:
         out.update({(tp.topic, tp.partition): meta.offset for tp, meta in found.items()})
         return out
 
+    async def groups(self, prefix: str) -> list[str]:
+        """The consumer groups whose id starts with `prefix`, sorted."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                admin = await self._admin_client()
+                found = await admin.list_consumer_groups()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise await self._failed(exc) from exc
+        return sorted(g[0] for g in found if str(g[0]).startswith(prefix))
+
+    async def all_committed(self, group: str) -> dict[TP, int]:
+        """(topic, partition) -> the group's committed offset, for every partition it committed."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                admin = await self._admin_client()
+                found = await admin.list_consumer_group_offsets(group)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise await self._failed(exc) from exc
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
+
     async def ends(self, topics: Iterable[str]) -> dict[TP, int]:
         """(topic, partition) -> the next offset to be written, for every partition of `topics`.
         Raises DependencyDown when a topic's partitions cannot be listed (a topic missing from

@@ -144,6 +144,32 @@ async def positions(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[tup
     return {(t, p): int(o) for t, p, o in await cur.fetchall()}
 
 
+async def progress(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """Each rebuild schema: what it is, how many records it has folded, and how many it is behind
+    the live projections' positions (`mohallamart rebuild status`, the operator dashboard)."""
+    live = await positions(conn, "public")
+    out = []
+    for name in await schemas(conn):
+        info = await meta(conn, name) or {}
+        at = await positions(conn, name)
+        out.append(
+            {
+                "schema": name,
+                "kind": "point in time"
+                if info.get("until")
+                else "previous"
+                if name == "rebuild_previous"
+                else "shadow",
+                "until": info.get("until"),
+                "started_at": info.get("started_at"),
+                "records": sum(at.values()),
+                "behind": sum(max(0, o - at.get(tp, 0)) for tp, o in live.items()),
+                "live_records": sum(live.values()),
+            }
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class Difference:
     table: str

@@ -21,7 +21,7 @@ from connectors.base import APPLIED, DependencyDown, Outcome, Settled, settle_ea
 from connectors.db import PgReader
 from connectors.views import View, affected, load_views
 
-__all__ = ["RedisViews", "ViewCache", "cache_key"]
+__all__ = ["VIEW_PATTERN", "RedisViews", "ViewCache", "cache_key"]
 
 _CAS = """
 local n = #ARGV - 2
@@ -53,6 +53,10 @@ return 1
 
 def cache_key(kind: str, entity_id: str) -> str:
     return f"mm:view:{kind}:{entity_id}"
+
+
+#: every cached view's key
+VIEW_PATTERN = "mm:view:*"
 
 
 class ViewCache:
@@ -100,6 +104,22 @@ class ViewCache:
                 pipe.evalsha(sha, 1, cache_key(v.kind, v.id), *self._args(v))
             results = await pipe.execute()
         return [bool(r) for r in results]
+
+    async def drop_all(self, batch: int = 1000) -> int:
+        """Delete every cached view (`rebuild redis --drop`): how many were deleted."""
+        dropped = 0
+        try:
+            keys: list[Any] = []
+            async for key in self.client.scan_iter(match=VIEW_PATTERN, count=batch):
+                keys.append(key)
+                if len(keys) >= batch:
+                    dropped += int(await self.client.unlink(*keys))
+                    keys.clear()
+            if keys:
+                dropped += int(await self.client.unlink(*keys))
+        except (RedisError, OSError) as exc:
+            raise DependencyDown(f"Redis: {type(exc).__name__}: {exc}") from exc
+        return dropped
 
     async def get(self, kind: str, entity_id: str) -> bytes | None:
         """The cached JSON of a view, b"" for a tombstone, None on a miss. Raises RedisError."""

@@ -304,19 +304,19 @@ async def _projected(conn: psycopg.AsyncConnection[Any], event: dict[str, Any]) 
             )
             row = await cur.fetchone()
             mine = version_of(event)
-            if refusal is not None:
+            theirs = None if row is None else (row["version_at"], row["version_id"])
+            # the row first: a refused event redriven after the fix is applied, its refusal
+            # (still listed above) history
+            if theirs is not None and theirs == mine:
+                state = "applied"
+            elif theirs is not None and theirs > mine:
+                state = "superseded by a later event"
+            elif refusal is not None:
                 state = "refused"
             elif row is None:
                 state = "not applied"
             else:
-                theirs = (row["version_at"], row["version_id"])
-                state = (
-                    "applied"
-                    if theirs == mine
-                    else "superseded by a later event"
-                    if theirs > mine
-                    else "not applied yet"
-                )
+                state = "not applied yet"
             if refusal is None or row is not None:
                 out.append(
                     {

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     #: a worker in a rebalance whose table recovery has not started after this long exits, to
     #: be restarted by its supervisor (0: never)
     worker_stuck_rebalance_s: float = Field(120.0, ge=0)
+    #: a worker with records waiting in a partition it reads (not paused on purpose) whose fetch
+    #: position has not moved for this long logs its consumer's state and exits, to be
+    #: restarted (0: never)
+    worker_stuck_partition_s: float = Field(120.0, ge=0)
     #: records parked for a retry per partition (a failing record and those of its key behind
     #: it) before the partition pauses
     worker_max_parked: int = Field(1000, ge=1)
@@ -228,6 +232,8 @@ class Settings(BaseSettings):
     live_buffer_per_partition: int = Field(5_000, ge=100)
     #: seconds between keep-alive comments on an idle live stream
     live_heartbeat_s: float = Field(15.0, gt=0)
+    #: the operator dashboard (`/ops`): seconds between two snapshots of lag, rates and health
+    ops_stream_every_s: float = Field(2.0, ge=0.5)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -179,14 +179,16 @@ def _mix(n: int, tag: str) -> list[dict[str, Any]]:
     return out
 
 
-def _encode(settings: Settings, events: list[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+def _encode(
+    settings: Settings, events: list[dict[str, Any]], namespace: str = BENCH_NAMESPACE
+) -> list[tuple[str, bytes, bytes]]:
     from schemas.catalog import EVENT_TYPES, topics_in
     from schemas.codec import EventCodec
     from schemas.registry import SchemaRegistry
 
     registry = SchemaRegistry(settings.registry_url)
     codecs: dict[str, tuple[int, EventCodec]] = {}
-    topics = topics_in(BENCH_NAMESPACE)
+    topics = topics_in(namespace)
     out = []
     for ev in events:
         et = EVENT_TYPES[ev["type"]]

@@ -51,7 +51,7 @@ from connectors.rebuild import (
 )
 from core.settings import Settings
 
-__all__ = ["RebuildFailed", "drop", "rebuild_postgres", "rollback_postgres"]
+__all__ = ["RebuildFailed", "drop", "rebuild_postgres", "rebuild_redis", "rollback_postgres"]
 
 Say = Callable[[str], None]
 TP = tuple[str, int]
@@ -606,3 +606,93 @@ async def _catch_up_and_cut_over(
 
 class _NoParity(Exception):
     pass
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+_VIEW_TABLES = {
+    "user": ("users", "user_id"),
+    "shop": ("shops", "shop_id"),
+    "product": ("products", "product_id"),
+}
+
+
+async def rebuild_redis(
+    settings: Settings, *, drop: bool = False, chunk: int = 2000, say: Say = print
+) -> dict[str, int]:
+    """Render every view (users, shops, products) from PostgreSQL into Redis, as the cache role
+    does: each write a compare-and-set on the view's version, so a view the live role wrote
+    meanwhile (newer) is never overwritten and nothing needs pausing. `drop` first deletes every
+    cached view (reads go to PostgreSQL until their view is back). Sends nothing."""
+    from connectors.redis_cache import VIEW_PATTERN, ViewCache
+    from connectors.views import load_views
+
+    cache = ViewCache(settings.redis_dsn, ttl_s=settings.cache_ttl_s, timeout_s=10.0)
+    counts = {"views": 0, "written": 0, "unchanged": 0, "dropped": 0}
+    try:
+        if drop:
+            counts["dropped"] = await cache.drop_all()
+            say(f"rebuild redis: {counts['dropped']:,} cached views deleted ({VIEW_PATTERN})")
+        async with await psycopg.AsyncConnection.connect(
+            settings.postgres_dsn, autocommit=True
+        ) as conn:
+            totals = {}
+            for kind, (table, _col) in _VIEW_TABLES.items():
+                cur = await conn.execute(f"SELECT count(*) FROM {table}")  # noqa: S608
+                row = await cur.fetchone()
+                totals[kind] = int(row[0]) if row else 0
+            total = sum(totals.values())
+            started = last = time.monotonic()
+            kinds = ", ".join(f"{k} {n:,}" for k, n in totals.items())
+            say(f"rebuild redis: {total:,} views to render ({kinds})")
+            # the next chunk is read and rendered while the last one is written to Redis
+            writing: asyncio.Task[list[bool]] | None = None
+
+            async def settle(task: asyncio.Task[list[bool]] | None) -> None:
+                nonlocal last
+                if task is None:
+                    return
+                written = await task
+                counts["views"] += len(written)
+                counts["written"] += sum(written)
+                counts["unchanged"] += len(written) - sum(written)
+                now = time.monotonic()
+                if now - last >= (0.5 if sys.stdout.isatty() else 2.0):
+                    last = now
+                    rate = counts["views"] / max(now - started, 1e-6)
+                    eta = (total - counts["views"]) / rate if rate else 0.0
+                    say(
+                        f"rebuild redis: {counts['views']:,}/{total:,} views, "
+                        f"{rate:,.0f} views/s, ETA {max(eta, 0):,.0f} s"
+                    )
+
+            try:
+                for kind, (table, col) in _VIEW_TABLES.items():
+                    after = ""
+                    while True:
+                        cur = await conn.execute(
+                            f"SELECT {col} FROM {table} WHERE {col} > %s "  # noqa: S608
+                            f"ORDER BY {col} LIMIT %s",
+                            (after, chunk),
+                        )
+                        ids = [r[0] for r in await cur.fetchall()]
+                        if not ids:
+                            break
+                        after = ids[-1]
+                        views = list((await load_views(conn, kind, ids)).values())
+                        await settle(writing)
+                        writing = asyncio.create_task(cache.put(views))
+                await settle(writing)
+                writing = None
+            finally:
+                if writing is not None and not writing.done():
+                    writing.cancel()
+            took = time.monotonic() - started
+            per_s = counts["views"] / max(took, 1e-6)
+            say(
+                f"rebuild redis: {counts['views']:,} views rendered in {took:.1f} s "
+                f"({per_s:,.0f} views/s): {counts['written']:,} written, "
+                f"{counts['unchanged']:,} already current (or newer) in Redis"
+            )
+    finally:
+        await cache.close()
+    return counts

@@ -23,6 +23,8 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from connectors.base import DependencyDown
+from connectors.groups import GroupOffsets
 from connectors.topics import TopicError, ensure_topics, wait_topics_ready
 from core.settings import Settings
 from schemas.catalog import TOPICS, Topic
@@ -37,6 +39,7 @@ from streams.reliability import (
     redrive_topic,
 )
 from streams.runtime import Runtime
+from streams.stall import StallWatch
 
 __all__ = ["ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
 
@@ -154,6 +157,8 @@ def create_app(role: str, settings: Settings) -> faust.App:
         gc.set_threshold(50_000, 50, 100)
 
     stuck_since: list[float | None] = [None]
+    watch = StallWatch(settings.worker_stuck_partition_s)
+    broker_ends = GroupOffsets(settings.kafka_bootstrap, timeout_s=5.0)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _watchdog() -> None:
@@ -180,6 +185,38 @@ def create_app(role: str, settings: Settings) -> faust.App:
                 70,
                 f"stuck in a rebalance for {now - stuck_since[0]:.0f} s, its recovery not "
                 "started: exiting to be restarted",
+            )
+        # A worker that is up, not rebalancing, with records waiting in a partition it reads
+        # (nothing paused it: no dependency down, nothing parked) whose fetch position has not
+        # moved for WORKER_STUCK_PARTITION_S consumes nothing: seen in CI after a restart, the
+        # worker Ready and then silent for minutes. It logs its consumer's state (as on SIGUSR1)
+        # and ends, to be restarted; the records come again from the committed offsets. Whether
+        # records wait is asked of the broker (the consumer's own end offsets come with its
+        # fetches, and a consumer that fetches nothing has none), at most every 30 s.
+        if not watch.limit_s or transport.settling(app) or app.should_stop:
+            watch.reset()
+            return
+        idle = watch.observe(
+            now,
+            {
+                tp: pos if pos is not None else committed
+                for tp, (pos, committed, _end) in transport.stream_positions(app).items()
+            },
+        )
+        if not idle:
+            return
+        try:
+            ends = await broker_ends.ends({tp.topic for tp in idle})
+        except DependencyDown:
+            return  # Kafka itself is down: not this worker's stall
+        stuck = watch.stuck(idle, ends)
+        if stuck:
+            tp, seconds = stuck[0]
+            log.error("stuck: the consumer's state\n%s", transport.diagnose(app))
+            exit_worker(
+                70,
+                f"{len(stuck)} partition(s) with records waiting and nothing fetched for "
+                f"{seconds:.0f} s (e.g. {tp.topic}/{tp.partition}): exiting to be restarted",
             )
 
     @app.page("/metrics")

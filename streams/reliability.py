@@ -50,6 +50,7 @@ from faust.types import TP
 from prometheus_client import Counter, Gauge, Histogram
 
 from connectors.base import DependencyDown
+from connectors.dlq import REDRIVE_COUNT, REDRIVE_STAGE, dead_letter_topic, redrive_topic
 from core.errors import PipelineError
 from schemas.codec import RegistryDecoder, UndecodableRecord
 from schemas.registry import RegistryUnavailable, UnknownSchema
@@ -57,6 +58,8 @@ from streams import transport
 
 __all__ = [
     "DLQ_HEADERS",
+    "REDRIVE_COUNT",
+    "REDRIVE_STAGE",
     "Guard",
     "Later",
     "Permanent",
@@ -83,9 +86,6 @@ DLQ_HEADERS = (
 )
 #: Set on a record forwarded from another topic (the stock role's by-shop topic): its origin.
 SOURCE_HEADERS = ("x-source-topic", "x-source-partition", "x-source-offset")
-#: Set by `mohallamart dlq redrive` on the copy it sends back: the stage that should run it again.
-REDRIVE_STAGE = "x-redrive-stage"
-REDRIVE_COUNT = "x-redrive-count"
 
 EVENTS = Counter(
     "mohallamart_worker_records_total", "Records handled, by outcome", ["role", "stage", "outcome"]
@@ -126,14 +126,6 @@ BATCH_SECONDS = Histogram(
     ["role", "stage"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-
-
-def dead_letter_topic(topic: str) -> str:
-    return f"{topic}.dlq"
-
-
-def redrive_topic(topic: str) -> str:
-    return f"{topic}.redrive"
 
 
 class Permanent(PipelineError):

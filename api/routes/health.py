@@ -20,7 +20,7 @@ from connectors.cleanup import job_summary, publish_job_metrics
 from connectors.kafka import admin_config
 from core.settings import Settings
 
-__all__ = ["router"]
+__all__ = ["dependencies", "router"]
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -96,13 +96,18 @@ async def _run(
         return {"ok": False, "error": type(exc).__name__}
 
 
+async def dependencies(settings: Settings) -> dict[str, dict[str, object]]:
+    """Each dependency: {"ok": True, "ms": ...} or {"ok": False, "error": <exception type>}."""
+    names = list(_CHECKS)
+    results = await asyncio.gather(*(_run(n, _CHECKS[n], settings) for n in names))
+    return dict(zip(names, results, strict=True))
+
+
 @router.get("/health")
 async def health(settings: SettingsDep) -> JSONResponse:
     """200 when every dependency answers, else 503 naming the ones that do not."""
-    names = list(_CHECKS)
-    results = await asyncio.gather(*(_run(n, _CHECKS[n], settings) for n in names))
-    checks = dict(zip(names, results, strict=True))
-    ok = all(r["ok"] for r in results)
+    checks = await dependencies(settings)
+    ok = all(r["ok"] for r in checks.values())
     return JSONResponse(
         {"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503
     )

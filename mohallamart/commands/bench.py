@@ -72,6 +72,17 @@ def _cmd_bench_reads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_rebuild(args: argparse.Namespace) -> int:
+    from mohallamart.bench_rebuild import run_rebuild_bench
+
+    stop_on_sigterm()
+    figures = run_rebuild_bench(load_settings(), events=args.events, runs=args.runs, say=out)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
+
+
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from mohallamart.bench import run_ingest_bench
 
@@ -244,3 +255,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     br.add_argument("--clients", type=int, default=5000, help="idle live (SSE) clients to open")
     br.add_argument("--json", default=None, help="also write the figures to this file")
     br.set_defaults(func=_cmd_bench_reads)
+
+    bb = bsub.add_parser(
+        "rebuild",
+        help="rebuild postgres, redis and search, each beside a raw baseline (scratch stores)",
+    )
+    bb.add_argument("--events", type=int, default=1_000_000, help="events of the mix")
+    bb.add_argument("--runs", type=int, default=3, help="repetitions of each (medians)")
+    bb.add_argument("--json", default=None, help="also write the figures to this file")
+    bb.set_defaults(func=_cmd_bench_rebuild)

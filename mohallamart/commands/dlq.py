@@ -12,7 +12,7 @@ __all__ = ["register"]
 
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
     from connectors.db import migrate
-    from streams.dlq import list_dead_letters
+    from connectors.dlq import list_dead_letters
 
     settings = load_settings()
     migrate(settings.postgres_dsn)
@@ -33,7 +33,7 @@ def _cmd_dlq_list(args: argparse.Namespace) -> int:
 
 def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from connectors.db import migrate
-    from streams.dlq import redrive
+    from connectors.dlq import redrive
 
     settings = load_settings()
     migrate(settings.postgres_dsn)

@@ -1,5 +1,6 @@
-"""`mohallamart rebuild postgres|search|status|rollback|drop-old|discard`: stores rebuilt from
-the topics (PostgreSQL) or from PostgreSQL (Typesense), beside the live ones, then swapped in."""
+"""`mohallamart rebuild postgres|redis|search|all|status|rollback|drop-old|discard`: stores
+rebuilt from the topics (PostgreSQL) or from PostgreSQL (Redis, Typesense); PostgreSQL and
+Typesense beside the live ones, then swapped in; Redis in place, by versioned writes."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     import psycopg
 
-    from connectors.rebuild import meta, positions, schemas
+    from connectors.rebuild import progress
 
     settings = load_settings()
 
@@ -73,22 +74,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         async with await psycopg.AsyncConnection.connect(
             settings.postgres_dsn, autocommit=True
         ) as c:
-            live = await positions(c, "public")
-            found = await schemas(c)
+            found = await progress(c)
             if not found:
                 out("no rebuild schema")
-            for name in found:
-                info = await meta(c, name) or {}
-                at = await positions(c, name)
-                behind = sum(max(0, o - at.get(tp, 0)) for tp, o in live.items())
+            for r in found:
                 what = (
-                    f"as of {info['until']}"
-                    if info.get("until")
+                    f"as of {r['until']}"
+                    if r["until"]
                     else "the tables the last cut-over put aside"
-                    if name == "rebuild_previous"
-                    else f"shadow started {info.get('started_at', '?')}"
+                    if r["kind"] == "previous"
+                    else f"shadow started {r['started_at'] or '?'}"
                 )
-                out(f"{name}: {what}; {behind:,} records behind the live projections")
+                out(f"{r['schema']}: {what}; {r['behind']:,} records behind the live projections")
 
     asyncio.run(run())
     return 0
@@ -126,6 +123,40 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return _cmd_search_reindex(argparse.Namespace(collection="all", chunk=2000, json=False))
 
 
+def _cmd_redis(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from connectors.base import DependencyDown
+    from mohallamart.rebuild import rebuild_redis
+
+    settings = load_settings()
+    stop_on_sigterm()
+    try:
+        asyncio.run(rebuild_redis(settings, drop=args.drop, chunk=args.chunk, say=out))
+    except DependencyDown as exc:
+        out(f"rebuild redis: {exc}")
+        return 4
+    except KeyboardInterrupt:
+        out("\nrebuild redis: stopped; what was written stays (run it again to finish)")
+        return 130
+    return 0
+
+
+def _cmd_all(args: argparse.Namespace) -> int:
+    out("rebuild all: PostgreSQL from the topics, then Redis and Typesense from PostgreSQL")
+    pg = argparse.Namespace(
+        until=None, no_cutover=False, force=args.force, chunk=5000, within=600.0, show=20
+    )
+    code = _cmd_postgres(pg)
+    if code != 0:
+        out(f"rebuild all: PostgreSQL ended with {code}; Redis and Typesense not rebuilt")
+        return code
+    code = _cmd_redis(argparse.Namespace(drop=False, chunk=2000))
+    if code != 0:
+        return code
+    return _cmd_search(argparse.Namespace())
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rb = sub.add_parser(
         "rebuild",
@@ -160,6 +191,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds to get within 1,000 records of the live projections before giving up",
     )
     pg.set_defaults(func=_cmd_postgres)
+    rd = rsub.add_parser(
+        "redis",
+        help="every cached view, rendered from PostgreSQL (versioned writes: no pause, never "
+        "older than what the cache role wrote)",
+    )
+    rd.add_argument(
+        "--drop", action="store_true", help="delete every cached view first (reads fall back)"
+    )
+    rd.add_argument("--chunk", type=int, default=2000, help="views rendered per round trip")
+    rd.set_defaults(func=_cmd_redis)
+    al = rsub.add_parser(
+        "all", help="PostgreSQL from the topics (cut over), then Redis and Typesense from it"
+    )
+    al.add_argument("--force", action="store_true", help="swap PostgreSQL even without parity")
+    al.set_defaults(func=_cmd_all)
     se = rsub.add_parser(
         "search",
         help="the Typesense collections, from PostgreSQL, into new ones; then swap the aliases",

@@ -15,6 +15,7 @@ from streams.transport.consumer import (
     AppPositions,
     assigning,
     committed_offset,
+    diagnose,
     fetcher_crash,
     highwater,
     hold,
@@ -23,6 +24,7 @@ from streams.transport.consumer import (
     release,
     seek,
     settling,
+    stream_positions,
 )
 from streams.transport.continuity import Continuity, Positions
 from streams.transport.driver import SCHEME, broker_url
@@ -41,6 +43,7 @@ __all__ = [
     "check_faust",
     "committed_offset",
     "assigning",
+    "diagnose",
     "fetcher_crash",
     "highwater",
     "hold",
@@ -50,4 +53,5 @@ __all__ = [
     "run_app",
     "seek",
     "settling",
+    "stream_positions",
 ]

@@ -15,6 +15,8 @@ __all__ = [
     "release",
     "committed_offset",
     "assigning",
+    "diagnose",
+    "stream_positions",
     "fetcher_crash",
     "highwater",
     "in_partition_of",
@@ -127,3 +129,90 @@ def settling(app: AppT) -> bool:
     a partition's state not yet restored)."""
     recovery = getattr(app.tables, "recovery", None)
     return bool(app.rebalancing or (recovery is not None and recovery.in_recovery))
+
+
+def diagnose(app: AppT) -> str:
+    """The consumer's state, for a worker that seems to consume nothing (logged on SIGUSR1):
+    the group generation, flow control and rebalance, each assigned partition's committed and
+    fetch positions and end offset, which partitions faust counts active, paused or buffered,
+    what aiokafka has paused, how many records wait in the agents' queues, and where every
+    task of the event loop waits."""
+    import asyncio
+
+    consumer: Any = app.consumer
+    recovery = getattr(app.tables, "recovery", None)
+    lines = [
+        f"generation {app.consumer_generation_id}, rebalancing {bool(app.rebalancing)}, "
+        f"in recovery {bool(recovery is not None and recovery.in_recovery)}, "
+        f"flow active {app.flow_control.is_active()}, "
+        f"can resume flow {consumer.can_resume_flow.is_set()}, "
+        f"unacked {len(consumer._unacked_messages)}"
+    ]
+    active = set(consumer._active_partitions or ())
+    paused = set(consumer._paused_partitions)
+    buffered = set(getattr(consumer, "_buffered_partitions", ()))
+    kafka_paused: set[Any] = set()
+    positions: dict[Any, Any] = {}
+    thread = getattr(consumer, "_thread", None)
+    inner = getattr(thread, "_consumer", None)
+    if inner is not None:
+        kafka_paused = {TP(t.topic, t.partition) for t in inner.paused()}
+        assignment: Any = getattr(inner._subscription.subscription, "assignment", None)
+        for t in getattr(assignment, "tps", ()):
+            state = assignment.state_value(t)
+            where = state.position if state.has_valid_position else None
+            positions[TP(t.topic, t.partition)] = f"{where} ({state._status.name.lower()})"
+        fetched = getattr(getattr(inner, "_fetcher", None), "_records", None) or {}
+        lines.append(f"  aiokafka holds fetched records of {len(fetched)} partitions")
+    for tp in sorted(consumer.assignment()):
+        pending = len(consumer._acked.get(tp, ()))
+        lines.append(
+            f"  {tp.topic}/{tp.partition}: committed {consumer._committed_offset.get(tp)}, "
+            f"fetch position {positions.get(tp)}, end {highwater(app, tp)}, acked pending "
+            f"{pending}, {'active' if tp in active else 'NOT active'}"
+            + (", paused" if tp in paused else "")
+            + (", buffered" if tp in buffered else "")
+            + (", paused in aiokafka" if tp in kafka_paused else "")
+        )
+    for channel in list(getattr(app.topics, "_topics", ())):
+        queue = getattr(channel, "_queue", None)
+        if queue is not None and queue.qsize():
+            lines.append(f"  queue of {channel}: {queue.qsize()} records")
+    for task in asyncio.all_tasks():
+        lines.append(f"  task {task.get_name()}: {' > '.join(_awaiting(task.get_coro()))}")
+    return "\n".join(lines)
+
+
+def _awaiting(coro: Any, depth: int = 12) -> list[str]:
+    """Where a coroutine waits: each frame of its chain of awaits, outermost first."""
+    out: list[str] = []
+    while coro is not None and depth:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            out.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        depth -= 1
+    return out or ["?"]
+
+
+def stream_positions(app: AppT) -> dict[TP, tuple[int | None, int | None, int | None]]:
+    """Each assigned partition the agents read and nothing paused on purpose (a dependency down,
+    records parked, a table's changelog): (fetch position, committed offset, end offset as the
+    last fetch saw it); None where not known yet."""
+    consumer: Any = app.consumer
+    paused = set(consumer._paused_partitions)
+    thread = getattr(consumer, "_thread", None)
+    inner = getattr(thread, "_consumer", None)
+    assignment: Any = None
+    if inner is not None:
+        assignment = getattr(inner._subscription.subscription, "assignment", None)
+    fetch: dict[TP, int | None] = {}
+    for t in getattr(assignment, "tps", ()):
+        state = assignment.state_value(t)
+        if state is not None and not state.paused:
+            fetch[TP(t.topic, t.partition)] = state.position if state.has_valid_position else None
+    return {
+        tp: (pos, committed_offset(app, tp), highwater(app, tp))
+        for tp, pos in fetch.items()
+        if tp not in paused
+    }

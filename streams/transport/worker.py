@@ -7,6 +7,10 @@ from pathlib import Path
 
 import faust
 
+from streams.transport.consumer import diagnose
+
+log = logging.getLogger(__name__)
+
 __all__ = ["run_app"]
 
 
@@ -19,6 +23,14 @@ class _Worker(faust.Worker):
     `clean_stop` is removed (see `streams.app.distrust_crashed_stores`)."""
 
     clean_stop: Path | None = None
+
+    def _on_sigusr1(self) -> None:
+        # mode prints every thread's stack; the consumer's state and the loop's tasks with it
+        super()._on_sigusr1()
+        try:
+            log.warning("SIGUSR1: the consumer's state\n%s", diagnose(self.app))
+        except Exception:  # noqa: BLE001 - a diagnosis never ends the worker
+            log.exception("SIGUSR1: the consumer's state could not be read")
 
     def _setup_spinner_handler(self, logger: logging.Logger, level: int) -> None:
         logger.setLevel(level)

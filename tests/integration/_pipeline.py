@@ -36,6 +36,9 @@ WORKER_ENV = {
     "STOCK_WAIT_UNKNOWN_PRODUCT_S": "4",
     # the tests wait for commits (`caught_up`), and watch them (parking)
     "WORKER_COMMIT_INTERVAL_S": "1",
+    # a worker consuming nothing while records wait ends (and is restarted) well within the
+    # tests' waits, its consumer's state in its log and in the session's report
+    "WORKER_STUCK_PARTITION_S": "45",
     "LOG_LEVEL": "INFO",
 }
 
@@ -63,6 +66,28 @@ class _Worker:
     web_port: int
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+
+
+def _why_exited(log: Path, limit: int = 40) -> list[str]:
+    """The reason a worker gave for ending itself, and the consumer state it logged with it."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - 256 * 1024))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    out: list[str] = []
+    for i in range(len(lines) - 1, -1, -1):
+        if "stuck: the consumer's state" in lines[i]:
+            block = [lines[i]]
+            for x in lines[i + 1 :]:
+                if x.startswith("[20"):
+                    break
+                block.append(x)
+            out = block[:limit]
+            break
+    out += [x for x in lines[-50:] if "exiting to be restarted" in x][-1:]
+    return out
 
 
 @dataclass
@@ -116,6 +141,9 @@ class Workers:
             f"worker {child.name} (role {w.role}, pid {child.pid}) exited on its own "
             f"with {code} at {datetime.now(UTC):%H:%M:%S}: restarted (log {w.log})"
         )
+        why = _why_exited(w.log)
+        if why:
+            line += "\n    " + "\n    ".join(why)
         self.unplanned.append(line)
         sys.stderr.write(f"[workers] {line}\n")
         sys.stderr.flush()

@@ -112,6 +112,41 @@ def test_a_refused_event_shows_its_refusal_and_dead_letter(pipeline: Pipeline) -
     assert any(d["stage"].startswith("projections/") for d in dead)
 
 
+def test_an_event_redriven_after_the_fix_reads_as_applied_beside_its_old_refusal(
+    pipeline: Pipeline,
+) -> None:
+    p = pipeline
+    # a bug (a trigger) refuses one product's row: dead-lettered, its refusal recorded
+    boom = uid("prd_boom")
+    fn = uid("trace_boom").lower()
+    p.execute(
+        f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"RAISE EXCEPTION 'a bug refuses %', NEW.product_id; END $$"
+    )
+    p.execute(
+        f"CREATE TRIGGER {fn} BEFORE INSERT ON products FOR EACH ROW "
+        f"WHEN (NEW.product_id = '{boom}') EXECUTE FUNCTION {fn}()"
+    )
+    try:
+        ev = p.post("product.created", example("product.created", product_id=boom))
+        poll(
+            lambda: _hops(_trace(p, ev["id"]), "dead_lettered") or None,
+            timeout=90,
+            what="the refused product's dead letter",
+        )
+    finally:
+        p.execute(f"DROP TRIGGER IF EXISTS {fn} ON products")
+        p.execute(f"DROP FUNCTION IF EXISTS {fn}()")
+    # fixed, then redriven: its row holds this event's version
+    r = p.http.post("/v1/ops/dead-letters/redrive", json={"event_ids": [ev["id"]]})
+    assert r.status_code == 200 and r.json()["redriven"] == 1, r.text
+    p.wait_row("SELECT 1 FROM products WHERE product_id = %s", boom, timeout=60)
+    body = _trace(p, ev["id"])
+    assert _hops(body, "refused") and _hops(body, "redriven")
+    (projected,) = _hops(body, "projected")
+    assert projected["state"] == "applied", projected
+
+
 def test_trace_answers_404_403_and_422(pipeline: Pipeline, make_key: Any) -> None:
     p = pipeline
     missing = p.http.get(f"/v1/events/{uuid.uuid4()}/trace")

@@ -1,5 +1,5 @@
-"""`mohallamart dlq list | redrive`: the dead-letter records of every event topic, and sending
-them back once their cause is fixed.
+"""The dead-letter records of every event topic, and sending them back once their cause is fixed
+(`mohallamart dlq list | redrive`, the operator dashboard).
 
 A redrive sends the record's original bytes to `<topic>.redrive`, with headers naming the stage
 that should run it again (only that role's agents take it) and its original coordinates. Each
@@ -25,9 +25,33 @@ from core.settings import Settings
 from schemas.catalog import TOPICS
 from schemas.codec import RegistryDecoder, UndecodableRecord
 from schemas.registry import RegistryError, SchemaRegistry
-from streams.reliability import REDRIVE_COUNT, REDRIVE_STAGE, dead_letter_topic, redrive_topic
 
-__all__ = ["DeadLetter", "DlqError", "list_dead_letters", "redrive"]
+__all__ = [
+    "REDRIVE_COUNT",
+    "REDRIVE_STAGE",
+    "DeadLetter",
+    "DlqError",
+    "dead_letter_topic",
+    "list_dead_letters",
+    "redrive",
+    "redrive_topic",
+]
+
+#: Set by a redrive on the copy it sends back: the stage that should run it again, and how many
+#: times the record has been redriven.
+REDRIVE_STAGE = "x-redrive-stage"
+REDRIVE_COUNT = "x-redrive-count"
+#: the advisory lock a redrive holds (the CLI's and the dashboard's): one at a time, so a
+#: record is never sent twice by two redrives that both read it as pending
+REDRIVE_LOCK = 0x6D6D_646C_7172  # "mmdlqr"
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def redrive_topic(topic: str) -> str:
+    return f"{topic}.redrive"
 
 
 class DlqError(PipelineError):
@@ -182,15 +206,32 @@ def redrive(
     topic: str | None = None,
     echo: Callable[[str], None] = lambda _line: None,
 ) -> dict[str, int]:
-    """Redrive the pending dead-letter records (all, or those of `event_ids`): counts by outcome."""
-    letters = [
-        dl
-        for dl in list_dead_letters(settings, topic)
-        if dl.status == "pending" and (event_ids is None or dl.event_id in event_ids)
-    ]
+    """Redrive the pending dead-letter records (all, or those of `event_ids`): counts by outcome.
+    One redrive at a time (an advisory lock): the records' status is read under it, so two
+    redrives never both send a record."""
     counts = {"redriven": 0, "superseded": 0}
-    if not letters:
-        return counts
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (REDRIVE_LOCK,))
+        try:
+            letters = [
+                dl
+                for dl in list_dead_letters(settings, topic)
+                if dl.status == "pending" and (event_ids is None or dl.event_id in event_ids)
+            ]
+            if letters:
+                _redrive(settings, conn, letters, counts, echo)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (REDRIVE_LOCK,))
+    return counts
+
+
+def _redrive(
+    settings: Settings,
+    conn: psycopg.Connection[Any],
+    letters: list[DeadLetter],
+    counts: dict[str, int],
+    echo: Callable[[str], None],
+) -> None:
     registry = SchemaRegistry(settings.registry_url)
     decoder = RegistryDecoder(registry.schema_by_id)
     producer = Producer(
@@ -207,45 +248,43 @@ def redrive(
         if err is not None:
             errors.append(str(err))
 
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        for n, dl in enumerate(letters, start=1):
-            h = dl.headers
-            stage = h.get("x-stage", "")
-            detail = None
-            try:
-                # the rows are the projections' view of each entity; the stock role applies
-                # order events under the same version rule, so the rows judge both stages
-                detail = _superseded(conn, decoder.decode(dl.value))
-            except (UndecodableRecord, RegistryError):
-                pass  # sent back as it is: its stage will dead-letter it again, once
-            original = h.get("x-original-topic", "")
-            if detail is not None:
-                outcome = "superseded"
-                echo(f"[dlq] {dl.event_id} superseded: {detail}")
-            else:
-                outcome = "redriven"
-                producer.produce(
-                    redrive_topic(original),
-                    key=dl.key,
-                    value=dl.value,
-                    headers=[
-                        (REDRIVE_STAGE, stage.encode()),
-                        (REDRIVE_COUNT, str(int(h.get(REDRIVE_COUNT, "0") or 0) + 1).encode()),
-                        ("x-source-topic", original.encode()),
-                        ("x-source-partition", h.get("x-original-partition", "0").encode()),
-                        ("x-source-offset", h.get("x-original-offset", "0").encode()),
-                    ],
-                    on_delivery=delivered,
-                )
-                if producer.flush(15) or errors:
-                    raise DlqError(f"redriving {dl.event_id} failed: {errors or 'timed out'}")
-                echo(f"[dlq] {dl.event_id} redriven to {redrive_topic(original)} ({stage})")
-            conn.execute(
-                'INSERT INTO dlq_redrives (dlq_topic, "partition", "offset", event_id, outcome, '
-                "detail) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (dl.dlq_topic, dl.partition, dl.offset, dl.event_id, outcome, detail),
+    for n, dl in enumerate(letters, start=1):
+        h = dl.headers
+        stage = h.get("x-stage", "")
+        detail = None
+        try:
+            # the rows are the projections' view of each entity; the stock role applies
+            # order events under the same version rule, so the rows judge both stages
+            detail = _superseded(conn, decoder.decode(dl.value))
+        except (UndecodableRecord, RegistryError):
+            pass  # sent back as it is: its stage will dead-letter it again, once
+        original = h.get("x-original-topic", "")
+        if detail is not None:
+            outcome = "superseded"
+            echo(f"[dlq] {dl.event_id} superseded: {detail}")
+        else:
+            outcome = "redriven"
+            producer.produce(
+                redrive_topic(original),
+                key=dl.key,
+                value=dl.value,
+                headers=[
+                    (REDRIVE_STAGE, stage.encode()),
+                    (REDRIVE_COUNT, str(int(h.get(REDRIVE_COUNT, "0") or 0) + 1).encode()),
+                    ("x-source-topic", original.encode()),
+                    ("x-source-partition", h.get("x-original-partition", "0").encode()),
+                    ("x-source-offset", h.get("x-original-offset", "0").encode()),
+                ],
+                on_delivery=delivered,
             )
-            counts[outcome] += 1
-            if n % 100 == 0:
-                echo(f"[dlq] {n}/{len(letters)} done")
-    return counts
+            if producer.flush(15) or errors:
+                raise DlqError(f"redriving {dl.event_id} failed: {errors or 'timed out'}")
+            echo(f"[dlq] {dl.event_id} redriven to {redrive_topic(original)} ({stage})")
+        conn.execute(
+            'INSERT INTO dlq_redrives (dlq_topic, "partition", "offset", event_id, outcome, '
+            "detail) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (dl.dlq_topic, dl.partition, dl.offset, dl.event_id, outcome, detail),
+        )
+        counts[outcome] += 1
+        if n % 100 == 0:
+            echo(f"[dlq] {n}/{len(letters)} done")
