@@ -77,6 +77,9 @@ class OpsMonitor:
             dead["records"] = dead_records
         except DependencyDown as exc:
             errors.append(f"consumer lag: {exc}")
+        except BaseException:
+            deps_task.cancel()
+            raise
         rebuilds: list[dict[str, Any]] = []
         try:
             async with self.pool.connection() as conn:
@@ -112,8 +115,17 @@ class OpsMonitor:
         }
         events = [t.name for t in TOPICS.values()]
         dlq = [f"{name}.dlq" for name in events]
-        names = {tp[0] for c in wanted.values() for tp in c} | set(events) | set(dlq)
-        ends = await self.offsets.ends(names)
+        # the roles' topics exist (their groups committed on them); an event or dead-letter
+        # topic nobody has created yet must not blank the roles' lag
+        ends = await self.offsets.ends({tp[0] for c in wanted.values() for tp in c})
+        try:
+            ends.update(await self.offsets.ends(set(events) | set(dlq)))
+        except DependencyDown:
+            for name in [*events, *dlq]:
+                try:
+                    ends.update(await self.offsets.ends([name]))
+                except DependencyDown:
+                    continue
         roles = []
         for g, known in wanted.items():
             # every partition of the topics the group committed on: one it never committed has

@@ -10,6 +10,7 @@ A record older than what its entity's row now holds is reported as superseded an
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -199,19 +200,30 @@ def _superseded(conn: psycopg.Connection[Any], event: dict[str, Any]) -> str | N
     return None
 
 
+def _try_lock(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (REDRIVE_LOCK,)).fetchone()
+    return bool(row and row[0])
+
+
 def redrive(
     settings: Settings,
     *,
     event_ids: set[str] | None,
     topic: str | None = None,
     echo: Callable[[str], None] = lambda _line: None,
-) -> dict[str, int]:
-    """Redrive the pending dead-letter records (all, or those of `event_ids`): counts by outcome.
+    lock_timeout_s: float = 30.0,
+) -> dict[str, Any]:
+    """Redrive the pending dead-letter records (all, or those of `event_ids`): counts by outcome,
+    and under "sent" where each copy went ({event_id, stage, topic, partition, offset}).
     One redrive at a time (an advisory lock): the records' status is read under it, so two
     redrives never both send a record."""
-    counts = {"redriven": 0, "superseded": 0}
+    counts: dict[str, Any] = {"redriven": 0, "superseded": 0, "sent": []}
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (REDRIVE_LOCK,))
+        deadline = time.monotonic() + lock_timeout_s
+        while not _try_lock(conn):
+            if time.monotonic() > deadline:
+                raise DlqError(f"another redrive has been running for over {lock_timeout_s:.0f} s")
+            time.sleep(0.2)
         try:
             letters = [
                 dl
@@ -229,7 +241,7 @@ def _redrive(
     settings: Settings,
     conn: psycopg.Connection[Any],
     letters: list[DeadLetter],
-    counts: dict[str, int],
+    counts: dict[str, Any],
     echo: Callable[[str], None],
 ) -> None:
     registry = SchemaRegistry(settings.registry_url)
@@ -243,10 +255,13 @@ def _redrive(
         )
     )
     errors: list[str] = []
+    where: list[tuple[str, int, int]] = []
 
-    def delivered(err: Any, _msg: Any) -> None:
+    def delivered(err: Any, msg: Any) -> None:
         if err is not None:
             errors.append(str(err))
+        else:
+            where.append((str(msg.topic()), int(msg.partition()), int(msg.offset())))
 
     for n, dl in enumerate(letters, start=1):
         h = dl.headers
@@ -277,8 +292,18 @@ def _redrive(
                 ],
                 on_delivery=delivered,
             )
-            if producer.flush(15) or errors:
+            if producer.flush(15) or errors or not where:
                 raise DlqError(f"redriving {dl.event_id} failed: {errors or 'timed out'}")
+            topic_, partition_, offset_ = where.pop()
+            counts["sent"].append(
+                {
+                    "event_id": dl.event_id,
+                    "stage": stage,
+                    "topic": topic_,
+                    "partition": partition_,
+                    "offset": offset_,
+                }
+            )
             echo(f"[dlq] {dl.event_id} redriven to {redrive_topic(original)} ({stage})")
         conn.execute(
             'INSERT INTO dlq_redrives (dlq_topic, "partition", "offset", event_id, outcome, '

@@ -51,6 +51,21 @@ return 1
 """
 
 
+#: the rebuild's variant: an equal version whose payload differs is rewritten too (after a fix
+#: to a rendering, the rows keep their versions; the live role never needs this)
+_CAS_REPLACE_EQUAL = _CAS.replace(
+    """if not newer then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 0
+end""",
+    """if not newer and redis.call('HGET', KEYS[1], 'p') == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 0
+end""",
+)
+assert _CAS_REPLACE_EQUAL != _CAS
+
+
 def cache_key(kind: str, entity_id: str) -> str:
     return f"mm:view:{kind}:{entity_id}"
 
@@ -71,11 +86,16 @@ class ViewCache:
             retry_on_timeout=False,
         )
         self._sha: str | None = None
+        self._sha_replace: str | None = None
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def _script(self) -> str:
+    async def _script(self, replace_equal: bool = False) -> str:
+        if replace_equal:
+            if self._sha_replace is None:
+                self._sha_replace = str(await self.client.script_load(_CAS_REPLACE_EQUAL))
+            return self._sha_replace
         if self._sha is None:
             self._sha = str(await self.client.script_load(_CAS))
         return self._sha
@@ -84,17 +104,18 @@ class ViewCache:
         payload = b"" if view.gone else view.payload()
         return [self.ttl_ms, payload, *view.version]
 
-    async def put(self, views: Sequence[View]) -> list[bool]:
-        """Compare-and-set each view; True where it was written (newer than the cache)."""
+    async def put(self, views: Sequence[View], *, replace_equal: bool = False) -> list[bool]:
+        """Compare-and-set each view; True where it was written (newer than the cache; with
+        `replace_equal`, also an equal version whose payload differs)."""
         if not views:
             return []
         try:
-            sha = await self._script()
+            sha = await self._script(replace_equal)
             try:
                 return await self._put(sha, views)
             except NoScriptError:  # Redis restarted and lost its script cache
-                self._sha = None
-                return await self._put(await self._script(), views)
+                self._sha = self._sha_replace = None
+                return await self._put(await self._script(replace_equal), views)
         except (RedisError, OSError) as exc:
             raise DependencyDown(f"Redis: {type(exc).__name__}: {exc}") from exc
 

@@ -24,6 +24,7 @@ ones, then swapped in without losing a write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -621,7 +622,8 @@ async def rebuild_redis(
 ) -> dict[str, int]:
     """Render every view (users, shops, products) from PostgreSQL into Redis, as the cache role
     does: each write a compare-and-set on the view's version, so a view the live role wrote
-    meanwhile (newer) is never overwritten and nothing needs pausing. `drop` first deletes every
+    meanwhile (newer) is never overwritten and nothing needs pausing; a view at the same version
+    whose payload differs (a rendering fixed since) is rewritten. `drop` first deletes every
     cached view (reads go to PostgreSQL until their view is back). Sends nothing."""
     from connectors.redis_cache import VIEW_PATTERN, ViewCache
     from connectors.views import load_views
@@ -680,12 +682,14 @@ async def rebuild_redis(
                         after = ids[-1]
                         views = list((await load_views(conn, kind, ids)).values())
                         await settle(writing)
-                        writing = asyncio.create_task(cache.put(views))
+                        writing = asyncio.create_task(cache.put(views, replace_equal=True))
                 await settle(writing)
                 writing = None
             finally:
                 if writing is not None and not writing.done():
                     writing.cancel()
+                    with contextlib.suppress(BaseException):
+                        await writing
             took = time.monotonic() - started
             per_s = counts["views"] / max(took, 1e-6)
             say(

@@ -157,7 +157,8 @@ def create_app(role: str, settings: Settings) -> faust.App:
         gc.set_threshold(50_000, 50, 100)
 
     stuck_since: list[float | None] = [None]
-    watch = StallWatch(settings.worker_stuck_partition_s)
+    limit_s = settings.worker_stuck_partition_s
+    watch = StallWatch(limit_s, ask_every_s=min(30.0, max(5.0, limit_s / 3)))
     broker_ends = GroupOffsets(settings.kafka_bootstrap, timeout_s=5.0)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
@@ -192,17 +193,21 @@ def create_app(role: str, settings: Settings) -> faust.App:
         # worker Ready and then silent for minutes. It logs its consumer's state (as on SIGUSR1)
         # and ends, to be restarted; the records come again from the committed offsets. Whether
         # records wait is asked of the broker (the consumer's own end offsets come with its
-        # fetches, and a consumer that fetches nothing has none), at most every 30 s.
-        if not watch.limit_s or transport.settling(app) or app.should_stop:
+        # fetches, and a consumer that fetches nothing has none), at most every 30 s, and a
+        # partition must be found so at two asks in a row (streams.stall).
+        if not watch.limit_s:
+            return
+        try:
+            await _stall_check(now)
+        except Exception:  # noqa: BLE001 - nothing may escape a faust timer (it ends the app)
+            log.warning("the stall watchdog could not look this time", exc_info=True)
+
+    async def _stall_check(now: float) -> None:
+        positions = None if transport.settling(app) else transport.stream_positions(app)
+        if positions is None or app.should_stop:
             watch.reset()
             return
-        idle = watch.observe(
-            now,
-            {
-                tp: pos if pos is not None else committed
-                for tp, (pos, committed, _end) in transport.stream_positions(app).items()
-            },
-        )
+        idle = watch.observe(now, positions)
         if not idle:
             return
         try:
@@ -212,7 +217,11 @@ def create_app(role: str, settings: Settings) -> faust.App:
         stuck = watch.stuck(idle, ends)
         if stuck:
             tp, seconds = stuck[0]
-            log.error("stuck: the consumer's state\n%s", transport.diagnose(app))
+            try:
+                state = transport.diagnose(app)
+            except Exception as exc:  # noqa: BLE001 - the exit matters more than the picture
+                state = f"(not readable: {exc!r})"
+            log.error("stuck: the consumer's state\n%s", state)
             exit_worker(
                 70,
                 f"{len(stuck)} partition(s) with records waiting and nothing fetched for "

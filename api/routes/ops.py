@@ -9,7 +9,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path as FilePath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 import psycopg
@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg_pool import PoolTimeout
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from api.auth import Authenticator
 from api.deps import BearerDep
@@ -128,6 +128,11 @@ async def ops_stream(request: Request, _bearer: BearerDep) -> StreamingResponse:
     async def frames() -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
         while not await request.is_disconnected():
+            try:  # a key revoked meanwhile ends the stream (the check is cached for seconds)
+                await _admin(request, "the operators' overview")
+            except Problem as exc:
+                yield b"event: error\ndata: " + orjson.dumps({"status": exc.status}) + b"\n\n"
+                return
             snap = await monitor.snapshot()
             yield b"event: overview\ndata: " + orjson.dumps(snap) + b"\n\n"
             await asyncio.sleep(monitor.every_s)
@@ -148,16 +153,26 @@ def _letters(request: Request) -> asyncio.Semaphore:
     return sem
 
 
-@router.get("/ops/dead-letters", summary="Dead-letter records, newest first (admin)")
+@router.get(
+    "/ops/dead-letters",
+    summary="Dead-letter records, newest first (admin); `status`: pending (default) or all; "
+    "`limit`: 1-1000 (100)",
+)
 async def ops_dead_letters(
     request: Request,
     _bearer: BearerDep,
-    status: Annotated[
-        Literal["pending", "all"], Query(description="only those not redriven yet, or all")
-    ] = "pending",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    status: Annotated[str, Query(description="pending (not redriven yet) or all")] = "pending",
+    limit: Annotated[str, Query(description="at most this many, 1-1000")] = "100",
 ) -> Response:
-    await _admin(request, "the dead letters")
+    await _admin(request, "the dead letters")  # before the parameters: 401/403 first
+    if status not in ("pending", "all"):
+        raise Problem(422, "validation-error", "status: pending or all")
+    try:
+        most = int(limit)
+    except ValueError:
+        most = 0
+    if not 1 <= most <= 1000:
+        raise Problem(422, "validation-error", "limit: a whole number from 1 to 1000")
     settings = request.app.state.settings
     try:
         async with _letters(request):
@@ -173,7 +188,7 @@ async def ops_dead_letters(
         r["error"] = scrub(r["error"])
         r["detail"] = scrub(r["detail"])
     rows.sort(key=lambda r: r["first_failure"], reverse=True)
-    body = {"total": len(rows), "dead_letters": rows[:limit]}
+    body = {"total": len(rows), "dead_letters": rows[:most]}
     return Response(json_bytes(body), media_type="application/json")
 
 
@@ -184,9 +199,21 @@ class RedriveRequest(BaseModel):
 @router.post(
     "/ops/dead-letters/redrive",
     summary="Send pending dead-letter records back to the stage that failed them (admin)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RedriveRequest.model_json_schema()}},
+        }
+    },
 )
-async def ops_redrive(request: Request, _bearer: BearerDep, body: RedriveRequest) -> Response:
-    await _admin(request, "a redrive")
+async def ops_redrive(request: Request, _bearer: BearerDep) -> Response:
+    await _admin(request, "a redrive")  # before the body: 401/403 first
+    try:
+        body = RedriveRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise Problem(
+            422, "validation-error", 'the body must be {"event_ids": [1 to 100 event ids]}'
+        ) from exc
     ids: set[str] = set()
     for raw in body.event_ids:
         try:
@@ -217,5 +244,6 @@ async def ops_page() -> Response:
 
 
 def mount_assets(app: FastAPI) -> None:
-    """The dashboard's script and style, served from the repository (no CDN)."""
-    app.mount("/ops/assets", StaticFiles(directory=ASSETS), name="ops-assets")
+    """The dashboard's script and style, served from the repository (no CDN); the page itself
+    only at /ops, with its headers."""
+    app.mount("/ops/assets", StaticFiles(directory=ASSETS / "assets"), name="ops-assets")

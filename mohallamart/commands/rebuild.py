@@ -126,6 +126,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_redis(args: argparse.Namespace) -> int:
     import asyncio
 
+    import psycopg
+
     from connectors.base import DependencyDown
     from mohallamart.rebuild import rebuild_redis
 
@@ -133,8 +135,8 @@ def _cmd_redis(args: argparse.Namespace) -> int:
     stop_on_sigterm()
     try:
         asyncio.run(rebuild_redis(settings, drop=args.drop, chunk=args.chunk, say=out))
-    except DependencyDown as exc:
-        out(f"rebuild redis: {exc}")
+    except (DependencyDown, psycopg.Error, OSError) as exc:
+        out(f"rebuild redis: {type(exc).__name__}: {str(exc)[:300]}")
         return 4
     except KeyboardInterrupt:
         out("\nrebuild redis: stopped; what was written stays (run it again to finish)")

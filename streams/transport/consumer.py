@@ -195,24 +195,33 @@ def _awaiting(coro: Any, depth: int = 12) -> list[str]:
     return out or ["?"]
 
 
-def stream_positions(app: AppT) -> dict[TP, tuple[int | None, int | None, int | None]]:
-    """Each assigned partition the agents read and nothing paused on purpose (a dependency down,
-    records parked, a table's changelog): (fetch position, committed offset, end offset as the
-    last fetch saw it); None where not known yet."""
+def stream_positions(app: AppT) -> dict[TP, int | None] | None:
+    """Each assigned partition the agents read: its fetch position, or its committed offset
+    before the first fetch (None: neither known). None while the worker holds partitions back on
+    purpose (a dependency down, records parked: paused partitions other than its tables'
+    changelogs), or an agent's queue is full (faust's back-pressure): then a partition that
+    does not move is waiting as it should."""
     consumer: Any = app.consumer
-    paused = set(consumer._paused_partitions)
+    changelogs = {t.changelog_topic.get_topic_name() for t in app.tables.values()}
+    held = {tp for tp in consumer._paused_partitions if tp.topic not in changelogs}
+    if held or getattr(consumer, "_buffered_partitions", None):
+        return None
     thread = getattr(consumer, "_thread", None)
     inner = getattr(thread, "_consumer", None)
     assignment: Any = None
     if inner is not None:
         assignment = getattr(inner._subscription.subscription, "assignment", None)
-    fetch: dict[TP, int | None] = {}
-    for t in getattr(assignment, "tps", ()):
+    out: dict[TP, int | None] = {}
+    for t in list(getattr(assignment, "tps", ())):
+        if t.topic in changelogs:
+            continue
         state = assignment.state_value(t)
-        if state is not None and not state.paused:
-            fetch[TP(t.topic, t.partition)] = state.position if state.has_valid_position else None
-    return {
-        tp: (pos, committed_offset(app, tp), highwater(app, tp))
-        for tp, pos in fetch.items()
-        if tp not in paused
-    }
+        if state is None or state.paused:
+            continue
+        tp = TP(t.topic, t.partition)
+        try:  # aiokafka's state, read from this thread while the consumer's may reset it
+            pos: int | None = state.position if state.has_valid_position else None
+        except AssertionError:
+            pos = None
+        out[tp] = pos if pos is not None else committed_offset(app, tp)
+    return out

@@ -5,6 +5,7 @@ analytics tables."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,13 +46,19 @@ def test_the_ops_routes_need_an_admin_key(pipeline: Pipeline, make_key: Any) -> 
         assert r.status_code == 401, (path, r.text)
         r = httpx.get(pipeline.api + path, headers={"Authorization": f"Bearer {user}"}, timeout=10)
         assert r.status_code == 403, (path, r.text)
-    r = httpx.post(
-        pipeline.api + "/v1/ops/dead-letters/redrive",
-        headers={"Authorization": f"Bearer {user}"},
-        json={"event_ids": [str(uid("x"))]},
-        timeout=10,
-    )
-    assert r.status_code == 403, r.text
+    for headers, status in (({}, 401), ({"Authorization": f"Bearer {user}"}, 403)):
+        # the key is judged before the body: a bad body without a key is still a 401
+        r = httpx.post(
+            pipeline.api + "/v1/ops/dead-letters/redrive",
+            headers=headers,
+            json={"event_ids": "not a list"},
+            timeout=10,
+        )
+        assert r.status_code == status, r.text
+    bad = pipeline.http.get("/v1/ops/dead-letters", params={"limit": "0"})
+    assert bad.status_code == 422, bad.text
+    bad = pipeline.http.post("/v1/ops/dead-letters/redrive", json={"event_ids": ["x"]})
+    assert bad.status_code == 422 and "UUID" in bad.text, bad.text
     page = httpx.get(pipeline.api + "/ops", timeout=10)
     assert page.status_code == 200 and "MohallaMart" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -66,13 +73,17 @@ def test_the_stream_sends_overviews_with_lag_per_role(pipeline: Pipeline) -> Non
     ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        seen = 0
+        snapshots = []
+        event = None
         for line in r.iter_lines():
-            if line == "event: overview":
-                seen += 1
-            if seen == 2:
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "overview":
+                snapshots.append(json.loads(line[6:]))
+            if len(snapshots) == 2:
                 break
-    body = pipeline.http.get("/v1/ops/overview").json()
+    assert snapshots[0]["at"] <= snapshots[1]["at"]
+    body = snapshots[1]
     roles = {r["role"]: r for r in body["roles"]}
     assert {"projections", "stock", "cache", "search", "workflows", "notifications"} <= set(roles)
     assert all(r["partitions"] for r in roles.values())
@@ -142,7 +153,8 @@ def _dashboard(p: Pipeline, browser: Any) -> None:
         page.click("#key-form button")
         # live: every role's lag, from the stream
         page.wait_for_selector("#live.on", timeout=30_000)
-        page.wait_for_selector("#lag tr[data-role='projections']", timeout=30_000)
+        for role in ("projections", "stock", "cache", "search", "workflows", "notifications"):
+            page.wait_for_selector(f"#lag tr[data-role='{role}']", timeout=30_000)
         page.wait_for_selector("#deps li[data-dependency='postgres'].up", timeout=30_000)
 
         # one event's trace by id

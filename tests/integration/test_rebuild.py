@@ -365,5 +365,11 @@ def test_redis_is_rebuilt_from_postgresql_under_load_and_equals_its_views(
         # every view of the load: in Redis, as PostgreSQL renders it now (the cache role's
         # writes during the rebuild and after it never undone by the rebuild's)
         poll(same, timeout=60, what="every view of the load to equal PostgreSQL's")
+        # a payload changed at the same version (as after a fix to a rendering): rewritten
+        shop_key = cache_key("shop", shop)
+        client.hset(shop_key, "p", b'{"tampered": true}')
+        r = mohallamart("rebuild", "redis", timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert client.hget(shop_key, "p") == want[shop_key]
     finally:
         client.close()

@@ -113,6 +113,7 @@ async function stream() {
             else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
           }
           if (event === "overview" && data.length) render(JSON.parse(data.join("\n")));
+          if (event === "error") { sessionStorage.removeItem(KEY); showLogin("The key is no longer accepted."); return; }
         }
       }
     } catch (e) {
@@ -200,6 +201,7 @@ async function loadDeadLetters() {
       let { button, state } = redrives.get(d.event_id) || {};
       if (!button) {
         button = el("button", { type: "button", class: "redrive", text: "Redrive" });
+        if (!d.event_id) { button.disabled = true; button.title = "no event id (undecodable): use mohallamart dlq redrive --all"; }
         state = el("span", { class: "state" });
         const mine = { button, state };
         button.addEventListener("click", () => { redrives.set(d.event_id, mine); redrive(d.event_id, button, state); });
@@ -221,21 +223,17 @@ async function loadDeadLetters() {
 
 $("#dlq-refresh").addEventListener("click", loadDeadLetters);
 
-function deadLettered(trace) { return trace.hops.filter((h) => h.hop === "dead_lettered").length; }
-
 async function redrive(eventId, button, state) {
   button.disabled = true;
   state.className = "state";
   state.textContent = "redriving…";
-  let before = 0;
-  try {
-    before = deadLettered(await api(`/v1/events/${eventId}/trace`));
-  } catch (e) { /* the trace is for the settle check only */ }
+  let sent;
   try {
     const r = await api("/v1/ops/dead-letters/redrive", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ event_ids: [eventId] }),
     });
-    if (!r.redriven) {
+    sent = (r.sent || []).find((x) => x.event_id === eventId);
+    if (!sent) {
       state.textContent = r.superseded ? "superseded: a newer version is applied, not sent" : "not pending any more";
       state.className = "state settled";
       return;
@@ -246,29 +244,39 @@ async function redrive(eventId, button, state) {
     button.disabled = false;
     return;
   }
-  state.textContent = "redriven, waiting for its stage…";
-  const until = Date.now() + 60000;
-  while (Date.now() < until) {
+  // settled once the failing stage's role has committed past the copy sent back to it; then
+  // either a new dead letter names the event (failed again) or it went through
+  const role = (sent.stage || "").split("/")[0];
+  state.textContent = `redriven to ${sent.topic}/${sent.partition}@${sent.offset}; waiting for ${role}…`;
+  const until = Date.now() + 120000;
+  let consumed = false;
+  while (!consumed && Date.now() < until) {
     await new Promise((r) => setTimeout(r, 1000));
-    let t;
-    try { t = await api(`/v1/events/${eventId}/trace`); } catch (e) { continue; }
-    if (deadLettered(t) > before) {
+    try {
+      const o = await api("/v1/ops/overview");
+      const r = (o.roles || []).find((x) => x.role === role);
+      const p = r && r.partitions.find((x) => x.topic === sent.topic && x.partition === sent.partition);
+      consumed = Boolean(p && p.committed > sent.offset);
+    } catch (e) { /* tried again */ }
+  }
+  if (!consumed) {
+    state.textContent = `redriven; ${role} has not consumed it within two minutes (see its lag)`;
+    return;
+  }
+  try {
+    const again = await api("/v1/ops/dead-letters?status=pending&limit=1000");
+    if (again.dead_letters.some((d) => d.event_id === eventId)) {
       state.textContent = "failed again: dead-lettered once more";
       state.className = "state failed";
       return;
     }
+    const t = await api(`/v1/events/${eventId}/trace`);
     const projected = t.hops.find((h) => h.hop === "projected");
-    if (projected && projected.state !== "not applied yet" && projected.state !== "not applied") {
-      state.textContent = `settled: ${projected.state}`;
-      state.className = "state settled";
-      return;
-    }
-    if (!projected && t.hops.some((h) => h.hop === "redriven")) {
-      state.textContent = "settled: redriven, no new dead letter";
-      state.className = "state settled";
-    }
+    state.textContent = projected ? `settled: ${projected.state}` : `settled: handled by ${role}`;
+    state.className = "state settled";
+  } catch (e) {
+    state.textContent = `consumed by ${role}; its outcome could not be read: ${e.message}`;
   }
-  if (!state.classList.contains("settled")) state.textContent = "redriven; not settled within a minute (see its trace)";
 }
 
 // --- trace ------------------------------------------------------------------------------------
