@@ -6,7 +6,8 @@ import copy
 import signal
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from schemas.codec import RegistryDecoder
 from schemas.registry import SchemaRegistry
 from tests.integration._support import free_port, poll
 
-__all__ = ["QUIET_USER", "Pipeline", "Workers", "example", "order_created", "uid"]
+__all__ = ["QUIET_USER", "Pipeline", "Workers", "a_bug_refusing", "example", "order_created", "uid"]
 
 #: the customer of `order_created` orders: registered by the pipeline fixture with every
 #: notification channel off (load tests would otherwise queue thousands of emails to one user)
@@ -407,6 +408,26 @@ class Pipeline:
 
     def events_of(self, topic: str, type_: str, keys: Iterable[str]) -> list[dict[str, Any]]:
         return [ev for _, _, ev in self.records(topic, keys=keys) if ev and ev["type"] == type_]
+
+
+@contextmanager
+def a_bug_refusing(p: Pipeline, product_id: str) -> Iterator[None]:
+    """A bug in the database (a trigger) refuses to insert `product_id`'s row until the block
+    ends: the projections retry the record, then dead-letter it."""
+    fn = uid("boom").lower()
+    p.execute(
+        f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"RAISE EXCEPTION 'a bug refuses %', NEW.product_id; END $$"
+    )
+    p.execute(
+        f"CREATE TRIGGER {fn} BEFORE INSERT ON products FOR EACH ROW "
+        f"WHEN (NEW.product_id = '{product_id}') EXECUTE FUNCTION {fn}()"
+    )
+    try:
+        yield
+    finally:
+        p.execute(f"DROP TRIGGER IF EXISTS {fn} ON products")
+        p.execute(f"DROP FUNCTION IF EXISTS {fn}()")
 
 
 def order_created(

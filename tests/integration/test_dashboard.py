@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration._pipeline import Pipeline, example, order_created, uid
+from tests.integration._pipeline import Pipeline, a_bug_refusing, example, order_created, uid
 from tests.integration._readside import approved_shop, listed_product
 from tests.integration._support import poll, report
 
@@ -113,16 +113,7 @@ def _dashboard(p: Pipeline, browser: Any) -> None:
     )
     # a dead letter: a bug (a trigger) refuses one product's row until it is fixed
     boom = uid("prd_boom")
-    fn = uid("dash_boom").lower()
-    p.execute(
-        f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"RAISE EXCEPTION 'a bug refuses %', NEW.product_id; END $$"
-    )
-    p.execute(
-        f"CREATE TRIGGER {fn} BEFORE INSERT ON products FOR EACH ROW "
-        f"WHEN (NEW.product_id = '{boom}') EXECUTE FUNCTION {fn}()"
-    )
-    try:
+    with a_bug_refusing(p, boom):
         bad = p.post("product.created", example("product.created", product_id=boom, shop_id=shop))
         poll(
             lambda: (
@@ -131,9 +122,6 @@ def _dashboard(p: Pipeline, browser: Any) -> None:
             timeout=90,
             what="the refused product to be dead-lettered",
         )
-    finally:
-        p.execute(f"DROP TRIGGER IF EXISTS {fn} ON products")
-        p.execute(f"DROP FUNCTION IF EXISTS {fn}()")
     p.wait_row(
         "SELECT 1 FROM analytics_sales WHERE shop_id = %s AND period = '1h' AND revenue_paise > 0",
         shop,

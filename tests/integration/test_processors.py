@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient
 from schemas.catalog import TOPICS
 from streams.reliability import DLQ_HEADERS
 from tests.integration._cli import mohallamart
-from tests.integration._pipeline import Pipeline, example, order_created, uid
+from tests.integration._pipeline import Pipeline, a_bug_refusing, example, order_created, uid
 from tests.integration._support import poll
 
 ORDERS, PRODUCTS, USERS = (TOPICS[c].name for c in ("order", "product", "user"))
@@ -557,16 +557,7 @@ def test_dead_letters_are_listed_and_redriven_once(pipeline: Pipeline) -> None:
     # 1. a bug refuses one product's row (a trigger): its batch is split, the record retried
     #    (0.3, 0.6, 1.2 s in the test profile), then dead-lettered; the others are applied
     boom, fine = uid("prd_boom"), [uid("prd") for _ in range(3)]
-    fn = uid("boom").lower()
-    p.execute(
-        f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"RAISE EXCEPTION 'a bug refuses %', NEW.product_id; END $$"
-    )
-    p.execute(
-        f"CREATE TRIGGER {fn} BEFORE INSERT ON products FOR EACH ROW "
-        f"WHEN (NEW.product_id = '{boom}') EXECUTE FUNCTION {fn}()"
-    )
-    try:
+    with a_bug_refusing(p, boom):
         created = [
             Pipeline.event(
                 "product.created",
@@ -584,9 +575,6 @@ def test_dead_letters_are_listed_and_redriven_once(pipeline: Pipeline) -> None:
             p.wait_row(
                 "SELECT stock FROM products WHERE product_id = %s", pid, until=lambda r: r[0] == 3
             )
-    finally:
-        p.execute(f"DROP TRIGGER {fn} ON products")
-        p.execute(f"DROP FUNCTION {fn}()")
 
     # 2. archived while Draft: refused; later superseded by a newer, legal archive
     stale = p.post("product.archived", example("product.archived", product_id=a, shop_id=shop))

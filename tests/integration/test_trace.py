@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration._pipeline import Pipeline, example, order_created, uid
+from tests.integration._pipeline import Pipeline, a_bug_refusing, example, order_created, uid
 from tests.integration._support import poll
 
 pytestmark = pytest.mark.integration
@@ -118,25 +118,13 @@ def test_an_event_redriven_after_the_fix_reads_as_applied_beside_its_old_refusal
     p = pipeline
     # a bug (a trigger) refuses one product's row: dead-lettered, its refusal recorded
     boom = uid("prd_boom")
-    fn = uid("trace_boom").lower()
-    p.execute(
-        f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"RAISE EXCEPTION 'a bug refuses %', NEW.product_id; END $$"
-    )
-    p.execute(
-        f"CREATE TRIGGER {fn} BEFORE INSERT ON products FOR EACH ROW "
-        f"WHEN (NEW.product_id = '{boom}') EXECUTE FUNCTION {fn}()"
-    )
-    try:
+    with a_bug_refusing(p, boom):
         ev = p.post("product.created", example("product.created", product_id=boom))
         poll(
             lambda: _hops(_trace(p, ev["id"]), "dead_lettered") or None,
             timeout=90,
             what="the refused product's dead letter",
         )
-    finally:
-        p.execute(f"DROP TRIGGER IF EXISTS {fn} ON products")
-        p.execute(f"DROP FUNCTION IF EXISTS {fn}()")
     # fixed, then redriven: its row holds this event's version
     r = p.http.post("/v1/ops/dead-letters/redrive", json={"event_ids": [ev["id"]]})
     assert r.status_code == 200 and r.json()["redriven"] == 1, r.text
