@@ -12,16 +12,20 @@ cannot overwrite a final result.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from connectors.base import DependencyDown
 
 __all__ = [
+    "ANALYTICS_LOCK",
+    "ANALYTICS_TABLES",
     "SALES_VALUES",
     "SESSION_COUNTS",
     "AnalyticsStore",
@@ -42,8 +46,23 @@ __all__ = [
     "write_panes",
     "write_sales",
     "write_sessions",
+    "write_positions",
+    "read_positions",
     "write_watermarks",
 ]
+
+#: the tables the window stage writes: what `mohallamart rebuild analytics` builds and swaps
+ANALYTICS_TABLES = (
+    "analytics_sales",
+    "analytics_panes",
+    "analytics_sessions",
+    "analytics_late",
+    "analytics_watermarks",
+    "analytics_positions",
+)
+#: the analytics cut-over barrier ("mman"): every window stage write holds it shared until it
+#: commits; `rebuild analytics` takes it exclusively, so the stage pauses between two writes
+ANALYTICS_LOCK = 0x6D6D616E
 
 #: the values a sales window holds (the names `streams.sales` contributes)
 SALES_VALUES = (
@@ -304,6 +323,38 @@ async def write_watermarks(
         )
 
 
+async def write_positions(
+    conn: psycopg.AsyncConnection[Any],
+    topic: str,
+    positions: Mapping[int, tuple[int, Mapping[str, Any]]],
+) -> None:
+    """Each window stage partition's position (`analytics_positions`) in by-key `topic`, with
+    its rows."""
+    rows = [(topic, p, off, Jsonb(dict(routed))) for p, (off, routed) in sorted(positions.items())]
+    if not rows:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO analytics_positions (topic, stage_partition, applied_offset, routed) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (topic, stage_partition) DO UPDATE SET "
+            "applied_offset = EXCLUDED.applied_offset, routed = EXCLUDED.routed",
+            rows,
+        )
+
+
+async def read_positions(
+    conn: psycopg.AsyncConnection[Any], topic: str, schema: str = "public"
+) -> dict[int, tuple[int, dict[str, list[int]]]]:
+    """`schema`'s window stage positions in by-key `topic`: partition -> (applied offset,
+    router positions)."""
+    q = sql.SQL(
+        "SELECT stage_partition, applied_offset, routed FROM {}.analytics_positions "
+        "WHERE topic = %s"
+    )
+    cur = await conn.execute(q.format(sql.Identifier(schema)), (topic,))
+    return {int(p): (int(o), dict(r)) for p, o, r in await cur.fetchall()}
+
+
 async def read_watermark(conn: psycopg.AsyncConnection[Any], partitions: int) -> datetime | None:
     """The lowest watermark over the window stage's `partitions` (None until each has one):
     every window that ended (+ grace) before it is final."""
@@ -402,15 +453,28 @@ class AnalyticsWrite:
     sessions: list[SessionRow]
     late: list[LateRow]
     watermarks: dict[int, int]
+    #: stage partition -> (its by-key offset applied, the router positions applied: source ->
+    #: [offset, index]), recorded with the rows (`analytics_positions`)
+    positions: dict[int, tuple[int, Mapping[str, Any]]] = field(default_factory=dict)
 
 
 class AnalyticsStore:
     """The analytics role's PostgreSQL connection: one transaction per batch; PostgreSQL down is
     `DependencyDown` (retried, never a dead letter)."""
 
-    def __init__(self, dsn: str, *, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        barrier: bool = True,
+        positions_of: str | None = None,
+    ) -> None:
+        """`positions_of`: the by-key topic whose positions each write records (none if None)."""
         self._dsn = dsn
+        self._topic = positions_of
         self._connect_timeout_s = connect_timeout_s
+        self._barrier = barrier
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def close(self) -> None:
@@ -426,11 +490,17 @@ class AnalyticsStore:
                 )
             conn = self._conn
             async with conn.transaction():
+                if self._barrier:
+                    # a rebuild's cut-over waits for this write to commit, and this write waits
+                    # for the cut-over (then writes the tables swapped in)
+                    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ANALYTICS_LOCK,))
                 await write_sales(conn, w.sales)
                 await write_panes(conn, w.panes)
                 await write_sessions(conn, w.sessions_changed, w.sessions)
                 await write_late(conn, w.late)
                 await write_watermarks(conn, w.watermarks)
+                if self._topic is not None:
+                    await write_positions(conn, self._topic, w.positions)
         except (psycopg.OperationalError, OSError) as exc:
             dead, self._conn = self._conn, None
             if dead is not None:
@@ -456,7 +526,7 @@ def next_stage_epoch(dsn: str, group: str) -> int:
     with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
         conn.execute(
             "TRUNCATE analytics_sales, analytics_panes, analytics_sessions, analytics_late, "
-            "analytics_watermarks"
+            "analytics_watermarks, analytics_positions"
         )
         row = conn.execute(
             "INSERT INTO analytics_epochs (group_id, epoch) VALUES (%s, 1) ON CONFLICT "

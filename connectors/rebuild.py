@@ -13,6 +13,7 @@ claims, the notification outbox, `job_runs`, redrive records) stays where it is.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,8 @@ from connectors.cleanup import load_cutoffs
 from connectors.postgres import PROJECTION_TABLES
 
 __all__ = [
+    "ANALYTICS_PREVIOUS",
+    "ANALYTICS_SHADOW",
     "PREVIOUS",
     "SHADOW",
     "Difference",
@@ -43,9 +46,22 @@ __all__ = [
 
 SHADOW = "rebuild_shadow"
 PREVIOUS = "rebuild_previous"
+#: `rebuild analytics`: its shadow, and where a cut-over puts the analytics tables it replaced
+ANALYTICS_SHADOW = "rebuild_analytics"
+ANALYTICS_PREVIOUS = "rebuild_analytics_previous"
 _SWAP = "rebuild_swap"
 #: columns that hold when a row was written, not what the events say
-_WALL_CLOCK = {"audit_log": ("recorded_at",), "projection_refusals": ("refused_at", "reason")}
+_WALL_CLOCK = {
+    "audit_log": ("recorded_at",),
+    "projection_refusals": ("refused_at", "reason"),
+    "analytics_sales": ("updated_at",),
+    "analytics_panes": ("updated_at",),
+    "analytics_sessions": ("updated_at",),
+    "analytics_late": ("recorded_at",),
+    "analytics_watermarks": ("updated_at",),
+}
+#: the positions tables: compared by the caller (the shadow must stand where the live tables do)
+_POSITIONS = ("projection_positions", "analytics_positions")
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -80,13 +96,19 @@ async def meta(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[str, Any
 
 
 async def create_shadow(
-    conn: psycopg.AsyncConnection[Any], schema: str, *, until: datetime | None
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    *,
+    until: datetime | None,
+    tables: Sequence[str] = PROJECTION_TABLES,
+    store: str = "postgres",
 ) -> None:
-    """Make `schema` with empty projection tables shaped like public's (in one transaction)."""
+    """Make `schema` with empty `tables` (the projection tables, or the analytics tables)
+    shaped like public's (in one transaction)."""
     s = _ident(schema)
     async with conn.transaction():
         await conn.execute(sql.SQL("CREATE SCHEMA {}").format(s))
-        for table in PROJECTION_TABLES:
+        for table in tables:
             t = sql.Identifier(table)
             await conn.execute(
                 sql.SQL(
@@ -101,7 +123,7 @@ async def create_shadow(
             "JOIN pg_namespace n ON n.oid = r.relnamespace "
             "WHERE n.nspname = 'public' AND r.relname = ANY(%s) AND c.contype IN ('p', 'u', 'f') "
             "ORDER BY c.contype DESC, 1, 2",
-            (list(PROJECTION_TABLES),),
+            (list(tables),),
         )
         constraints = await cur.fetchall()
         await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(s))
@@ -116,7 +138,7 @@ async def create_shadow(
             "SELECT indexdef FROM pg_indexes i WHERE schemaname = 'public' "
             "AND tablename = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
             "WHERE c.conname = i.indexname AND c.connamespace = 'public'::regnamespace)",
-            (list(PROJECTION_TABLES),),
+            (list(tables),),
         )
         for (definition,) in await cur.fetchall():
             moved = definition.replace(" ON public.", f" ON {schema}.", 1)
@@ -124,7 +146,7 @@ async def create_shadow(
         await conn.execute(
             sql.SQL("CREATE TABLE {}.rebuild_meta (key text PRIMARY KEY, value jsonb)").format(s)
         )
-        value = {"until": until.isoformat() if until else None, "started_at": "now"}
+        value = {"until": until.isoformat() if until else None, "started_at": "now", "store": store}
         await conn.execute(
             sql.SQL(
                 "INSERT INTO {}.rebuild_meta VALUES ('meta', jsonb_set(%s::jsonb, "
@@ -148,26 +170,52 @@ async def progress(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
     """Each rebuild schema: what it is, how many records it has folded, and how many it is behind
     the live projections' positions (`mohallamart rebuild status`, the operator dashboard)."""
     live = await positions(conn, "public")
+    live_windows = await _stage_positions(conn, "public")
     out = []
     for name in await schemas(conn):
         info = await meta(conn, name) or {}
-        at = await positions(conn, name)
+        analytics = name.startswith(ANALYTICS_SHADOW)
+        if analytics:
+            # the window stage's by-key partitions, as offsets applied + 1
+            at, theirs = await _stage_positions(conn, name), live_windows
+        else:
+            at, theirs = await positions(conn, name), live
         out.append(
             {
                 "schema": name,
+                "store": "analytics" if analytics else "postgres",
                 "kind": "point in time"
                 if info.get("until")
                 else "previous"
-                if name == "rebuild_previous"
+                if name in (PREVIOUS, ANALYTICS_PREVIOUS)
                 else "shadow",
                 "until": info.get("until"),
                 "started_at": info.get("started_at"),
                 "records": sum(at.values()),
-                "behind": sum(max(0, o - at.get(tp, 0)) for tp, o in live.items()),
-                "live_records": sum(live.values()),
+                "behind": sum(max(0, o - at.get(tp, 0)) for tp, o in theirs.items()),
+                "live_records": sum(theirs.values()),
             }
         )
     return out
+
+
+async def _stage_positions(
+    conn: psycopg.AsyncConnection[Any], schema: str
+) -> dict[tuple[str, int], int]:
+    """A schema's window stage positions, as by-key records applied (offset + 1)."""
+    cur = await conn.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+        "AND table_name = 'analytics_positions'",
+        (schema,),
+    )
+    if await cur.fetchone() is None:
+        return {}
+    cur = await conn.execute(
+        sql.SQL("SELECT topic, stage_partition, applied_offset FROM {}.analytics_positions").format(
+            _ident(schema)
+        )
+    )
+    return {(t, int(p)): int(o) + 1 for t, p, o in await cur.fetchall()}
 
 
 @dataclass(frozen=True)
@@ -177,7 +225,9 @@ class Difference:
     what: str  # "only in <schema>", or "differs"
 
 
-async def _shapes(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[list[str], list[str]]]:
+async def _shapes(
+    conn: psycopg.AsyncConnection[Any], tables: Sequence[str]
+) -> dict[str, tuple[list[str], list[str]]]:
     """table -> (its columns compared, its primary key's columns), of public, in one query."""
     cur = await conn.execute(
         "SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum), "
@@ -187,7 +237,7 @@ async def _shapes(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[list[st
         "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
         "WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(%s) "
         "AND a.attnum > 0 AND NOT a.attisdropped GROUP BY c.oid, c.relname",
-        (list(PROJECTION_TABLES),),
+        (list(tables),),
     )
     out = {}
     for table, cols, key in await cur.fetchall():
@@ -197,16 +247,20 @@ async def _shapes(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[list[st
 
 
 async def parity(
-    conn: psycopg.AsyncConnection[Any], schema: str, *, limit: int = 20
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    *,
+    limit: int = 20,
+    tables: Sequence[str] = PROJECTION_TABLES,
 ) -> tuple[dict[str, tuple[int, int]], list[Difference]]:
     """Compare `schema`'s projection tables with public's, entity by entity (a checksum of each
     row's columns, the wall-clock ones left out). Returns {table: (rows in public, rows in
     schema)} and up to `limit` differences per table. One query per table."""
     counts: dict[str, tuple[int, int]] = {}
     diffs: list[Difference] = []
-    shapes = await _shapes(conn)
-    for table in PROJECTION_TABLES:
-        if table == "projection_positions":
+    shapes = await _shapes(conn, tables)
+    for table in tables:
+        if table in _POSITIONS:
             continue  # compared by the caller: the shadow must stand where the live tables do
         cols, key = shapes[table]
         row = sql.SQL("md5(ROW({})::text)").format(
@@ -231,10 +285,11 @@ async def parity(
         assert found is not None
         counts[table] = (int(found[0]), int(found[1]))
         for d in found[2]:
+            # a: public's side, b: the schema's
             what = (
-                f"only in {schema}"
+                "only in public"
                 if d["only_a"]
-                else "only in public"
+                else f"only in {schema}"
                 if d["only_b"]
                 else "differs"
             )
@@ -242,18 +297,26 @@ async def parity(
     return counts, diffs
 
 
-async def swap(conn: psycopg.AsyncConnection[Any], incoming: str, outgoing: str) -> None:
-    """Move public's projection tables to `outgoing` (made here) and `incoming`'s to public. Run
-    inside the caller's transaction (the cut-over barrier's)."""
+async def swap(
+    conn: psycopg.AsyncConnection[Any],
+    incoming: str,
+    outgoing: str,
+    *,
+    tables: Sequence[str] = PROJECTION_TABLES,
+    drop_incoming: bool | None = None,
+) -> None:
+    """Move public's `tables` to `outgoing` (made here) and `incoming`'s to public. Run inside
+    the caller's transaction (the cut-over barrier's)."""
     out = _ident(outgoing)
     await conn.execute(sql.SQL("CREATE SCHEMA {}").format(out))
-    for table in PROJECTION_TABLES:
+    for table in tables:
         t = sql.Identifier(table)
         await conn.execute(sql.SQL("ALTER TABLE public.{} SET SCHEMA {}").format(t, out))
         await conn.execute(
             sql.SQL("ALTER TABLE {}.{} SET SCHEMA public").format(_ident(incoming), t)
         )
-    if incoming == SHADOW:  # only its bookkeeping is left: gone with the swap
+    if incoming == SHADOW if drop_incoming is None else drop_incoming:
+        # only its bookkeeping is left: gone with the swap
         await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(_ident(incoming)))
 
 
@@ -283,16 +346,18 @@ async def hold(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
     return bool(row and row[0])
 
 
-async def shape_differs(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
-    """The projection tables whose columns in `schema` are not public's (a migration since the
-    shadow was made)."""
+async def shape_differs(
+    conn: psycopg.AsyncConnection[Any], schema: str, tables: Sequence[str] = PROJECTION_TABLES
+) -> list[str]:
+    """The `tables` whose columns in `schema` are not public's (a migration since the shadow
+    was made)."""
     cur = await conn.execute(
         "SELECT table_name, array_agg(column_name::text || ':' || data_type ORDER BY "
         "ordinal_position) FILTER (WHERE table_schema = 'public'), array_agg(column_name::text "
         "|| ':' || data_type ORDER BY ordinal_position) FILTER (WHERE table_schema = %s) "
         "FROM information_schema.columns WHERE table_schema IN ('public', %s) "
         "AND table_name = ANY(%s) GROUP BY table_name",
-        (schema, schema, list(PROJECTION_TABLES)),
+        (schema, schema, list(tables)),
     )
     return sorted(t for t, a, b in await cur.fetchall() if a != b)
 

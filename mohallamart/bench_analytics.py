@@ -54,7 +54,8 @@ __all__ = ["run_analytics_bench"]
 PARTS = 6
 _DBS = ("bench_analytics", "bench_analytics_baseline")
 _TABLES = (
-    "analytics_sales, analytics_panes, analytics_sessions, analytics_late, analytics_watermarks"
+    "analytics_sales, analytics_panes, analytics_sessions, analytics_late, analytics_watermarks, "
+    "analytics_positions"
 )
 
 

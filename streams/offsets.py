@@ -152,7 +152,7 @@ def replay_windows(
     )
     echo(
         "empty analytics_sales, analytics_panes, analytics_sessions, analytics_late, "
-        "analytics_watermarks"
+        "analytics_watermarks, analytics_positions"
     )
     if not execute:
         echo("dry run: add --execute to replay")

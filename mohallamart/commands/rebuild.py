@@ -1,6 +1,7 @@
-"""`mohallamart rebuild postgres|redis|search|all|status|rollback|drop-old|discard`: stores
-rebuilt from the topics (PostgreSQL) or from PostgreSQL (Redis, Typesense); PostgreSQL and
-Typesense beside the live ones, then swapped in; Redis in place, by versioned writes."""
+"""`mohallamart rebuild postgres|analytics|redis|search|all|status|rollback|drop-old|discard`:
+stores rebuilt from the topics (PostgreSQL's projections, the analytics windows) or from
+PostgreSQL (Redis, Typesense); PostgreSQL, analytics and Typesense beside the live ones, then
+swapped in; Redis in place, by versioned writes."""
 
 from __future__ import annotations
 
@@ -44,6 +45,37 @@ def _cmd_postgres(args: argparse.Namespace) -> int:
         return 130
 
 
+def _cmd_analytics(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from connectors.db import migrate
+    from mohallamart.rebuild import RebuildFailed
+    from mohallamart.rebuild_analytics import rebuild_analytics
+
+    settings = load_settings()
+    migrate(settings.postgres_dsn)
+    stop_on_sigterm()
+    try:
+        return asyncio.run(
+            rebuild_analytics(
+                settings,
+                cutover=not args.no_cutover,
+                force=args.force,
+                chunk=args.chunk,
+                checkpoint_s=args.checkpoint_s,
+                say=out,
+                cutover_within_s=args.within,
+                show=args.show,
+            )
+        )
+    except RebuildFailed as exc:
+        out(f"rebuild analytics: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        out("\nrebuild analytics: stopped; the same command continues from the checkpoint")
+        return 130
+
+
 def _cmd_rollback(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -78,6 +110,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
             if not found:
                 out("no rebuild schema")
             for r in found:
+                whose = (
+                    "the live window stage" if r["store"] == "analytics" else "the live projections"
+                )
                 what = (
                     f"as of {r['until']}"
                     if r["until"]
@@ -85,7 +120,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     if r["kind"] == "previous"
                     else f"shadow started {r['started_at'] or '?'}"
                 )
-                out(f"{r['schema']}: {what}; {r['behind']:,} records behind the live projections")
+                out(f"{r['schema']}: {what}; {r['behind']:,} records behind {whose}")
 
     asyncio.run(run())
     return 0
@@ -106,9 +141,23 @@ def _drop(schema: str) -> int:
 
 
 def _cmd_drop_old(args: argparse.Namespace) -> int:
-    from connectors.rebuild import PREVIOUS
+    import asyncio
 
-    return _drop(PREVIOUS)
+    import psycopg
+
+    from connectors.rebuild import ANALYTICS_PREVIOUS, PREVIOUS, schemas
+
+    async def found() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(
+            load_settings().postgres_dsn, autocommit=True
+        ) as c:
+            return await schemas(c)
+
+    old = [s for s in asyncio.run(found()) if s in (PREVIOUS, ANALYTICS_PREVIOUS)]
+    if not old:
+        out("no tables put aside by a cut-over")
+        return 0
+    return max(_drop(s) for s in old)
 
 
 def _cmd_discard(args: argparse.Namespace) -> int:
@@ -145,13 +194,23 @@ def _cmd_redis(args: argparse.Namespace) -> int:
 
 
 def _cmd_all(args: argparse.Namespace) -> int:
-    out("rebuild all: PostgreSQL from the topics, then Redis and Typesense from PostgreSQL")
+    out(
+        "rebuild all: PostgreSQL and the analytics windows from the topics, then Redis and "
+        "Typesense from PostgreSQL"
+    )
     pg = argparse.Namespace(
         until=None, no_cutover=False, force=args.force, chunk=5000, within=600.0, show=20
     )
     code = _cmd_postgres(pg)
     if code != 0:
         out(f"rebuild all: PostgreSQL ended with {code}; Redis and Typesense not rebuilt")
+        return code
+    an = argparse.Namespace(
+        no_cutover=False, force=args.force, chunk=5000, checkpoint_s=10.0, within=600.0, show=20
+    )
+    code = _cmd_analytics(an)
+    if code != 0:
+        out(f"rebuild all: analytics ended with {code}; Redis and Typesense not rebuilt")
         return code
     code = _cmd_redis(argparse.Namespace(drop=False, chunk=2000))
     if code != 0:
@@ -203,10 +262,42 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     rd.add_argument("--chunk", type=int, default=2000, help="views rendered per round trip")
     rd.set_defaults(func=_cmd_redis)
-    al = rsub.add_parser(
-        "all", help="PostgreSQL from the topics (cut over), then Redis and Typesense from it"
+    an = rsub.add_parser(
+        "analytics",
+        help="the analytics windows, from the window stage's topic, into a shadow; then cut over",
+        description=(
+            "Fold the retained by-key topic (the router's output) from the beginning (or the "
+            "checkpoint) with the window stage's own code into the schema rebuild_analytics, "
+            "catch up with the live stage, pause it between two writes, check parity and swap "
+            "the tables. Nothing is sent. Ctrl-C or kill -9: the same command continues."
+        ),
     )
-    al.add_argument("--force", action="store_true", help="swap PostgreSQL even without parity")
+    an.add_argument("--no-cutover", action="store_true", help="build and catch up, no swap")
+    an.add_argument("--force", action="store_true", help="swap even when parity finds differences")
+    an.add_argument("--chunk", type=int, default=5000, help="by-key records per chunk")
+    an.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=10.0,
+        help="seconds between saves of the fold's state (what a resume starts from)",
+    )
+    an.add_argument(
+        "--show", type=int, default=20, help="differences listed per table by the parity check"
+    )
+    an.add_argument(
+        "--within",
+        type=float,
+        default=600.0,
+        help="seconds to get within 1,000 records of the live stage before giving up",
+    )
+    an.set_defaults(func=_cmd_analytics)
+    al = rsub.add_parser(
+        "all",
+        help="PostgreSQL and analytics from the topics (cut over), then Redis and Typesense",
+    )
+    al.add_argument(
+        "--force", action="store_true", help="swap PostgreSQL and analytics even without parity"
+    )
     al.set_defaults(func=_cmd_all)
     se = rsub.add_parser(
         "search",
@@ -221,7 +312,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     rl.add_argument("--force", action="store_true", help="swap even without parity")
     rl.set_defaults(func=_cmd_rollback)
-    do = rsub.add_parser("drop-old", help="drop the tables the last cut-over put aside")
+    do = rsub.add_parser(
+        "drop-old", help="drop the tables the last cut-overs put aside (projections, analytics)"
+    )
     do.set_defaults(func=_cmd_drop_old)
     di = rsub.add_parser("discard", help="drop a shadow (or a point-in-time copy) not swapped in")
     di.add_argument("--schema", default=None, help="rebuild_shadow by default")

@@ -249,7 +249,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
     table = app.Table(stage_name, default=None, partitions=parts, schema=json_schema)
     ticks = Ticks(s.kafka_bootstrap, ticks_topic(ns))
     positions = AppPositions(app)
-    store = AnalyticsStore(s.postgres_dsn)
+    store = AnalyticsStore(s.postgres_dsn, positions_of=by_key_name)
     # every record (in order: each moves its partition's clock); the router decodes what it reads
     route_guard = rt.guard("route_analytics", park=False, raw=True)
     stage_guard = rt.guard("aggregate_windows", park=False, raw=True)
@@ -728,6 +728,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             ent, dirty, cells, changed = part.take_changes()
             entries[p] = ent
             w.watermarks[p] = part.watermark
+            w.positions[p] = (part.offset, dict(part.routed))
             if part.watermark >= 0:
                 WATERMARK.labels(str(p)).set(part.watermark / 1000)
             rows_of(kinds, part, dirty, changed, cells, closed, w)

@@ -373,3 +373,75 @@ def test_redis_is_rebuilt_from_postgresql_under_load_and_equals_its_views(
         assert client.hget(shop_key, "p") == want[shop_key]
     finally:
         client.close()
+
+
+def test_typesense_dropped_under_load_is_rebuilt_and_equals_postgresql(
+    pipeline: Pipeline,
+) -> None:
+    import asyncio
+
+    import httpx
+
+    from connectors.views import product_search_docs, shop_search_docs
+
+    p = pipeline
+    s = p.settings
+    shop = approved_shop(p)
+    products = [listed_product(p, shop, name=f"Rebuilt Jowar {i}", stock=5) for i in range(5)]
+    ts = httpx.Client(
+        base_url=s.typesense_base_url,
+        headers={"X-TYPESENSE-API-KEY": s.typesense_api_key.get_secret_value()},
+        timeout=10,
+    )
+    prefix = s.typesense_collection_prefix
+
+    def doc(alias: str, key: str) -> dict[str, Any] | None:
+        r = ts.get(f"/collections/{prefix}{alias}/documents/{key}")
+        return r.json() if r.status_code == 200 else None
+
+    try:
+        poll(
+            lambda: all(doc("products", x) for x in products) or None,
+            timeout=60,
+            what="the products searchable",
+        )
+        with _Load(p, shop, products[0]) as load:
+            poll(lambda: load.adjusted >= 5 or None, timeout=60, what="the load to start")
+            # the store dropped: both live collections deleted behind the aliases
+            dropped = []
+            for alias in ("products", "shops"):
+                live = ts.get(f"/aliases/{prefix}{alias}").json()["collection_name"]
+                assert ts.delete(f"/collections/{live}").status_code == 200
+                dropped.append(live)
+            r = mohallamart("rebuild", "search", timeout=600)
+            assert r.returncode == 0, r.stdout + r.stderr
+            poll(lambda: load.adjusted >= 15 or None, timeout=60, what="the load after it")
+        assert not load.errors, load.errors[:3]
+        for alias, old in zip(("products", "shops"), dropped, strict=True):
+            now = ts.get(f"/aliases/{prefix}{alias}").json()["collection_name"]
+            assert now != old, f"{alias} still points at the dropped {old}"
+        p.caught_up("projections", ("product", "shop"), timeout=120)
+        p.caught_up("search", ("product", "shop"), timeout=120)
+
+        async def renders() -> dict[tuple[str, str], Any]:
+            async with await psycopg.AsyncConnection.connect(s.postgres_dsn) as conn:
+                docs = await product_search_docs(conn, products, [])
+                shops = await shop_search_docs(conn, [shop])
+            return {("products", k): v for k, v in docs.items()} | {
+                ("shops", k): v for k, v in shops.items()
+            }
+
+        want = asyncio.run(renders())
+        assert all(v is not None for v in want.values())
+        # every document of the load: in Typesense as PostgreSQL renders it now (the stock the
+        # load adjusted during and after the rebuild included)
+        poll(
+            lambda: all(doc(a, k) == v for (a, k), v in want.items()) or None,
+            timeout=60,
+            what="every document to equal PostgreSQL's rendering",
+        )
+        got = doc("products", products[0])
+        assert got is not None
+        report(f"rebuild search under load: {load.adjusted} stock adjustments; {got}")
+    finally:
+        ts.close()
