@@ -24,6 +24,7 @@ from prometheus_client import Counter, Histogram
 from api.problems import Problem
 from connectors.claims import ClaimStore
 from connectors.producer import Delivery, EventProducer, Failure, Record, failure_kind
+from core.telemetry import TRACEPARENT, Outgoing, w3c_trace_id
 from schemas.catalog import EVENT_TYPES, EventType
 from schemas.codec import frame
 from schemas.encoder import _long, _string, compile_encoder
@@ -70,6 +71,7 @@ class _Prepared:
     ts_ms: int
     body_hash: bytes
     compiled: _Compiled
+    traceparent: bytes  # the record's W3C header: a child of the request's span
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +215,7 @@ class Ingestor:
         prefix: str,
         source: str,
         trace_id: str,
+        outgoing: Outgoing,
         errors: list[FieldError],
         now: datetime,
     ) -> _Prepared | None:
@@ -297,7 +300,8 @@ class Ingestor:
         ts_ms = int(ts.timestamp() * 1000)
         _long(tail, ts_ms)
         _string(tail, obj.get("source") or source)
-        _string(tail, obj.get("trace_id") or trace_id)
+        own_trace = obj.get("trace_id")
+        _string(tail, own_trace or trace_id)
         tail += data_bytes
         body_hash = hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).digest()
         return _Prepared(
@@ -308,18 +312,31 @@ class Ingestor:
             ts_ms=ts_ms,
             body_hash=body_hash,
             compiled=compiled,
+            # an event with a trace id of its own is in that trace (the request's span its parent)
+            traceparent=outgoing.for_trace(own_trace),
         )
 
     def validate(
-        self, events: list[Any], *, batch: bool, source: str, trace_id: str
+        self,
+        events: list[Any],
+        *,
+        batch: bool,
+        source: str,
+        trace_id: str,
+        outgoing: Outgoing | None = None,
     ) -> list[_Prepared]:
-        """All-or-nothing: every event valid, or a 422 naming every bad field."""
+        """All-or-nothing: every event valid, or a 422 naming every bad field. `trace_id` goes
+        into the envelopes that carry none; `outgoing` is the trace context their records' W3C
+        `traceparent` names (None: `trace_id`'s trace, a parent span no one recorded)."""
+        if outgoing is None:
+            outgoing = Outgoing.of(w3c_trace_id(trace_id))
         errors: list[FieldError] = []
         prepared: list[_Prepared] = []
         seen: dict[str, int] = {}
         now = datetime.now(UTC)
         for i, obj in enumerate(events):
-            p = self._prepare(obj, f"events[{i}]." if batch else "", source, trace_id, errors, now)
+            at = f"events[{i}]." if batch else ""
+            p = self._prepare(obj, at, source, trace_id, outgoing, errors, now)
             if p is None:
                 continue
             if p.event_id in seen:
@@ -383,7 +400,15 @@ class Ingestor:
                         f"must encode to at most {self.max_event_bytes} bytes (is {len(value)})",
                     )
                 )
-            records.append(Record(p.compiled.event.topic.name, p.key, value, p.ts_ms))
+            records.append(
+                Record(
+                    p.compiled.event.topic.name,
+                    p.key,
+                    value,
+                    p.ts_ms,
+                    [(TRACEPARENT, p.traceparent)],
+                )
+            )
         if too_big:
             REJECTS.labels("too_large").inc()
             raise Problem(

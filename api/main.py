@@ -27,6 +27,7 @@ from connectors.claims import ClaimStore
 from connectors.db import migrate
 from connectors.producer import EventProducer
 from connectors.topics import ensure_topics_ready
+from core import telemetry
 from core.settings import Settings, get_settings
 from schemas.catalog import EVENT_TYPES
 from schemas.registry import SchemaRegistry
@@ -64,6 +65,8 @@ async def _expire_claims(claims: ClaimStore, days: int) -> None:
 def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # spans of the ingest requests, when an OTLP endpoint is configured (core.telemetry)
+        telemetry.setup("mohallamart-api", settings.otel_traces_url)
         await asyncio.to_thread(migrate, settings.postgres_dsn)
         pool: AsyncConnectionPool = AsyncConnectionPool(
             settings.postgres_dsn,
@@ -154,6 +157,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             await app.state.ops.close()
             await asyncio.to_thread(producer.close)
             await pool.close()
+            await asyncio.to_thread(telemetry.shutdown)  # the last spans flushed
 
     return lifespan
 

@@ -23,6 +23,7 @@ from connectors.kafka import consumer_config, producer_config
 from connectors.postgres import entity_of, version_of
 from core.errors import PipelineError
 from core.settings import Settings
+from core.telemetry import TRACEPARENT
 from schemas.catalog import TOPICS
 from schemas.codec import RegistryDecoder, UndecodableRecord
 from schemas.registry import RegistryError, SchemaRegistry
@@ -279,17 +280,20 @@ def _redrive(
             echo(f"[dlq] {dl.event_id} superseded: {detail}")
         else:
             outcome = "redriven"
+            headers: list[tuple[str, str | bytes | None]] = [
+                (REDRIVE_STAGE, stage.encode()),
+                (REDRIVE_COUNT, str(int(h.get(REDRIVE_COUNT, "0") or 0) + 1).encode()),
+                ("x-source-topic", original.encode()),
+                ("x-source-partition", h.get("x-original-partition", "0").encode()),
+                ("x-source-offset", h.get("x-original-offset", "0").encode()),
+            ]
+            if TRACEPARENT in h:  # the copy sent back stays in its event's trace
+                headers.append((TRACEPARENT, h[TRACEPARENT].encode()))
             producer.produce(
                 redrive_topic(original),
                 key=dl.key,
                 value=dl.value,
-                headers=[
-                    (REDRIVE_STAGE, stage.encode()),
-                    (REDRIVE_COUNT, str(int(h.get(REDRIVE_COUNT, "0") or 0) + 1).encode()),
-                    ("x-source-topic", original.encode()),
-                    ("x-source-partition", h.get("x-original-partition", "0").encode()),
-                    ("x-source-offset", h.get("x-original-offset", "0").encode()),
-                ],
+                headers=headers,
                 on_delivery=delivered,
             )
             if producer.flush(15) or errors or not where:

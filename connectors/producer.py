@@ -27,6 +27,8 @@ class Record:
     key: bytes
     value: bytes
     timestamp_ms: int
+    #: Kafka headers (the API's: its W3C `traceparent`); None: none
+    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,12 @@ class EventProducer:
             for attempt in range(50):
                 try:
                     self._producer.produce(
-                        r.topic, r.value, r.key, timestamp=r.timestamp_ms, on_delivery=cb
+                        r.topic,
+                        r.value,
+                        r.key,
+                        timestamp=r.timestamp_ms,
+                        headers=r.headers,
+                        on_delivery=cb,
                     )
                     break
                 except BufferError:

@@ -1,4 +1,5 @@
-"""The bottom of the dependency graph: the settings object and the project's errors.
+"""The bottom of the dependency graph: the settings object and the project's errors (and
+`core.telemetry`, the W3C trace context and OpenTelemetry spans, imported by its own name).
 
 Every package may import this one; it imports nothing of ours.
 """

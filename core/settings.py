@@ -235,6 +235,14 @@ class Settings(BaseSettings):
     #: the operator dashboard (`/ops`): seconds between two snapshots of lag, rates and health
     ops_stream_every_s: float = Field(2.0, ge=0.5)
 
+    # --- tracing (OpenTelemetry; see core/telemetry.py) ---
+    #: an OTLP/HTTP collector (Jaeger, an OpenTelemetry Collector...): its base URL
+    #: (`/v1/traces` is added), or the traces URL itself in the second; both unset or empty:
+    #: no span is made (records still carry their `traceparent` header). The SDK reads the other
+    #: OTEL_* variables (sampler, batching, headers) from the environment itself.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "production":
@@ -257,6 +265,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of KAFKA_SESSION_TIMEOUT_MS"
             )
+        for name, url in (
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.otel_exporter_otlp_endpoint),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", self.otel_exporter_otlp_traces_endpoint),
+        ):
+            if url and url.strip() and not url.strip().startswith(("http://", "https://")):
+                raise ValueError(
+                    f"{name} must be an http:// or https:// URL (the OTLP/HTTP collector, e.g. "
+                    f"http://localhost:4318), got {url[:100]!r}"
+                )
         unknown = set(self.analytics_grace_s) - set(ANALYTICS_WINDOWS)
         missing = set(ANALYTICS_WINDOWS) - set(self.analytics_grace_s)
         if unknown or missing or any(v < 0 for v in self.analytics_grace_s.values()):
@@ -305,6 +322,16 @@ class Settings(BaseSettings):
     @property
     def providers_stub_url(self) -> str:
         return f"http://{self.stack_host}:{self.stack_providers_port}"
+
+    @property
+    def otel_traces_url(self) -> str | None:
+        """Where spans are exported (OTLP/HTTP): the traces endpoint if set, else the endpoint
+        with `/v1/traces` added; None (no span made) when neither is set."""
+        explicit = (self.otel_exporter_otlp_traces_endpoint or "").strip()
+        if explicit:
+            return explicit
+        base = (self.otel_exporter_otlp_endpoint or "").strip()
+        return f"{base.rstrip('/')}/v1/traces" if base else None
 
     def provider_endpoint(self, channel: str) -> str | None:
         """Where the SMS or push provider is reached (`channel` "sms" or "push"): its URL

@@ -207,7 +207,7 @@ def _ours_postgres(settings: Settings, namespace: str, say: Say) -> tuple[float,
         conn.execute("CHECKPOINT")
     t0 = time.monotonic()
     out = _cli(
-        ["rebuild", "postgres", "--until", _UNTIL, "--chunk", "5000"],
+        ["rebuild", "postgres", "--until", _UNTIL],
         _env(settings, namespace),
         say,
     )

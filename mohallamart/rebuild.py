@@ -204,6 +204,65 @@ class _Source:
 STALL_S = 120.0
 
 
+def _take_chunk(
+    source: _Source, pos: dict[TP, int], stops: dict[TP, int], *, chunk: int
+) -> tuple[list[dict[str, Any]], dict[TP, int]]:
+    """Read and decode the next chunk (blocking: run in a thread): its events, and the
+    positions it moves. `pos` moves along; redrive partitions wait for their originals."""
+    from schemas.codec import UndecodableRecord
+    from schemas.registry import RegistryUnavailable, UnknownSchema
+    from streams.reliability import REDRIVE_STAGE
+
+    held = source.held
+    # ask for no more than is left: librdkafka returns once it has that many, instead of
+    # waiting out the timeout for a full chunk (inside the cut-over's pause, that matters)
+    left = sum(max(0, stops.get(tp, 0) - pos[tp]) for tp in source.partitions)
+    msgs = source.consumer.consume(max(1, min(chunk, left)), 0.5)
+    events: list[dict[str, Any]] = []
+    moved: dict[TP, int] = {}
+    for m in msgs:
+        if m.error() is not None:
+            continue
+        topic, partition, offset = m.topic(), m.partition(), m.offset()
+        if topic is None or partition is None or offset is None:
+            continue
+        tp = (topic, partition)
+        if offset < pos[tp] or tp in held:
+            continue  # read again after a seek, or waiting for its original
+        if offset >= stops.get(tp, 0):
+            source.park(tp, offset)
+            continue
+        if topic.endswith(".redrive"):
+            raw: list[tuple[str, Any]] = list(m.headers() or [])  # type: ignore[arg-type]
+            h = {k: (v.decode() if isinstance(v, bytes) else str(v or "")) for k, v in raw}
+            if h.get(REDRIVE_STAGE, "").split("/", 1)[0] != "projections":
+                pos[tp] = moved[tp] = offset + 1
+                continue  # redriven to another role
+            src = (h.get("x-source-topic", ""), int(h.get("x-source-partition") or 0))
+            src_offset = int(h.get("x-source-offset") or -1)
+            if src in pos and pos[src] <= src_offset and pos[src] < stops.get(src, 0):
+                held[tp] = (src, src_offset)
+                source.park(tp, offset)
+                continue
+        pos[tp] = moved[tp] = offset + 1
+        try:
+            events.append(source.decoder.decode(m.value()))
+        except (UndecodableRecord, UnknownSchema):
+            source.undecodable += 1  # the live role dead-letters these bytes
+        except RegistryUnavailable as exc:
+            # nothing of this chunk is written: the checkpoint stays before it
+            raise RebuildFailed(f"the schema registry is not answering: {exc}") from exc
+    for tp, (src, src_offset) in list(held.items()):
+        if pos[src] > src_offset or pos[src] >= stops.get(src, 0):
+            del held[tp]  # its original is applied (or is not part of this rebuild)
+            if pos[tp] < stops.get(tp, 0):
+                source.unpark(tp)
+    for tp in source.partitions:
+        if pos[tp] >= stops.get(tp, 0):
+            source.park(tp, pos[tp])
+    return events, moved
+
+
 async def _read_to(
     source: _Source,
     sink: PostgresProjections,
@@ -215,78 +274,54 @@ async def _read_to(
 ) -> None:
     """Apply every record before `stops`, from `pos` (moved along, checkpointed per chunk).
 
+    The next chunk is read and decoded (in a thread) while PostgreSQL applies the last one:
+    decoding is most of the rebuild's own CPU, and the database works meanwhile.
+
     A record redriven to the projections is applied after its original (a rebuild from the
     beginning reaches the small redrive partitions long before the originals): its redrive
     partition waits at it until the original's partition has passed the original's offset."""
-    from schemas.codec import UndecodableRecord
-    from schemas.registry import RegistryUnavailable, UnknownSchema
-    from streams.reliability import REDRIVE_STAGE
-
     progress.stops = stops
-    held = source.held
     for tp in source.partitions:
-        if pos[tp] < stops.get(tp, 0) and tp not in held:
+        if pos[tp] < stops.get(tp, 0) and tp not in source.held:
             source.unpark(tp)
         else:
             source.park(tp, pos[tp])
+
+    def more() -> bool:
+        return any(pos[tp] < stops.get(tp, 0) for tp in source.partitions)
+
     last_read = time.monotonic()
-    while any(pos[tp] < stops.get(tp, 0) for tp in source.partitions):
-        # ask for no more than is left: librdkafka returns once it has that many, instead of
-        # waiting out the timeout for a full chunk (inside the cut-over's pause, that matters)
-        left = sum(max(0, stops.get(tp, 0) - pos[tp]) for tp in source.partitions)
-        msgs = await asyncio.to_thread(source.consumer.consume, max(1, min(chunk, left)), 0.5)
-        events: list[dict[str, Any]] = []
-        moved: dict[TP, int] = {}
-        for m in msgs:
-            if m.error() is not None:
-                continue
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            if topic is None or partition is None or offset is None:
-                continue
-            tp = (topic, partition)
-            if offset < pos[tp] or tp in held:
-                continue  # read again after a seek, or waiting for its original
-            if offset >= stops.get(tp, 0):
-                source.park(tp, offset)
-                continue
-            if topic.endswith(".redrive"):
-                raw: list[tuple[str, Any]] = list(m.headers() or [])  # type: ignore[arg-type]
-                h = {k: (v.decode() if isinstance(v, bytes) else str(v or "")) for k, v in raw}
-                if h.get(REDRIVE_STAGE, "").split("/", 1)[0] != "projections":
-                    pos[tp] = moved[tp] = offset + 1
-                    continue  # redriven to another role
-                src = (h.get("x-source-topic", ""), int(h.get("x-source-partition") or 0))
-                src_offset = int(h.get("x-source-offset") or -1)
-                if src in pos and pos[src] <= src_offset and pos[src] < stops.get(src, 0):
-                    held[tp] = (src, src_offset)
-                    source.park(tp, offset)
-                    continue
-            pos[tp] = moved[tp] = offset + 1
-            try:
-                events.append(source.decoder.decode(m.value()))
-            except (UndecodableRecord, UnknownSchema):
-                source.undecodable += 1  # the live role dead-letters these bytes
-            except RegistryUnavailable as exc:
-                # nothing of this chunk is written: the checkpoint stays before it
-                raise RebuildFailed(f"the schema registry is not answering: {exc}") from exc
-        for tp, (src, src_offset) in list(held.items()):
-            if pos[src] > src_offset or pos[src] >= stops.get(src, 0):
-                del held[tp]  # its original is applied (or is not part of this rebuild)
-                if pos[tp] < stops.get(tp, 0):
-                    source.unpark(tp)
-        for tp in source.partitions:
-            if pos[tp] >= stops.get(tp, 0):
-                source.park(tp, pos[tp])
-        if moved:
-            last_read = time.monotonic()
-            await sink.rebuild_chunk(events, moved)
-            progress.events += len(events)
-        elif time.monotonic() - last_read > STALL_S:
-            waiting = {tp: stops[tp] - pos[tp] for tp in stops if pos[tp] < stops[tp]}
-            raise RebuildFailed(
-                f"no record read for {STALL_S:.0f} s; still to read: {_where(waiting)}"
+    reading = (
+        asyncio.ensure_future(asyncio.to_thread(_take_chunk, source, pos, stops, chunk=chunk))
+        if more()
+        else None
+    )
+    try:
+        while reading is not None:
+            events, moved = await reading
+            # `pos` is the read position: what is applied is what `moved` checkpoints
+            reading = (
+                asyncio.ensure_future(
+                    asyncio.to_thread(_take_chunk, source, pos, stops, chunk=chunk)
+                )
+                if more()
+                else None
             )
-        progress.line(pos)
+            if moved:
+                last_read = time.monotonic()
+                await sink.rebuild_chunk(events, moved)
+                progress.events += len(events)
+            elif time.monotonic() - last_read > STALL_S:
+                waiting = {tp: stops[tp] - pos[tp] for tp in stops if pos[tp] < stops[tp]}
+                raise RebuildFailed(
+                    f"no record read for {STALL_S:.0f} s; still to read: {_where(waiting)}"
+                )
+            progress.line(pos)
+    finally:
+        if reading is not None:
+            # never leave the consumer to a thread while the caller goes on (or closes it)
+            with contextlib.suppress(BaseException):
+                await reading
 
 
 async def _live_positions(conn: psycopg.AsyncConnection[Any]) -> dict[TP, int]:
@@ -394,7 +429,7 @@ async def rebuild_postgres(
     until: datetime | None = None,
     cutover: bool = True,
     force: bool = False,
-    chunk: int = 5000,
+    chunk: int = 20000,
     say: Say = print,
     cutover_within_s: float = 600.0,
     show: int = 20,
@@ -455,7 +490,7 @@ async def rebuild_postgres(
 
 
 async def rollback_postgres(
-    settings: Settings, *, force: bool = False, chunk: int = 5000, say: Say = print
+    settings: Settings, *, force: bool = False, chunk: int = 20000, say: Say = print
 ) -> int:
     """Bring the tables the last cut-over put aside up to the live position, then swap them
     back in with the same barrier."""

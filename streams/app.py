@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from connectors.base import DependencyDown
 from connectors.groups import GroupOffsets
 from connectors.topics import TopicError, ensure_topics, wait_topics_ready
+from core import telemetry
 from core.settings import Settings
 from schemas.catalog import TOPICS, Topic
 from schemas.codec import RegistryDecoder
@@ -270,7 +271,12 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
     except TopicError as exc:
         exit_worker(EXIT_NOT_READY, f"worker {role} cannot start: {exc}")
     running = distrust_crashed_stores(settings.worker_data_dir / role, Path(app.conf.tabledir))
-    transport.run_app(app, settings.log_level.lower(), clean_stop=running)
+    # a span per record each stage processes, when an OTLP endpoint is configured
+    telemetry.setup(f"mohallamart-{role}", settings.otel_traces_url)
+    try:
+        transport.run_app(app, settings.log_level.lower(), clean_stop=running)
+    finally:
+        telemetry.shutdown()  # the last spans flushed (at most 5 s)
 
 
 #: the data folders' locks, held for the process's life (see `distrust_crashed_stores`)

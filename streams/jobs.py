@@ -79,6 +79,7 @@ def run_now(
     from schemas.catalog import EVENT_TYPES
     from schemas.codec import EventCodec
     from schemas.registry import SchemaRegistry
+    from streams.tracing import origin
 
     every, keep = schedule(settings)[job]
     now = datetime.now(UTC)
@@ -127,6 +128,7 @@ def run_now(
         et.topic.name,
         key=job.encode(),
         value=value,
+        headers=[origin(eid, eid)],  # the first hop of its own trace
         on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
     )
     if producer.flush(30) or errors:

@@ -51,10 +51,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from connectors.base import DependencyDown
 from connectors.dlq import REDRIVE_COUNT, REDRIVE_STAGE, dead_letter_topic, redrive_topic
+from core import telemetry
 from core.errors import PipelineError
 from schemas.codec import RegistryDecoder, UndecodableRecord
 from schemas.registry import RegistryUnavailable, UnknownSchema
-from streams import transport
+from streams import tracing, transport
 
 __all__ = [
     "DLQ_HEADERS",
@@ -148,6 +149,10 @@ class Record:
     source: Any = field(default=None, repr=False, compare=False)
     #: parked by the guard (offered again by its retrier)
     parked: bool = field(default=False, compare=False)
+    #: its processing span while the guard handles it (tracing on; `streams.tracing`)
+    span: Any = field(default=None, repr=False, compare=False)
+    #: (W3C trace id, `traceparent`) of the events it causes, once worked out (streams.tracing)
+    trace: tuple[str, bytes] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_event(cls, ev: faust.EventT[Any]) -> Record:
@@ -323,13 +328,20 @@ class Guard:
         oldest = min(r.timestamp_ms for r in records)
         LAG_SECONDS.labels(*self._labels).observe(max(0.0, time.time() * 1000 - oldest) / 1000)
         good = await self._decode(records)
-        if self._lots:
-            self._drop_revoked()
-            good = self._divert(good)
-        if good:
-            with BATCH_SECONDS.labels(*self._labels).time():
-                async with self._lock:
-                    await self._run(good, handler)
+        traced = good if telemetry.enabled() else None
+        if traced:
+            tracing.begin(traced, self.role, self.stage)
+        try:
+            if self._lots:
+                self._drop_revoked()
+                good = self._divert(good)
+            if good:
+                with BATCH_SECONDS.labels(*self._labels).time():
+                    async with self._lock:
+                        await self._run(good, handler)
+        finally:
+            if traced:
+                tracing.end(traced)
 
     def _mine(self, record: Record) -> bool:
         """A redriven copy is for the role that dead-lettered it, not for every consumer."""
@@ -708,6 +720,7 @@ class Guard:
             "x-event-type": str(record.event.get("type", "")),
             REDRIVE_COUNT: str(redrives),
         }
+        tracing.dead_lettered(record, cls, message)
         DEAD_LETTERS.labels(self.role, stage_name, cls).inc()
         EVENTS.labels(*self._labels, "dead_lettered").inc()
         log.error(
@@ -726,7 +739,8 @@ class Guard:
             record.value,
             partition=None,
             timestamp=record.timestamp_ms / 1000,
-            headers=[(k, v.encode()) for k, v in headers.items()],
+            # the dead letter stays in its event's trace (a redrive hands the header on)
+            headers=[*((k, v.encode()) for k, v in headers.items()), tracing.child_of(record)],
         )
         hook = self.on_dead_letter
         if hook is not None and record.event.get("id"):

@@ -132,6 +132,7 @@ def publish_drift(
     from schemas.catalog import EVENT_TYPES
     from schemas.codec import EventCodec
     from schemas.registry import SchemaRegistry
+    from streams.tracing import origin
 
     findings = [f for r in reports for f in r.drift]
     if not findings:
@@ -156,6 +157,7 @@ def publish_drift(
             key=f.entity_id.encode(),
             value=value,
             timestamp=int(ev["occurred_at"].timestamp() * 1000),
+            headers=[origin(ev["trace_id"], ev["id"])],  # the first hop of its own trace
             on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
         )
     if producer.flush(30) or errors:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -14,6 +13,7 @@ from api.auth import Authenticator, RateLimiter
 from api.deps import BearerDep
 from api.ingest import Ingestor
 from api.problems import PROBLEM_JSON, Problem
+from api.tracing import IngestTrace
 from core.settings import Settings
 from schemas.catalog import EVENT_TYPES
 from schemas.validate import FieldError as _fe
@@ -58,16 +58,6 @@ def require_json(content_type: str | None) -> None:
     )
 
 
-def _trace_id(headers: Mapping[str, str]) -> str:
-    explicit = headers.get("x-trace-id")
-    if explicit:
-        return explicit[:200]
-    parent = headers.get("traceparent")  # W3C: version-traceid-parentid-flags
-    if parent and parent.count("-") == 3:
-        return parent.split("-")[1]
-    return uuid.uuid4().hex
-
-
 class IngestEndpoints:
     """The ingest routes' logic, free of any web framework: the FastAPI routes below and the
     ASGI fast path (`api.fastpath`) both call it, so they cannot drift apart."""
@@ -81,18 +71,31 @@ class IngestEndpoints:
         self.settings = settings
 
     async def single(self, headers: Mapping[str, str], read: Reader) -> tuple[int, bytes]:
-        key = await self.auth.authenticate(headers.get("authorization"))
-        Authenticator.require(key, "ingest")
-        require_json(headers.get("content-type"))
-        self.limiter.take(key, 1)
-        obj = _parse(await read(self.settings.ingest_max_body_bytes))
-        prepared = self.ingestor.validate(
-            [obj], batch=False, source=f"api:{key.name}", trace_id=_trace_id(headers)
-        )
-        (result,) = await self.ingestor.ingest(prepared, batch=False)
-        return (200 if result.duplicate else 202), orjson.dumps(result.as_dict())
+        with IngestTrace(headers, "/v1/events") as trace:
+            key = await self.auth.authenticate(headers.get("authorization"))
+            Authenticator.require(key, "ingest")
+            require_json(headers.get("content-type"))
+            self.limiter.take(key, 1)
+            obj = _parse(await read(self.settings.ingest_max_body_bytes))
+            prepared = self.ingestor.validate(
+                [obj],
+                batch=False,
+                source=f"api:{key.name}",
+                trace_id=trace.trace_id,
+                outgoing=trace.outgoing,
+            )
+            trace.events(prepared)
+            (result,) = await self.ingestor.ingest(prepared, batch=False)
+            trace.status = 200 if result.duplicate else 202
+            return trace.status, orjson.dumps(result.as_dict())
 
     async def batch(self, headers: Mapping[str, str], read: Reader) -> tuple[int, bytes]:
+        with IngestTrace(headers, "/v1/events/batch") as trace:
+            return await self._batch(headers, read, trace)
+
+    async def _batch(
+        self, headers: Mapping[str, str], read: Reader, trace: IngestTrace
+    ) -> tuple[int, bytes]:
         key = await self.auth.authenticate(headers.get("authorization"))
         Authenticator.require(key, "ingest")
         require_json(headers.get("content-type"))
@@ -127,11 +130,16 @@ class IngestEndpoints:
             )
         self.limiter.take(key, len(events))
         prepared = self.ingestor.validate(
-            events, batch=True, source=f"api:{key.name}", trace_id=_trace_id(headers)
+            events,
+            batch=True,
+            source=f"api:{key.name}",
+            trace_id=trace.trace_id,
+            outgoing=trace.outgoing,
         )
+        trace.events(prepared)
         results = await self.ingestor.ingest(prepared, batch=True)
-        status = 200 if all(r.duplicate for r in results) else 202
-        return status, orjson.dumps({"results": [r.as_dict() for r in results]})
+        trace.status = 200 if all(r.duplicate for r in results) else 202
+        return trace.status, orjson.dumps({"results": [r.as_dict() for r in results]})
 
 
 async def read_capped(

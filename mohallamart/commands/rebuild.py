@@ -199,7 +199,7 @@ def _cmd_all(args: argparse.Namespace) -> int:
         "Typesense from PostgreSQL"
     )
     pg = argparse.Namespace(
-        until=None, no_cutover=False, force=args.force, chunk=5000, within=600.0, show=20
+        until=None, no_cutover=False, force=args.force, chunk=20000, within=600.0, show=20
     )
     code = _cmd_postgres(pg)
     if code != 0:
@@ -241,7 +241,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     pg.add_argument("--no-cutover", action="store_true", help="build and catch up, but do not swap")
     pg.add_argument("--force", action="store_true", help="swap even when parity finds differences")
-    pg.add_argument("--chunk", type=int, default=5000, help="records per chunk (checkpoint)")
+    pg.add_argument("--chunk", type=int, default=20000, help="records per chunk (checkpoint)")
     pg.add_argument(
         "--show", type=int, default=20, help="differences listed per table by the parity check"
     )

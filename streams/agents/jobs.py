@@ -23,6 +23,7 @@ from connectors.cleanup import (
 )
 from connectors.drift import CHECKS, drift_event, publish_metrics
 from schemas.catalog import TOPICS
+from streams import tracing
 from streams.agents._read_side import PgReader, install_agent
 from streams.jobs import JOB_EVENTS, due, run_data, run_event_id, schedule
 from streams.reliability import Record, Rejection
@@ -106,7 +107,12 @@ def install(rt: Runtime) -> None:
                 JOB_EVENTS[job], eid, start, eid, run_data(job, cutoff, "SCHEDULE")
             )
             fut = await app.producer.send(
-                topic, job.encode(), value, partition=None, timestamp=None, headers=[]
+                topic,
+                job.encode(),
+                value,
+                partition=None,
+                timestamp=None,
+                headers=[tracing.origin(eid, eid, "jobs schedule")],
             )
             await fut
             emitted.add(eid)
@@ -142,7 +148,7 @@ def install(rt: Runtime) -> None:
                         value,
                         partition=None,
                         timestamp=ev["occurred_at"].timestamp(),
-                        headers=[],
+                        headers=[tracing.origin(ev["trace_id"], ev["id"], "jobs data-sync check")],
                     )
                     await fut
         except Exception as exc:  # noqa: BLE001 - the next period tries again

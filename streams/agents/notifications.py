@@ -31,6 +31,7 @@ from connectors.email import EmailChannel, EmailSender
 from connectors.outbox import Outbox
 from connectors.provider import ProviderChannel, ProviderClient
 from schemas.catalog import TOPICS
+from streams import tracing
 from streams.agents._read_side import PgReader, install_agent
 from streams.messages import message_id, render
 from streams.reliability import SOURCE_HEADERS, Record, Rejection
@@ -125,9 +126,11 @@ def install(rt: Runtime) -> None:
         headers = [
             (k, v)
             for k, v in r.headers.items()
-            if k not in SOURCE_HEADERS and k not in ("x-channel", "x-fallback-from", "x-redriven")
+            if k not in SOURCE_HEADERS
+            and k not in ("x-channel", "x-fallback-from", "x-redriven", tracing.TRACEPARENT)
         ]
         headers += [
+            tracing.child_of(r),  # the channel's copy: a child of this step
             ("x-channel", channel.encode()),
             ("x-source-topic", topic.encode()),
             ("x-source-partition", str(partition).encode()),

@@ -29,6 +29,7 @@ import faust
 from prometheus_client import Counter
 
 from schemas.catalog import TOPICS
+from streams import tracing
 from streams.agents._batches import raw_batches, raw_topic, settle
 from streams.reliability import (
     SOURCE_HEADERS,
@@ -154,8 +155,13 @@ def install(rt: Runtime) -> None:
             if ev["type"] not in ROUTED:
                 continue
             topic, partition, offset = r.origin
-            headers = [(k, v) for k, v in r.headers.items() if k not in SOURCE_HEADERS]
+            headers = [
+                (k, v)
+                for k, v in r.headers.items()
+                if k not in SOURCE_HEADERS and k != tracing.TRACEPARENT
+            ]
             headers += [
+                tracing.child_of(r),  # the by-shop copy: a child of this routing
                 ("x-source-topic", topic.encode()),
                 ("x-source-partition", str(partition).encode()),
                 ("x-source-offset", str(offset).encode()),
@@ -207,7 +213,7 @@ def install(rt: Runtime) -> None:
         markers: dict[int, dict[str, Any]] = {}
         # partition -> (its last event in the batch, its last offset, its entries)
         writes: dict[int, tuple[faust.EventT[Any], int, dict[str, Any]]] = {}
-        derived: list[Derived] = []
+        derived: list[tuple[Derived, Record]] = []  # each with the record that caused it
         rejected: list[Rejection] = []
         for r in records:
             p = r.partition
@@ -232,9 +238,9 @@ def install(rt: Runtime) -> None:
             entries = writes[p][2] if p in writes else {}
             entries.update(view.writes)
             writes[p] = (r.source, r.offset, entries)
-            derived.extend(out)
+            derived.extend((d, r) for d in out)
         futures = []
-        for d in derived:
+        for d, cause in derived:
             topic, value = await rt.encode(d.type, d.id, d.occurred_at, d.trace_id, d.data)
             futures.append(
                 await app.producer.send(
@@ -243,7 +249,10 @@ def install(rt: Runtime) -> None:
                     value,
                     partition=None,
                     timestamp=d.occurred_at.timestamp(),
-                    headers=[("x-trace-id", d.trace_id.encode())],
+                    headers=[
+                        ("x-trace-id", d.trace_id.encode()),
+                        tracing.derived(cause, d.trace_id, d.id),
+                    ],
                 )
             )
         await asyncio.gather(*futures)  # delivered before the table says "applied"

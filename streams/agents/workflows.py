@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from connectors.base import DependencyDown
 from connectors.workflows import Judgement, WorkflowStore
+from streams import tracing
 from streams.agents._read_side import PgReader, ProjectionsProgress, install_agents, wait_projected
 from streams.notices import NOTICES, OWNER, USER, WATCHERS, fill
 from streams.reliability import Record, Rejection
@@ -211,13 +212,9 @@ def install(rt: Runtime) -> None:
                     ev = {**ev, "data": {**ev["data"], "user_id": user}}
                 for type_, step, data, key in await _derive(conn, ev, r):
                     at = ev["occurred_at"] + timedelta(milliseconds=1)
-                    topic, value = await rt.encode(
-                        type_,
-                        derived_id(str(ev["id"]), step),
-                        at,
-                        ev.get("trace_id") or str(ev["id"]),
-                        data,
-                    )
+                    eid = derived_id(str(ev["id"]), step)
+                    trace_id = ev.get("trace_id") or str(ev["id"])
+                    topic, value = await rt.encode(type_, eid, at, trace_id, data)
                     pending.append(
                         await app.producer.send(
                             topic,
@@ -225,7 +222,7 @@ def install(rt: Runtime) -> None:
                             value,
                             partition=None,
                             timestamp=at.timestamp(),
-                            headers=[],
+                            headers=[tracing.derived(r, trace_id, eid)],
                         )
                     )
         for fut in pending:  # delivered before the batch's offsets are committed

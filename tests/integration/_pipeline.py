@@ -105,6 +105,9 @@ class Workers:
     settings: Settings
     logdir: Path
     unplanned: list[str] = field(default_factory=lambda: UNPLANNED)
+    #: environment of every worker this harness starts (over WORKER_ENV; a worker's own `env`
+    #: over it): the session's gives the OTLP receiver's
+    base_env: dict[str, str] = field(default_factory=dict)
     _workers: dict[str, _Worker] = field(default_factory=dict)
     supervisor: Supervisor = field(init=False)
 
@@ -132,7 +135,7 @@ class Workers:
                 str(port),
             ],
             output=w.log,
-            env={**WORKER_ENV, "WORKER_DATA_DIR": str(datadir), **w.env},
+            env={**WORKER_ENV, **self.base_env, "WORKER_DATA_DIR": str(datadir), **w.env},
         )
         self.supervisor.watch()
 

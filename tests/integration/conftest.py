@@ -66,8 +66,21 @@ def stack(settings: Settings, pytestconfig: pytest.Config) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def api_env(stack: Stack) -> dict[str, str]:
-    """The environment of the API process under test (the test profile's ingest timeouts)."""
+def otlp() -> Iterator[Any]:
+    """A collector stand-in (OTLP/HTTP) for the session: the API and the workers the session
+    starts export their spans to it (`tests/integration/_otlp.py`, its `env`). Started before
+    them, since they read its URL at start."""
+    from tests.integration._otlp import OtlpReceiver
+
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def api_env(stack: Stack, otlp: Any) -> dict[str, str]:
+    """The environment of the API process under test (the test profile's ingest timeouts, its
+    spans to the session's OTLP receiver)."""
     return {
         **os.environ,
         "INGEST_REQUEST_TIMEOUT_MS": "6000",
@@ -76,6 +89,7 @@ def api_env(stack: Stack) -> dict[str, str]:
         "LIVE_HEARTBEAT_S": "1",
         "LIVE_CLIENT_QUEUE": "2000",
         "LIVE_WRITE_TIMEOUT_S": "3",
+        **otlp.env,
     }
 
 
@@ -140,13 +154,15 @@ def providers() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def pipeline(api: str, ingest_key: str, settings: Settings, providers: Any) -> Iterator[Any]:
+def pipeline(
+    api: str, ingest_key: str, settings: Settings, providers: Any, otlp: Any
+) -> Iterator[Any]:
     """The API and the workers: one projections worker, two stock workers (they share the stock
     role's partitions), one each of cache, search, workflows and notifications; ready once a
-    probe product's first stock movement is a row."""
+    probe product's first stock movement is a row. They export their spans to `otlp`."""
     from tests.integration._pipeline import QUIET_USER, Pipeline, Workers, example, uid
 
-    workers = Workers(settings, settings.stack_dir / "tests")
+    workers = Workers(settings, settings.stack_dir / "tests", base_env=otlp.env)
     workers.logdir.mkdir(parents=True, exist_ok=True)
     workers.start("projections", "projections")
     workers.start("stock-1", "stock")
