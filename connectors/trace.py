@@ -9,7 +9,8 @@ Nothing here is a log or a tracing backend: each hop is read from what the pipel
 - the order's row when a derived event moved it (accepted or rejected by the stock role);
 - notifications: the outbox rows of its trace (recipients masked);
 - cache and search: the version the Redis view holds, the document Typesense holds;
-- dead letters of its topic naming it (with their stage, class and attempts), and redrives.
+- dead letters of its topic naming it (with their stage, class and attempts), and redrives;
+- analytics: the windows holding it (an order's: those of its acceptance), and its late reports.
 """
 
 from __future__ import annotations
@@ -268,6 +269,8 @@ async def trace(
                 hops.extend(await _indexed(index, event))
         hops.extend(await _movements(conn, event_id))
         hops.extend(await _redrives(conn, event_id))
+        if event is not None:
+            hops.extend(await _windows(conn, event))
     hops.sort(key=lambda h: (h.get("at") is None, str(h.get("at") or "")))
     body["hops"] = hops
     return body
@@ -366,6 +369,142 @@ async def _projected(conn: psycopg.AsyncConnection[Any], event: dict[str, Any]) 
                         "moved_by_event": str(order["version_id"]),
                     }
                 )
+    return out
+
+
+#: the window start (in SQL, of a time `%(t)s`) of each sales period: UTC minutes, Asia/Kolkata
+#: hours and days (as the analytics role's windows)
+_PERIOD_START = {
+    "1m": "date_trunc('minute', %(t)s::timestamptz)",
+    "1h": "date_trunc('hour', %(t)s::timestamptz AT TIME ZONE 'Asia/Kolkata') "
+    "AT TIME ZONE 'Asia/Kolkata'",
+    "1d": "date_trunc('day', %(t)s::timestamptz AT TIME ZONE 'Asia/Kolkata') "
+    "AT TIME ZONE 'Asia/Kolkata'",
+}
+_PANE = "to_timestamp(floor(extract(epoch FROM %(t)s::timestamptz) / 300) * 300)"
+
+
+async def _windows(conn: psycopg.AsyncConnection[Any], event: dict[str, Any]) -> list[Hop]:
+    """The analytics windows holding the event (its row as it is now: current or final), and
+    its late reports. An order counts in the sales windows once accepted: for an order's own
+    events, the windows of its acceptance (the stock role's `order.accepted`). Whether the
+    event itself is in a window's values is not recorded; a late report says it is not."""
+    out: list[Hop] = []
+    eid, t, d = str(event["id"]), event["type"], event["data"]
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT aggregate, key, window_start, window_end, watermark, recorded_at "
+            "FROM analytics_late WHERE event_id = %s",
+            (eid,),
+        )
+        for r in await cur.fetchall():
+            out.append(
+                {
+                    "hop": "late",
+                    "at": _iso(r["recorded_at"]),
+                    "by": "analytics",
+                    "window": r["aggregate"],
+                    "key": r["key"],
+                    "window_start": _iso(r["window_start"]),
+                    "window_end": _iso(r["window_end"]),
+                    "watermark": _iso(r["watermark"]),
+                }
+            )
+        at: Any = event["occurred_at"]
+        via: str | None = None
+        sales: str | None = None
+        products: list[str] = []
+        if t == "analytics.tracked":
+            await cur.execute(
+                "SELECT session_id, first_at, last_at, events, final, updated_at "
+                "FROM analytics_sessions WHERE session_id = %s AND first_at <= %s "
+                "AND last_at >= %s",
+                (str(d.get("session_id")), at, at),
+            )
+            for r in await cur.fetchall():
+                out.append(
+                    {
+                        "hop": "window",
+                        "at": _iso(r["updated_at"]),
+                        "by": "analytics",
+                        "window": "sessions",
+                        "key": r["session_id"],
+                        "window_start": _iso(r["first_at"]),
+                        "window_end": _iso(r["last_at"]),
+                        "values": {"events": r["events"]},
+                        "final": r["final"],
+                    }
+                )
+            return out
+        if t == "order.created":
+            # counted when accepted: the acceptance's time and shop
+            await cur.execute(
+                "SELECT event_id, occurred_at FROM audit_log WHERE entity_type = 'order' "
+                "AND entity_id = %s AND event_type = 'order.accepted'",
+                (str(d.get("order_id")),),
+            )
+            acc = await cur.fetchone()
+            if acc is None:
+                return out
+            at, via, sales = acc["occurred_at"], str(acc["event_id"]), str(d.get("shop_id"))
+            products = sorted({str(i["product_id"]) for i in d.get("items") or []})
+        elif t in ("order.accepted", "order.cancelled", "order.refunded"):
+            sales = str(d.get("shop_id"))
+            if t == "order.accepted":
+                products = sorted({str(i["product_id"]) for i in d.get("items") or []})
+        if sales is None:
+            return out
+        for period, start in _PERIOD_START.items():
+            await cur.execute(
+                "SELECT window_start, window_end, revenue_paise, orders, items, "
+                "cancelled_paise, refunded_paise, final, updated_at FROM analytics_sales "
+                f"WHERE shop_id = %(s)s AND period = %(p)s AND window_start = {start}",  # noqa: S608
+                {"s": sales, "p": period, "t": at},
+            )
+            for r in await cur.fetchall():
+                hop = {
+                    "hop": "window",
+                    "at": _iso(r["updated_at"]),
+                    "by": "analytics",
+                    "window": f"sales_{period}",
+                    "key": sales,
+                    "window_start": _iso(r["window_start"]),
+                    "window_end": _iso(r["window_end"]),
+                    "values": {
+                        k: r[k]
+                        for k in (
+                            "revenue_paise",
+                            "orders",
+                            "items",
+                            "cancelled_paise",
+                            "refunded_paise",
+                        )
+                    },
+                    "final": r["final"],
+                }
+                if via:
+                    hop["via_event"] = via
+                out.append(hop)
+        if products:
+            await cur.execute(
+                "SELECT key, pane_start, units, orders, final, updated_at FROM analytics_panes "
+                f"WHERE aggregate = 'trending' AND pane_start = {_PANE} AND key = ANY(%(k)s)",  # noqa: S608
+                {"t": at, "k": [f"{sales}/{p}" for p in products]},
+            )
+            for r in await cur.fetchall():
+                hop = {
+                    "hop": "window",
+                    "at": _iso(r["updated_at"]),
+                    "by": "analytics",
+                    "window": "trending (5-minute pane)",
+                    "key": r["key"],
+                    "window_start": _iso(r["pane_start"]),
+                    "values": {"units": r["units"], "orders": r["orders"]},
+                    "final": r["final"],
+                }
+                if via:
+                    hop["via_event"] = via
+                out.append(hop)
     return out
 
 

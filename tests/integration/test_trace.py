@@ -146,3 +146,53 @@ def test_trace_answers_404_403_and_422(pipeline: Pipeline, make_key: Any) -> Non
         f"/v1/events/{uuid.uuid4()}/trace", headers={"Authorization": f"Bearer {user_key}"}
     )
     assert forbidden.status_code == 403, forbidden.text
+
+
+def test_an_order_and_a_tracked_event_show_the_analytics_windows_holding_them(
+    pipeline: Pipeline,
+) -> None:
+    p = pipeline
+    # the analytics role of the pipeline's own topics, for this test only
+    p.workers.start("analytics-trace", "analytics")
+    try:
+        shop, pid = uid("shop"), uid("prd")
+        p.post("shop.created", example("shop.created", shop_id=shop))
+        p.post(
+            "product.created",
+            example("product.created", product_id=pid, shop_id=shop, initial_stock=9),
+        )
+        p.wait_row("SELECT 1 FROM inventory_movements WHERE product_id = %s", pid, timeout=60)
+        ev = p.post_event(order_created(uid("ord"), shop, {pid: 3}, unit_paise=2500))
+        session = uid("sess")
+        tracked = p.post_event(
+            p.event(
+                "analytics.tracked",
+                {"session_id": session, "kind": "PRODUCT_VIEW", "shop_id": shop, "user_id": None},
+            )
+        )
+
+        def windows(event_id: str, n: int) -> dict[str, Any] | None:
+            body = _trace(p, event_id)
+            return body if len(_hops(body, "window")) >= n else None
+
+        # the order counts once accepted: its acceptance's sales windows and trending pane
+        body = poll(lambda: windows(ev["id"], 4), timeout=120, what="the order's analytics windows")
+        got = {h["window"]: h for h in _hops(body, "window")}
+        assert set(got) == {"sales_1m", "sales_1h", "sales_1d", "trending (5-minute pane)"}
+        (now,) = _hops(body, "order_now")
+        for kind in ("sales_1m", "sales_1h", "sales_1d"):
+            h = got[kind]
+            assert h["key"] == shop and h["via_event"] == now["moved_by_event"]
+            assert h["values"]["revenue_paise"] == 7500 and h["values"]["orders"] == 1
+        pane = got["trending (5-minute pane)"]
+        assert pane["key"] == f"{shop}/{pid}" and pane["values"] == {"units": 3, "orders": 1}
+        assert not _hops(body, "late")
+        # a tracked event: the session holding it
+        body = poll(
+            lambda: windows(tracked["id"], 1), timeout=120, what="the tracked event's session"
+        )
+        (sess,) = _hops(body, "window")
+        assert (sess["window"], sess["key"], sess["values"]) == ("sessions", session, {"events": 1})
+        assert sess["final"] is False
+    finally:
+        p.workers.stop("analytics-trace")
