@@ -66,7 +66,9 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # spans of the ingest requests, when an OTLP endpoint is configured (core.telemetry)
-        telemetry.setup("mohallamart-api", settings.otel_traces_url)
+        telemetry.setup(
+            "mohallamart-api", settings.otel_traces_url, sdk_env=settings.otel_sdk_env
+        )
         await asyncio.to_thread(migrate, settings.postgres_dsn)
         pool: AsyncConnectionPool = AsyncConnectionPool(
             settings.postgres_dsn,

@@ -19,10 +19,14 @@ __all__ = ["IngestTrace"]
 class IngestTrace:
     """Entered around an ingest request. The envelope trace id of its events (`trace_id`):
 
-    1. a client's valid W3C `traceparent`: its trace id (the request's span is its child);
-    2. else an `X-Trace-Id` header, as given (up to 200 characters); the span's trace id is its
-       W3C form (`telemetry.w3c_trace_id`: itself when it is 32 lowercase hex digits);
-    3. else a new one (32 random lowercase hex digits), which is the span's trace id too.
+    1. an `X-Trace-Id` header, as given (up to 200 characters: a client's business trace id
+       stays what it looks events up by);
+    2. else a client's valid W3C `traceparent`: its trace id;
+    3. else a new one (32 random lowercase hex digits).
+
+    The request's span and its records' `traceparent` continue the client's W3C trace when it
+    sent one (the span its child), else the envelope's trace id in its W3C form
+    (`telemetry.w3c_trace_id`: itself when it is 32 lowercase hex digits).
 
     `outgoing` is what the records' `traceparent` names: the request's span, or with tracing
     off the client's own parent (nothing recorded a span here) or a random span id. With tracing
@@ -34,14 +38,15 @@ class IngestTrace:
         #: the answer's status, when the request succeeds (the caller sets it)
         self.status = 200
         client = telemetry.parse_traceparent(headers.get(telemetry.TRACEPARENT))
-        explicit = None if client is not None else headers.get("x-trace-id")
-        if client is not None:
-            self.trace_id = w3c = client[0]
-        elif explicit:
+        explicit = headers.get("x-trace-id")
+        if explicit:
             self.trace_id = explicit[:200]
-            w3c = telemetry.w3c_trace_id(self.trace_id)
+        elif client is not None:
+            self.trace_id = client[0]
         else:
-            self.trace_id = w3c = telemetry.new_trace_id()
+            self.trace_id = telemetry.new_trace_id()
+        # the spans and headers continue a client's W3C trace; else the envelope's, in W3C form
+        w3c = client[0] if client is not None else telemetry.w3c_trace_id(self.trace_id)
         if not telemetry.enabled():
             self.span: Span = INVALID_SPAN
             self.outgoing = Outgoing.of(*client) if client is not None else Outgoing.of(w3c)

@@ -238,10 +238,14 @@ class Settings(BaseSettings):
     # --- tracing (OpenTelemetry; see core/telemetry.py) ---
     #: an OTLP/HTTP collector (Jaeger, an OpenTelemetry Collector...): its base URL
     #: (`/v1/traces` is added), or the traces URL itself in the second; both unset or empty:
-    #: no span is made (records still carry their `traceparent` header). The SDK reads the other
-    #: OTEL_* variables (sampler, batching, headers) from the environment itself.
+    #: no span is made (records still carry their `traceparent` header).
     otel_exporter_otlp_endpoint: str | None = None
     otel_exporter_otlp_traces_endpoint: str | None = None
+    #: the SDK's sampler (`parentbased_always_on` by default; e.g. `parentbased_traceidratio`
+    #: with a ratio in the second), and headers for the collector (`key=value,...`: its API key)
+    otel_traces_sampler: str | None = None
+    otel_traces_sampler_arg: str | None = None
+    otel_exporter_otlp_headers: SecretStr | None = None
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -322,6 +326,20 @@ class Settings(BaseSettings):
     @property
     def providers_stub_url(self) -> str:
         return f"http://{self.stack_host}:{self.stack_providers_port}"
+
+    @property
+    def otel_sdk_env(self) -> dict[str, str]:
+        """The OpenTelemetry SDK's own variables these settings hold (from `.env` too): the SDK
+        reads them from the process's environment only (`core.telemetry.setup` puts them
+        there unless the environment has them already)."""
+        out = {
+            "OTEL_TRACES_SAMPLER": self.otel_traces_sampler,
+            "OTEL_TRACES_SAMPLER_ARG": self.otel_traces_sampler_arg,
+            "OTEL_EXPORTER_OTLP_HEADERS": None
+            if self.otel_exporter_otlp_headers is None
+            else self.otel_exporter_otlp_headers.get_secret_value(),
+        }
+        return {k: v for k, v in out.items() if v}
 
     @property
     def otel_traces_url(self) -> str | None:

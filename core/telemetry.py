@@ -83,14 +83,23 @@ _forced_trace_id: contextvars.ContextVar[int] = contextvars.ContextVar(
 
 
 # --- setup ------------------------------------------------------------------------------------
-def setup(service: str, endpoint: str | None, *, processor: SpanProcessor | None = None) -> bool:
+def setup(
+    service: str,
+    endpoint: str | None,
+    *,
+    processor: SpanProcessor | None = None,
+    sdk_env: Mapping[str, str] | None = None,
+) -> bool:
     """Make spans from now on, exported to `endpoint` (the full OTLP/HTTP traces URL) in batches,
     as `service`; returns whether tracing is on. Without an endpoint (or with
     `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`) nothing is set up and every caller
     stays on its no-span path. `processor` replaces the batch exporter (tests hand an in-memory
-    one). Called once at the start of a process; the provider is shut down (its last spans
-    flushed) at exit."""
+    one). `sdk_env`: the SDK's own variables from the settings (`.env`), put in the environment
+    where it has none (the SDK reads only the environment). Called once at the start of a
+    process; the provider is shut down (its last spans flushed) at exit."""
     global _provider, _tracer, _exit_hooked
+    for name, value in (sdk_env or {}).items():
+        os.environ.setdefault(name, value)
     if (
         os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
         or os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none"
@@ -131,8 +140,23 @@ def setup(service: str, endpoint: str | None, *, processor: SpanProcessor | None
             _exit_hooked = True
     if old is not None:
         old.shutdown()
-    log.info("tracing on: spans of %s exported to %s", service, endpoint or "(a given processor)")
+    log.info(
+        "tracing on: spans of %s exported to %s",
+        service,
+        _where(endpoint) if endpoint else "(a given processor)",
+    )
     return True
+
+
+def _where(url: str) -> str:
+    """A URL as logged: scheme, host and port only (no credentials, path or query)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "(an unreadable URL)"
 
 
 def shutdown(timeout_s: float = 5.0) -> None:

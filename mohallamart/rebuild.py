@@ -29,9 +29,10 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -56,6 +57,7 @@ __all__ = ["RebuildFailed", "drop", "rebuild_postgres", "rebuild_redis", "rollba
 
 Say = Callable[[str], None]
 TP = tuple[str, int]
+T = TypeVar("T")
 
 #: how close (records) the shadow must be to the live projections before the cut-over pauses them
 CUTOVER_GAP = 1000
@@ -148,6 +150,9 @@ class _Source:
         #: the live projections' group commits of partitions they have no position of
         self.committed: dict[TP, int] = {}
         self.undecodable = 0
+        # the consumer's blocking calls, one at a time, off the event loop; `close` waits for
+        # the one running (a cancelled await, Ctrl-C, does not stop its thread)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rebuild-consumer")
 
     def discover(self, topics: list[str]) -> None:
         from confluent_kafka import TopicPartition
@@ -196,7 +201,14 @@ class _Source:
             self.consumer.resume([TopicPartition(tp[0], tp[1])])
             self.paused.discard(tp)
 
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` in the consumer's thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, lambda: fn(*args, **kwargs)
+        )
+
     def close(self) -> None:
+        self.pool.shutdown(wait=True)
         self.consumer.close()
 
 
@@ -292,7 +304,7 @@ async def _read_to(
 
     last_read = time.monotonic()
     reading = (
-        asyncio.ensure_future(asyncio.to_thread(_take_chunk, source, pos, stops, chunk=chunk))
+        asyncio.ensure_future(source.blocking(_take_chunk, source, pos, stops, chunk=chunk))
         if more()
         else None
     )
@@ -301,9 +313,7 @@ async def _read_to(
             events, moved = await reading
             # `pos` is the read position: what is applied is what `moved` checkpoints
             reading = (
-                asyncio.ensure_future(
-                    asyncio.to_thread(_take_chunk, source, pos, stops, chunk=chunk)
-                )
+                asyncio.ensure_future(source.blocking(_take_chunk, source, pos, stops, chunk=chunk))
                 if more()
                 else None
             )
@@ -400,7 +410,7 @@ async def _build(
         done = await positions(c, schema)
     source = _Source(settings)
     try:
-        await asyncio.to_thread(source.discover, _topics(settings))
+        await source.blocking(source.discover, _topics(settings))
         pos = {tp: max(done.get(tp, 0), source.partitions[tp][0]) for tp in source.partitions}
         if done:
             say(f"{schema}: resuming from its checkpoint: {_where(done)}")
@@ -454,7 +464,7 @@ async def rebuild_postgres(
         )
         try:
             if until is not None:
-                stops = await asyncio.to_thread(source.until, until)
+                stops = await source.blocking(source.until, until)
                 await _read_to(source, sink, pos, stops, progress, chunk=chunk)
                 async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as c:
                     async with c.transaction():
@@ -582,6 +592,9 @@ async def _catch_up_and_cut_over(
         asked = time.monotonic()
         try:
             async with b.transaction():
+                # each statement sees what committed before it (the batch the lock waited
+                # for), whatever the server's default isolation
+                await b.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 # while this waits, new live batches queue behind it too: the pause starts here
                 await b.execute("SET LOCAL lock_timeout = '30s'")
                 await b.execute("SELECT pg_advisory_xact_lock(%s)", (REBUILD_LOCK,))

@@ -19,7 +19,8 @@ beside the live ones, then swapped in without losing a write.
    applies the same items of it), parity checked (every row of every analytics table, by
    checksum, the wall-clock columns left out) and the tables swapped, in one transaction. The
    stage's next write goes to the new tables. Without parity the swap is refused unless
-   `--force`; the old tables stay in `rebuild_analytics_previous` until `rebuild drop-old`.
+   `--force`; the old tables stay in `rebuild_analytics_previous` until `rebuild drop-old
+   --store analytics`.
 
 The router is not replayed: the by-key topic is its output, kept (retained) for this.
 """
@@ -29,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -63,6 +66,8 @@ from mohallamart.rebuild import CUTOVER_GAP, STALL_S, RebuildFailed, Say, _Progr
 from schemas.outputs import late_id
 
 __all__ = ["rebuild_analytics"]
+
+T = TypeVar("T")
 
 #: partition -> (the offset applied, the router positions applied of the next record: None
 #: when nothing of it is applied)
@@ -103,6 +108,9 @@ class _Fold:
             }
         )
         self.paused: set[int] = set()
+        # the consumer's blocking calls, one at a time, off the event loop; `close` waits for
+        # the one running (a cancelled await does not stop its thread)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rebuild-analytics-consumer")
         #: the live stage group's commits of partitions it has recorded no position of
         self.committed: dict[int, int] = {}
 
@@ -155,6 +163,15 @@ class _Fold:
             [TopicPartition(self.topic, p, self.parts[p].offset + 1) for p in self.ends]
         )
 
+    def high(self, partitions: list[int]) -> dict[int, int]:
+        """The end offset of each of `partitions` now."""
+        from confluent_kafka import TopicPartition
+
+        return {
+            p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+            for p in partitions
+        }
+
     def park(self, p: int, at: int) -> None:
         from confluent_kafka import TopicPartition
 
@@ -190,7 +207,7 @@ class _Fold:
         last_read = time.monotonic()
         while any(self.parts[p].offset < target.get(p, -1) for p in self.ends):
             left = sum(max(0, target.get(p, -1) - self.parts[p].offset) for p in self.ends)
-            msgs = await asyncio.to_thread(self.consumer.consume, max(1, min(chunk, left)), 0.5)
+            msgs = await self.blocking(self.consumer.consume, max(1, min(chunk, left)), 0.5)
             touched: set[int] = set()
             for m in msgs:
                 if m.error() is not None:
@@ -237,7 +254,7 @@ class _Fold:
         deadline = time.monotonic() + 30
         record = None
         while record is None and time.monotonic() < deadline:
-            for m in await asyncio.to_thread(self.consumer.consume, 1, 0.5):
+            for m in await self.blocking(self.consumer.consume, 1, 0.5):
                 if m.error() is None and m.partition() == p and m.offset() == at:
                     record = m
         self.park(p, at)
@@ -247,7 +264,7 @@ class _Fold:
             if not _within(item, routed):
                 break  # the live write stopped here
             self._take(part, item, p, at)
-        await self.write({p}, save=True)
+        await self.write({p}, save=False)
         return True
 
     def _take(self, part: Any, item: dict[str, Any], p: int, offset: int) -> None:
@@ -315,7 +332,12 @@ class _Fold:
                     )
                 self.saved_at = time.monotonic()
 
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the consumer's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args))
+
     async def close(self) -> None:
+        self.pool.shutdown(wait=True)
         self.consumer.close()
         if self.conn is not None:
             await self.conn.close()
@@ -340,15 +362,28 @@ def _within(item: dict[str, Any], routed: dict[str, list[int]]) -> bool:
     return last is not None and (int(item["o"]), int(item["i"])) <= (int(last[0]), int(last[1]))
 
 
+#: partition -> (the offset the live stage applied, the router positions it applied; None for
+#: a partition it has recorded no position of, read to its end and committed)
+Targets = dict[int, tuple[int, dict[str, list[int]] | None]]
+
+
+class _Unsettled(Exception):
+    """A by-key partition the live stage has recorded no position of is not committed to its
+    end: where it stands is not known."""
+
+
 async def _targets(
-    conn: psycopg.AsyncConnection[Any], settings: Settings, fold: _Fold
-) -> dict[int, tuple[int, dict[str, list[int]]]]:
-    """Where the live window stage stands per by-key partition: its recorded positions, and for
-    a partition it has recorded nothing of (written before positions were recorded), its
-    group's commit (nothing of the next record applied)."""
-    live = await read_positions(conn, fold.topic)
-    missing = [p for p in fold.ends if p not in live and fold.ends[p][1] > 0]
-    if missing and not fold.committed:
+    conn: psycopg.AsyncConnection[Any], settings: Settings, fold: _Fold, *, paused: bool = False
+) -> Targets:
+    """Where the live window stage stands per by-key partition: its recorded positions (written
+    with its rows). A partition it has recorded nothing of (no write since positions were
+    recorded) counts only once its group has committed it to its end: then everything in it
+    is applied. Asked while the stage is paused, the commits are those read before the pause
+    (its writes are what moves them), and the partition's end is read again (_Unsettled if
+    the commit is short of it)."""
+    live: Targets = dict(await read_positions(conn, fold.topic))
+    missing = [p for p in fold.ends if p not in live]
+    if missing and not paused:
         from connectors.groups import GroupOffsets
 
         offsets = GroupOffsets(settings.kafka_bootstrap)
@@ -358,9 +393,16 @@ async def _targets(
             )
         finally:
             await offsets.close()
-        fold.committed = {p: got.get((fold.topic, p), 0) for p in missing}
-    for p in missing:
-        live[p] = (max(fold.committed.get(p, 0), 0) - 1, {})
+        fold.committed = {p: max(got.get((fold.topic, p), 0), 0) for p in missing}
+    if missing:
+        ends = await fold.blocking(fold.high, missing)
+        short = [p for p in missing if fold.committed.get(p, 0) < ends[p]]
+        if short and paused:
+            raise _Unsettled(
+                ", ".join(f"by-key/{p}@{fold.committed.get(p, 0)} of {ends[p]}" for p in short)
+            )
+        for p in missing:
+            live[p] = (min(fold.committed.get(p, 0), ends[p]) - 1, None)
     return live
 
 
@@ -386,7 +428,7 @@ async def rebuild_analytics(
             if await cur.fetchone() is not None:
                 say(
                     f"{ANALYTICS_PREVIOUS} holds the tables of an earlier cut-over: "
-                    "`mohallamart rebuild drop-old` first"
+                    "`mohallamart rebuild drop-old --store analytics` first"
                 )
                 return 2
     lock = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
@@ -416,7 +458,7 @@ async def rebuild_analytics(
         fold = _Fold(settings, schema)
         try:
             await fold.open()
-            await asyncio.to_thread(fold.discover)
+            await fold.blocking(fold.discover)
             start = {p: part.offset + 1 for p, part in fold.parts.items() if part.offset >= 0}
             if start:
                 at = ", ".join(f"by-key/{p}@{o}" for p, o in sorted(start.items()))
@@ -442,7 +484,7 @@ async def rebuild_analytics(
         await lock.close()
 
 
-def _at(target: dict[int, tuple[int, dict[str, list[int]]]]) -> str:
+def _at(target: Targets) -> str:
     return ", ".join(f"by-key/{p}@{o + 1}" for p, (o, _) in sorted(target.items()) if o >= 0)
 
 
@@ -499,6 +541,9 @@ async def _catch_up_and_cut_over(
         asked = time.monotonic()
         try:
             async with b.transaction():
+                # each statement sees what committed before it (the live write the lock waited
+                # for), whatever the server's default isolation
+                await b.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 await b.execute("SET LOCAL lock_timeout = '30s'")
                 await b.execute("SELECT pg_advisory_xact_lock(%s)", (ANALYTICS_LOCK,))
                 granted = time.monotonic()
@@ -506,13 +551,24 @@ async def _catch_up_and_cut_over(
                     f"cut-over: live window stage paused (its write in flight took "
                     f"{granted - asked:.2f} s to commit)"
                 )
-                live = await _targets(b, settings, fold)
+                try:
+                    live = await _targets(b, settings, fold, paused=True)
+                except _Unsettled as exc:
+                    say(
+                        "  by-key partitions the live stage has recorded no position of and not "
+                        f"committed to their end: {exc} (its next write records them)"
+                    )
+                    raise _NoParity from None
                 unknown = sorted(p for p in live if p not in fold.parts)
                 if unknown:
                     say(f"  by-key partitions this rebuild does not read: {unknown}")
                     raise _NoParity
+                # no state saved inside the pause (a resume from the last save folds the same)
                 await fold.fold_to(
-                    {p: o for p, (o, _) in live.items()}, progress, chunk=chunk, checkpoint_s=0
+                    {p: o for p, (o, _) in live.items()},
+                    progress,
+                    chunk=chunk,
+                    checkpoint_s=float("inf"),
                 )
                 for p, (_, routed) in sorted(live.items()):
                     if routed and await fold.fold_partial(p, routed):
@@ -525,7 +581,12 @@ async def _catch_up_and_cut_over(
                 off = [
                     p
                     for p, (o, routed) in live.items()
-                    if o >= 0 and shadow_at.get(p, (-1, {})) != (o, routed)
+                    if o >= 0
+                    and (
+                        shadow_at.get(p, (-1, {})) != (o, routed)
+                        if routed is not None
+                        else shadow_at.get(p, (-1, {}))[0] != o
+                    )
                 ]
                 checked = time.monotonic()
                 say(
@@ -564,7 +625,10 @@ async def _catch_up_and_cut_over(
             return 1
         resumed = time.monotonic()
     say(f"cut-over: swapped; live window stage resumed after a pause of {resumed - asked:.2f} s")
-    say(f"the old tables are in {ANALYTICS_PREVIOUS} until `mohallamart rebuild drop-old`")
+    say(
+        f"the old tables are in {ANALYTICS_PREVIOUS} until `mohallamart rebuild drop-old "
+        "--store analytics`"
+    )
     return 0
 
 

@@ -153,9 +153,12 @@ def _cmd_drop_old(args: argparse.Namespace) -> int:
         ) as c:
             return await schemas(c)
 
-    old = [s for s in asyncio.run(found()) if s in (PREVIOUS, ANALYTICS_PREVIOUS)]
+    wanted = {"postgres": (PREVIOUS,), "analytics": (ANALYTICS_PREVIOUS,)}.get(
+        args.store, (PREVIOUS, ANALYTICS_PREVIOUS)
+    )
+    old = [s for s in asyncio.run(found()) if s in wanted]
     if not old:
-        out("no tables put aside by a cut-over")
+        out(f"no tables put aside by a cut-over ({args.store})")
         return 0
     return max(_drop(s) for s in old)
 
@@ -313,7 +316,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rl.add_argument("--force", action="store_true", help="swap even without parity")
     rl.set_defaults(func=_cmd_rollback)
     do = rsub.add_parser(
-        "drop-old", help="drop the tables the last cut-overs put aside (projections, analytics)"
+        "drop-old", help="drop the tables the last cut-over put aside (no rollback after it)"
+    )
+    do.add_argument(
+        "--store",
+        choices=("postgres", "analytics", "all"),
+        default="postgres",
+        help="whose: the projections' (rebuild_previous, the default), the analytics "
+        "tables' (rebuild_analytics_previous), or both",
     )
     do.set_defaults(func=_cmd_drop_old)
     di = rsub.add_parser("discard", help="drop a shadow (or a point-in-time copy) not swapped in")
