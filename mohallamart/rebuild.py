@@ -77,6 +77,8 @@ class _Progress:
     last: float = 0.0
     last_events: int = 0
     tty: bool = field(default_factory=lambda: sys.stdout.isatty())
+    #: what `events` counts
+    unit: str = "events"
 
     def line(self, pos: dict[TP, int], *, final: bool = False) -> None:
         now = time.monotonic()
@@ -94,8 +96,8 @@ class _Progress:
         filled = int(width * done / total) if total else width
         bar = "#" * filled + "." * (width - filled)
         text = (
-            f"[{bar}] {done:,}/{total:,} records, {self.events:,} events applied, "
-            f"{rate if not final else overall:,.0f} events/s, ETA {eta:,.0f} s"
+            f"[{bar}] {done:,}/{total:,} records, {self.events:,} {self.unit} applied, "
+            f"{rate if not final else overall:,.0f} {self.unit}/s, ETA {eta:,.0f} s"
         )
         left = sorted(
             ((self.stops[tp] - pos.get(tp, 0), tp) for tp in self.stops),

@@ -465,7 +465,8 @@ async def rebuild_analytics(
                 say(f"{schema}: resuming from its checkpoint: {at}")
             else:
                 say(f"{schema}: starting from the beginning of {len(fold.ends)} partitions")
-            progress = _Progress(say, fold.where())
+            # items: the contributions and marks the bundles hold
+            progress = _Progress(say, fold.where(), unit="items")
             return await _catch_up_and_cut_over(
                 settings,
                 fold,
