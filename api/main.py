@@ -12,6 +12,8 @@ from functools import partial
 
 from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from api.auth import Authenticator, RateLimiter
 from api.fastpath import IngestFastPath
@@ -21,12 +23,13 @@ from api.metrics import RequestMetrics
 from api.ops_monitor import OpsMonitor
 from api.problems import install_handlers
 from api.reads import ReadSide
-from api.routes import analytics, events, health, notifications, ops, reads
+from api.routes import analytics, events, health, notifications, ops, reads, webhooks
 from api.routes.events import IngestEndpoints
 from connectors.claims import ClaimStore
 from connectors.db import migrate
 from connectors.producer import EventProducer
 from connectors.topics import ensure_topics_ready
+from connectors.webhooks import expire as expire_receipts
 from core import telemetry
 from core.settings import Settings, get_settings
 from schemas.catalog import EVENT_TYPES
@@ -53,12 +56,19 @@ async def _keep_trying(
             await asyncio.sleep(every_s)
 
 
-async def _expire_claims(claims: ClaimStore, days: int) -> None:
+async def _expire_claims(
+    claims: ClaimStore, days: int, pool: AsyncConnectionPool, receipt_days: int
+) -> None:
     while True:
         with contextlib.suppress(Exception):
             n = await claims.expire(days)
             if n:
                 _log.info("expired %d ingest dedup claims older than %d days", n, days)
+        with contextlib.suppress(Exception):
+            async with pool.connection() as conn:
+                n = await expire_receipts(conn, receipt_days)
+            if n:
+                _log.info("expired %d webhook receipts older than %d days", n, receipt_days)
         await asyncio.sleep(3600)
 
 
@@ -66,9 +76,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # spans of the ingest requests, when an OTLP endpoint is configured (core.telemetry)
-        telemetry.setup(
-            "mohallamart-api", settings.otel_traces_url, sdk_env=settings.otel_sdk_env
-        )
+        telemetry.setup("mohallamart-api", settings.otel_traces_url, sdk_env=settings.otel_sdk_env)
         await asyncio.to_thread(migrate, settings.postgres_dsn)
         pool: AsyncConnectionPool = AsyncConnectionPool(
             settings.postgres_dsn,
@@ -142,7 +150,14 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
                     "registering schemas", registry.register_all, list(EVENT_TYPES.values())
                 )
             ),
-            asyncio.create_task(_expire_claims(claims, settings.ingest_dedup_retention_days)),
+            asyncio.create_task(
+                _expire_claims(
+                    claims,
+                    settings.ingest_dedup_retention_days,
+                    pool,
+                    settings.webhook_receipt_days,
+                )
+            ),
         ]
         app.state.startup_tasks = tasks[:2]
         # Long-lived start-up objects leave the cyclic GC's view, and young-generation
@@ -181,11 +196,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(analytics.router)
     app.include_router(ops.router)
     app.include_router(ops.page)
+    app.include_router(webhooks.router)
     ops.mount_assets(app)
     app.add_middleware(RequestMetrics)
     return app
 
 
-def create_asgi_app(settings: Settings | None = None) -> IngestFastPath:
-    """What uvicorn serves: the FastAPI app behind the ingest fast path (see api.fastpath)."""
-    return IngestFastPath(create_app(settings))
+def create_asgi_app(settings: Settings | None = None) -> ASGIApp:
+    """What uvicorn serves: the FastAPI app behind the ingest fast path (see api.fastpath),
+    behind CORS when browser origins are allowed (`CORS_ALLOW_ORIGINS`; none by default: no
+    CORS header is ever sent, and a preflight is refused)."""
+    settings = settings or get_settings()
+    app: ASGIApp = IngestFastPath(create_app(settings))
+    origins = settings.cors_origins
+    if origins:
+        # outermost, so the fast path's answers carry the headers too
+        app = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "traceparent",
+                "X-Trace-Id",
+                "Last-Event-ID",
+            ],
+            expose_headers=["Retry-After", "Location"],
+            max_age=600,
+        )
+    return app

@@ -235,6 +235,20 @@ class Settings(BaseSettings):
     #: the operator dashboard (`/ops`): seconds between two snapshots of lag, rates and health
     ops_stream_every_s: float = Field(2.0, ge=0.5)
 
+    # --- hardening (issue 17) ---
+    #: browser origins allowed to call the API (comma-separated, e.g. `https://shop.example.in`);
+    #: empty: none (no CORS header is ever sent, preflights are refused)
+    cors_allow_origins: str = ""
+    #: Clerk's webhook signing secret (`whsec_...`); unset: `/v1/webhooks/clerk` answers 404
+    clerk_webhook_secret: SecretStr | None = None
+    #: Twilio's auth token (signs the SMS status callbacks); unset: the callback answers 404
+    twilio_auth_token: SecretStr | None = None
+    #: the URL Twilio was given for status callbacks, as Twilio signs it (behind a proxy the API
+    #: sees another); unset: the URL the request came to
+    twilio_status_callback_url: str | None = None
+    #: how long webhook receipts (replay protection) are kept
+    webhook_receipt_days: int = Field(7, ge=1)
+
     # --- tracing (OpenTelemetry; see core/telemetry.py) ---
     #: an OTLP/HTTP collector (Jaeger, an OpenTelemetry Collector...): its base URL
     #: (`/v1/traces` is added), or the traces URL itself in the second; both unset or empty:
@@ -326,6 +340,11 @@ class Settings(BaseSettings):
     @property
     def providers_stub_url(self) -> str:
         return f"http://{self.stack_host}:{self.stack_providers_port}"
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """`cors_allow_origins` as a list (empty: CORS closed)."""
+        return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
 
     @property
     def otel_sdk_env(self) -> dict[str, str]:

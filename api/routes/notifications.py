@@ -53,7 +53,8 @@ async def delivery_log(
     ):
         await cur.execute(
             "SELECT event_id, channel, recipient, user_id, kind, status, attempts, last_error, "
-            "message_id, trace_id, created_at, updated_at, sent_at FROM notification_outbox "
+            "message_id, trace_id, created_at, updated_at, sent_at, delivery_status, "
+            "delivery_error, delivery_at FROM notification_outbox "
             f"WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT %s",  # noqa: S608
             (*params, limit),
         )

@@ -78,11 +78,25 @@ def otlp() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def api_env(stack: Stack, otlp: Any) -> dict[str, str]:
+def webhook_secrets() -> dict[str, str]:
+    """The webhooks' secrets of this session, made up here (never in the repo): Clerk's signing
+    secret and Twilio's auth token, as the API under test is given them."""
+    import base64
+    import secrets
+
+    return {
+        "CLERK_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+        "TWILIO_AUTH_TOKEN": secrets.token_hex(16),
+    }
+
+
+@pytest.fixture(scope="session")
+def api_env(stack: Stack, otlp: Any, webhook_secrets: dict[str, str]) -> dict[str, str]:
     """The environment of the API process under test (the test profile's ingest timeouts, its
-    spans to the session's OTLP receiver)."""
+    spans to the session's OTLP receiver, the webhooks' secrets)."""
     return {
         **os.environ,
+        **webhook_secrets,
         "INGEST_REQUEST_TIMEOUT_MS": "6000",
         "INGEST_DELIVERY_TIMEOUT_MS": "3000",
         "AUTH_CACHE_S": "1",
