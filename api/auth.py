@@ -7,12 +7,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from api.problems import Problem
 from connectors.apikeys import ApiKey, hash_key, lookup_key
+from connectors.base import DependencyDown
+from connectors.ratelimit import SharedBuckets
 
 __all__ = ["Authenticator", "RateLimiter"]
 
@@ -55,6 +58,9 @@ class Authenticator:
                 self._cache.clear()
             # Unknown keys are remembered for a shorter time: a key just created works at once.
             self._cache[h] = (found, now + (self.cache_s if found else min(1.0, self.cache_s)))
+        if found is not None and found.expires_at is not None:
+            if datetime.now(UTC) >= found.expires_at:
+                found = None  # a rotated key past its overlap (cached before its end)
         if found is None:
             raise Problem(
                 401,
@@ -96,28 +102,56 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per key, in events per second, with a burst of `burst_s` seconds."""
+    """A token bucket per key, in events per second, with a burst of `burst_s` seconds.
 
-    def __init__(self, default_rate: int, burst_s: float) -> None:
+    With `shared` (Redis), the bucket is one for every API process (`mohallamart api --workers
+    N`, several hosts): N processes admit what one would. While Redis does not answer, each
+    process falls back to a bucket of its own (so a key may get up to N times its rate then),
+    rather than refuse every client: logged once a minute."""
+
+    def __init__(
+        self, default_rate: int, burst_s: float, shared: SharedBuckets | None = None
+    ) -> None:
         self.default_rate = default_rate
         self.burst_s = burst_s
+        self.shared = shared
         self._buckets: dict[str, _Bucket] = {}
+        self._down_logged = 0.0
 
-    def take(self, key: ApiKey, n: int) -> None:
+    async def take(self, key: ApiKey, n: int) -> None:
         rate = float(key.rate_per_s or self.default_rate)
         capacity = max(rate * self.burst_s, float(n))
+        if self.shared is not None:
+            try:
+                wait_s = await self.shared.take(key.key_id, rate, capacity, n)
+            except DependencyDown as exc:
+                now = time.monotonic()
+                if now - self._down_logged > 60:
+                    self._down_logged = now
+                    _log.warning("shared rate limits unavailable (%s): per process meanwhile", exc)
+            else:
+                if wait_s > 0:
+                    self._refuse(rate, wait_s)
+                return
+        self._take_local(key.key_id, rate, capacity, n)
+
+    def _take_local(self, key_id: str, rate: float, capacity: float, n: int) -> None:
         now = time.monotonic()
-        b = self._buckets.get(key.key_id)
+        b = self._buckets.get(key_id)
         if b is None:
-            b = self._buckets[key.key_id] = _Bucket(capacity, now)
+            b = self._buckets[key_id] = _Bucket(capacity, now)
         b.tokens = min(capacity, b.tokens + (now - b.updated) * rate)
         b.updated = now
         if b.tokens < n:
-            wait = math.ceil((n - b.tokens) / rate)
-            raise Problem(
-                429,
-                "rate-limited",
-                f"this API key may send {int(rate)} events per second; retry after {wait} s",
-                headers={"Retry-After": str(max(1, wait))},
-            )
+            self._refuse(rate, (n - b.tokens) / rate)
         b.tokens -= n
+
+    @staticmethod
+    def _refuse(rate: float, wait_s: float) -> None:
+        wait = max(1, math.ceil(wait_s))
+        raise Problem(
+            429,
+            "rate-limited",
+            f"this API key may send {int(rate)} events per second; retry after {wait} s",
+            headers={"Retry-After": str(wait)},
+        )

@@ -28,6 +28,7 @@ from api.routes.events import IngestEndpoints
 from connectors.claims import ClaimStore
 from connectors.db import migrate
 from connectors.producer import EventProducer
+from connectors.ratelimit import SharedBuckets
 from connectors.topics import ensure_topics_ready
 from connectors.webhooks import expire as expire_receipts
 from core import telemetry
@@ -121,8 +122,10 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             max_clock_skew_s=settings.ingest_max_clock_skew_s,
         )
         app.state.auth = Authenticator(pool, settings.auth_cache_s)
+        # one bucket per key for every API process (Redis); per process while Redis is down
+        buckets = SharedBuckets(settings.redis_dsn, timeout_s=settings.cache_timeout_ms / 1000)
         app.state.limiter = RateLimiter(
-            settings.ingest_default_rate_per_s, settings.ingest_rate_burst_s
+            settings.ingest_default_rate_per_s, settings.ingest_rate_burst_s, buckets
         )
         app.state.endpoints = IngestEndpoints(
             app.state.auth, app.state.limiter, app.state.ingestor, settings
@@ -172,6 +175,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             await asyncio.to_thread(app.state.live.stop)
             await app.state.reads.close()
             await app.state.ops.close()
+            await buckets.close()
             await asyncio.to_thread(producer.close)
             await pool.close()
             await asyncio.to_thread(telemetry.shutdown)  # the last spans flushed

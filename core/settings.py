@@ -248,6 +248,10 @@ class Settings(BaseSettings):
     twilio_status_callback_url: str | None = None
     #: how long webhook receipts (replay protection) are kept
     webhook_receipt_days: int = Field(7, ge=1)
+    #: our public URL of `/v1/webhooks/twilio/sms-status`: each SMS sent names it (with its
+    #: message id) as `status_callback`, for a Twilio adapter to pass on as StatusCallback; unset:
+    #: none named
+    sms_status_callback_url: str | None = None
 
     # --- tracing (OpenTelemetry; see core/telemetry.py) ---
     #: an OTLP/HTTP collector (Jaeger, an OpenTelemetry Collector...): its base URL
@@ -283,6 +287,25 @@ class Settings(BaseSettings):
             raise ValueError(
                 "KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of KAFKA_SESSION_TIMEOUT_MS"
             )
+        if "*" in self.cors_origins:
+            raise ValueError(
+                "CORS_ALLOW_ORIGINS lists the browser origins allowed (https://shop.example.in); "
+                "`*` would let every site call the API"
+            )
+        clerk = self.clerk_webhook_secret.get_secret_value() if self.clerk_webhook_secret else ""
+        if clerk:
+            import base64
+            import binascii
+
+            try:
+                raw = base64.b64decode(clerk.removeprefix("whsec_") + "==", validate=False)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if not raw:
+                raise ValueError(
+                    "CLERK_WEBHOOK_SECRET must be the endpoint's signing secret from Clerk's "
+                    "dashboard: `whsec_` followed by base64"
+                )
         for name, url in (
             ("OTEL_EXPORTER_OTLP_ENDPOINT", self.otel_exporter_otlp_endpoint),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", self.otel_exporter_otlp_traces_endpoint),

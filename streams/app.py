@@ -272,9 +272,7 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
         exit_worker(EXIT_NOT_READY, f"worker {role} cannot start: {exc}")
     running = distrust_crashed_stores(settings.worker_data_dir / role, Path(app.conf.tabledir))
     # a span per record each stage processes, when an OTLP endpoint is configured
-    telemetry.setup(
-        f"mohallamart-{role}", settings.otel_traces_url, sdk_env=settings.otel_sdk_env
-    )
+    telemetry.setup(f"mohallamart-{role}", settings.otel_traces_url, sdk_env=settings.otel_sdk_env)
     try:
         transport.run_app(app, settings.log_level.lower(), clean_stop=running)
     finally:

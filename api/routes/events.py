@@ -75,7 +75,7 @@ class IngestEndpoints:
             key = await self.auth.authenticate(headers.get("authorization"))
             Authenticator.require(key, "ingest")
             require_json(headers.get("content-type"))
-            self.limiter.take(key, 1)
+            await self.limiter.take(key, 1)
             obj = _parse(await read(self.settings.ingest_max_body_bytes))
             prepared = self.ingestor.validate(
                 [obj],
@@ -128,7 +128,7 @@ class IngestEndpoints:
                 f"a batch holds at most {settings.ingest_max_batch} events (got {len(events)})",
                 errors=[_fe("events", f"must have at most {settings.ingest_max_batch} items")],
             )
-        self.limiter.take(key, len(events))
+        await self.limiter.take(key, len(events))
         prepared = self.ingestor.validate(
             events,
             batch=True,

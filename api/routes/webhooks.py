@@ -18,20 +18,22 @@ back if the effect fails, so the sender's retry is taken.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import orjson
+import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.ingest import Ingestor
@@ -53,9 +55,7 @@ _CLERK_TYPES = {
     "user.updated": "user.updated",
     "user.deleted": "user.deleted",
 }
-_TWILIO_STATUSES = frozenset(
-    {"accepted", "queued", "sending", "sent", "delivered", "undelivered", "failed", "read"}
-)
+T = TypeVar("T")
 
 
 def _unauthorized(detail: str) -> Problem:
@@ -67,6 +67,9 @@ def _not_enabled(setting: str) -> Problem:
 
 
 async def _body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise Problem(413, "too-large", f"a webhook body may be at most {MAX_BODY} bytes")
     body = b""
     async for chunk in request.stream():
         body += chunk
@@ -80,15 +83,46 @@ def _state(request: Request) -> tuple[Settings, AsyncConnectionPool, Ingestor]:
     return s.settings, s.reads.pool, s.ingestor
 
 
+async def _db(pool: AsyncConnectionPool, work: Callable[[Any], Awaitable[T]]) -> T:
+    """`work(conn)` on a pooled connection; the database unreachable is a 503 (retried by the
+    sender), never a bare 500."""
+    try:
+        async with pool.connection() as conn:
+            return await work(conn)
+    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+        log.warning("webhook: the database is unavailable (%s)", type(exc).__name__)
+        raise Problem(
+            503,
+            "database-unavailable",
+            "cannot record this delivery right now; retry later",
+            headers={"Retry-After": "5"},
+        ) from None
+
+
 async def _claimed(pool: AsyncConnectionPool, source: str, delivery_id: str) -> None:
-    async with pool.connection() as conn:
-        if not await webhooks.claim(conn, source, delivery_id):
-            raise _unauthorized(f"delivery {delivery_id[:100]} was received before (a replay)")
+    got = await _db(pool, lambda c: webhooks.claim(c, source, delivery_id))
+    if got == "replay":
+        raise _unauthorized(f"delivery {delivery_id[:100]} was received before (a replay)")
+    if got == "in progress":
+        raise Problem(
+            409,
+            "in-progress",
+            f"delivery {delivery_id[:100]} is being processed; retry later",
+            headers={"Retry-After": "5"},
+        )
 
 
 async def _release(pool: AsyncConnectionPool, source: str, delivery_id: str) -> None:
-    async with pool.connection() as conn:
-        await webhooks.release(conn, source, delivery_id)
+    """Give the claim back (the effect failed), whatever happens to this request meanwhile; if
+    that fails too, the pending claim goes stale and the sender's retry takes it over."""
+
+    async def give_back() -> None:
+        try:
+            await _db(pool, lambda c: webhooks.release(c, source, delivery_id))
+        except Exception as exc:  # noqa: BLE001 - logged; the stale claim is taken over later
+            log.warning("webhook: claim of %s not given back (%s)", source, type(exc).__name__)
+
+    await asyncio.shield(give_back())
 
 
 # --- Clerk ------------------------------------------------------------------------------------
@@ -148,14 +182,23 @@ async def clerk(request: Request) -> Response:
     }
     try:
         Webhook(secret.get_secret_value()).verify(body, headers, json_parse=False)
-    except (WebhookVerificationError, ValueError, TypeError) as exc:
-        # the package's own words (missing headers, too old, no matching signature): no secret
+    except WebhookVerificationError as exc:
+        # the package's own words (missing headers, too old, no matching signature)
         raise _unauthorized(f"the Svix signature does not verify: {exc}") from None
+    except (ValueError, TypeError, IndexError):
+        raise _unauthorized("the Svix signature headers are malformed") from None
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise Problem(400, "bad-json", "the body is not JSON") from None
-    event = clerk_event(payload, delivery_id) if isinstance(payload, dict) else None
+    try:
+        event = clerk_event(payload, delivery_id) if isinstance(payload, dict) else None
+    except (ValueError, TypeError, AttributeError, OverflowError, OSError) as exc:
+        raise Problem(
+            422,
+            "validation-error",
+            f"this Clerk event cannot be read: {type(exc).__name__}",
+        ) from None
     if event is None:
         # signed, but nothing this pipeline takes: acknowledged so Clerk does not retry it
         return Response(
@@ -174,6 +217,12 @@ async def clerk(request: Request) -> Response:
     except BaseException:
         await _release(pool, "clerk", delivery_id)
         raise
+    try:
+        await _db(pool, lambda c: webhooks.done(c, "clerk", delivery_id))
+    except Problem:
+        # written, its claim still pending: a retry after it goes stale is ingested again
+        # with the same event id (a duplicate, acknowledged as one)
+        pass
     return Response(
         orjson.dumps(result.as_dict()),
         status_code=200 if result.duplicate else 202,
@@ -182,6 +231,27 @@ async def clerk(request: Request) -> Response:
 
 
 # --- Twilio -----------------------------------------------------------------------------------
+def _callback_urls(request: Request, configured: str | None) -> list[str]:
+    """The URL Twilio signed, as it may have written it: the configured public one (with this
+    request's query) or the one the request came to; each with and without the scheme's default
+    port (Twilio's own validators accept both)."""
+    query = request.url.query
+    if configured:
+        parts = urlsplit(configured)
+        q = "&".join(x for x in (parts.query, query) if x)
+        url = urlunsplit((parts.scheme, parts.netloc, parts.path, q, ""))
+    else:
+        url = str(request.url)
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    host = parts.hostname or ""
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+    ported = urlunsplit(
+        (parts.scheme, f"{host}:{parts.port or default}", parts.path, parts.query, "")
+    )
+    return list(dict.fromkeys([url, bare if parts.port in (None, default) else url, ported]))
+
+
 def twilio_signature(token: str, url: str, params: list[tuple[str, str]]) -> str:
     """What Twilio sends in `X-Twilio-Signature` for a form POST of `params` (name, value pairs
     as sent; a name may repeat) to `url`: the URL, then per name in order each of its distinct
@@ -207,37 +277,32 @@ async def twilio_sms_status(request: Request) -> Response:
     body = await _body(request)
     pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
     params = dict(pairs)
-    query = request.url.query
-    base = settings.twilio_status_callback_url
-    # the URL as Twilio was given it, its query included (Twilio signs the whole URL)
-    url = (base + (f"?{query}" if query else "")) if base else str(request.url)
     given = request.headers.get("x-twilio-signature", "")
-    expected = twilio_signature(token.get_secret_value(), url, pairs)
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+    token_s = token.get_secret_value()
+    if not given or not any(
+        hmac.compare_digest(given.encode(), twilio_signature(token_s, url, pairs).encode())
+        for url in _callback_urls(request, settings.twilio_status_callback_url)
+    ):
         raise _unauthorized("X-Twilio-Signature does not verify for this URL and these parameters")
     sid = params.get("MessageSid") or params.get("SmsSid") or ""
     status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
-    if not sid or status not in _TWILIO_STATUSES:
-        raise Problem(
-            422,
-            "validation-error",
-            "MessageSid and a known MessageStatus are required "
-            f"({', '.join(sorted(_TWILIO_STATUSES))})",
+    if not sid:
+        raise Problem(422, "validation-error", "MessageSid is required")
+    if status not in webhooks.SMS_STATUS_RANK:
+        # signed by Twilio, a status this log does not keep: acknowledged, nothing written
+        return Response(
+            orjson.dumps({"ignored": status[:40]}), status_code=200, media_type="application/json"
         )
     error = params.get("ErrorCode") or None
     # our message id: in the callback URL the SMS adapter gave Twilio (`?message_id=`, signed
     # with the rest), else Twilio's own id
     ours = request.query_params.get("message_id") or sid
-    delivery_id = f"{sid}:{status}"
-    await _claimed(pool, "twilio", delivery_id)
-    try:
-        async with pool.connection() as conn:
-            rows = await webhooks.record_sms_status(
-                conn, ours, status, None if error is None else f"Twilio error {error[:20]}"
-            )
-    except BaseException:
-        await _release(pool, "twilio", delivery_id)
-        raise
+    text = None if error is None else f"Twilio error {error[:20]}"
+    rows = await _db(
+        pool, lambda c: webhooks.sms_status_once(c, f"{sid}:{status}", ours, status, text)
+    )
+    if rows is None:
+        raise _unauthorized(f"callback {sid[:40]}:{status} was received before (a replay)")
     if rows == 0:
         log.info("twilio: status %s of a message not ours (%s)", status, sid[:40])
     return Response(

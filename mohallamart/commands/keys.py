@@ -1,4 +1,4 @@
-"""`mohallamart keys create|list|revoke`: API keys (stored only as hashes)."""
+"""`mohallamart keys create|list|revoke|rotate`: API keys (stored only as hashes)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,13 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
         return 0
     out(f"{'key id':<10} {'name':<20} {'scopes':<18} {'principal':<20} {'rate/s':>7}  state")
     for k in keys:
-        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        state = (
+            f"revoked {k.revoked_at:%Y-%m-%d %H:%M}"
+            if k.revoked_at
+            else f"active until {k.expires_at:%Y-%m-%d %H:%M:%S %Z} (rotated)"
+            if k.expires_at
+            else "active"
+        )
         out(
             f"{k.key_id:<10} {k.name[:20]:<20} {','.join(k.scopes):<18} {k.principal[:20]:<20} "
             f"{k.rate_per_s or 'default':>7}  {state}"
@@ -63,6 +69,41 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
 
     key = revoke_key(_keys_dsn(), args.key_id)
     out(f"revoked {key.key_id} ({key.name})")
+    return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str) -> float | None:
+    """`90`, `90s`, `15m`, `24h`, `7d` -> seconds (None: not a duration)."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:], None)
+    number = t[:-1] if unit else t
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from connectors.apikeys import rotate_key
+
+    overlap = _duration_s(args.overlap)
+    if overlap is None:
+        out(f"--overlap: not a duration: {args.overlap!r} (e.g. 90s, 15m, 24h, 7d)")
+        return 2
+    old, new, secret = rotate_key(_keys_dsn(), args.key_id, overlap_s=overlap)
+    if args.json:
+        out(json.dumps({"key": secret, "record": new.as_dict(), "old": old.as_dict()}, indent=2))
+        return 0
+    until = f"{old.expires_at:%Y-%m-%d %H:%M:%S %Z}" if old.expires_at else "now"
+    out(
+        f"rotated {old.key_id} ({old.name}): it works until {until}; its successor is "
+        f"{new.key_id}, with the same scopes, principal and rate. The new key (shown once):"
+    )
+    out(secret)
     return 0
 
 
@@ -88,3 +129,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kr = ksub.add_parser("revoke", help="revoke a key by its id")
     kr.add_argument("key_id")
     kr.set_defaults(func=_cmd_keys_revoke)
+    ko = ksub.add_parser(
+        "rotate",
+        help="a new key like this one; the old one keeps working for an overlap, then ends",
+    )
+    ko.add_argument("key_id")
+    ko.add_argument(
+        "--overlap", default="24h", help="how long the old key still works: 90s, 15m, 24h, 7d"
+    )
+    ko.add_argument("--json", action="store_true", help="print the new key and records as JSON")
+    ko.set_defaults(func=_cmd_keys_rotate)

@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import faust
 from psycopg.rows import dict_row
@@ -103,6 +104,7 @@ async def _users(conn: Any, records: list[Record]) -> dict[str, dict[str, Any]]:
 
 def install(rt: Runtime) -> None:
     s = rt.settings
+    callback = (s.sms_status_callback_url or "").strip()
     app: faust.App = rt.app
     host, port = s.smtp_address
     email = EmailSender(host, port, s.email_from, pool_size=s.email_pool_size)
@@ -299,6 +301,11 @@ def install(rt: Runtime) -> None:
                 "message_id": row["msg_id"],
                 "kind": kind,
             }
+            if channel == "SMS" and callback:
+                # where the provider reports the message's delivery status (Twilio:
+                # StatusCallback), our message id in it: the API's webhook finds the row by it
+                sep = "&" if "?" in callback else "?"
+                body["status_callback"] = callback + sep + urlencode({"message_id": row["msg_id"]})
         return _Message(r, channel, recipient, key, body)
 
     # A channel's batch is what its connections send in about a second: a rebalance waits for

@@ -97,3 +97,8 @@ def api_process(env: dict[str, str], log_name: str) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+#: every secret the session handed to a process or made (API keys, webhook secrets, provider
+#: keys): `test_zz_no_secrets_in_logs.py` scans the session's logs for each
+SECRETS_USED: set[str] = set()

@@ -17,6 +17,7 @@ import pytest
 
 from core.settings import Settings, get_settings
 from mohallamart.stack import Stack
+from tests.integration._support import SECRETS_USED
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,10 +85,13 @@ def webhook_secrets() -> dict[str, str]:
     import base64
     import secrets
 
-    return {
+    made = {
         "CLERK_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
         "TWILIO_AUTH_TOKEN": secrets.token_hex(16),
     }
+    SECRETS_USED.update(made.values())
+    SECRETS_USED.add(made["CLERK_WEBHOOK_SECRET"].removeprefix("whsec_"))
+    return made
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +132,7 @@ def _key(settings: Settings, name: str, scopes: list[str], **kw: object) -> str:
         principal=str(kw.get("principal", "admin")),
         rate_per_s=kw.get("rate_per_s"),
     )  # type: ignore[arg-type]
+    SECRETS_USED.add(secret)
     return secret
 
 
@@ -163,6 +168,7 @@ def providers() -> Iterator[Any]:
         "PUSH_PROVIDER_URL": f"{fake.url}/push",
         "PUSH_PROVIDER_KEY": "test-push-key",
     }
+    SECRETS_USED.update({"test-sms-key", "test-push-key"})
     yield fake
     fake.stop()
 
@@ -184,7 +190,9 @@ def pipeline(
     workers.start("cache", "cache")
     workers.start("search", "search")
     workers.start("workflows", "workflows")
-    workers.start("notifications", "notifications", env=providers.env)
+    # each SMS names the API's status webhook (as a Twilio adapter would pass it to Twilio)
+    callback = {"SMS_STATUS_CALLBACK_URL": f"{api}/v1/webhooks/twilio/sms-status"}
+    workers.start("notifications", "notifications", env={**providers.env, **callback})
     p = Pipeline(api, ingest_key, settings, workers)
     try:
         # the customer of the tests' bulk orders: every channel off (the notification tests

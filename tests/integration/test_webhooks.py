@@ -16,10 +16,13 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 
+from schemas.catalog import TOPICS
 from tests.integration._pipeline import Pipeline, uid
+from tests.integration._support import poll
 from tests.integration.test_notifications import (
     _order,
     _order_event,
+    _phone,
     _register,
     _shop_with_product,
 )
@@ -100,7 +103,7 @@ def test_clerk_user_webhooks_become_user_events_and_bad_or_replayed_ones_write_n
     # the same delivery again, signed anew (a replay): 401, nothing more written
     r = p.http.post("/v1/webhooks/clerk", content=created, headers=_svix(secret, msg, created))
     assert r.status_code == 401 and "replay" in r.json()["detail"]
-    assert _claims(p, event_id) == 1
+    assert len(p.events_of(TOPICS["user"].name, "user.registered", [user])) == 1
 
     # user.updated and user.deleted, each its own delivery
     updated = orjson.dumps(
@@ -144,16 +147,22 @@ def _twilio(token: str, url: str, params: dict[str, str]) -> str:
 
 
 def test_twilio_sms_status_callbacks_reach_the_delivery_log_and_bad_or_replayed_ones_do_not(
-    pipeline: Pipeline, webhook_secrets: dict[str, str], make_key: Any
+    pipeline: Pipeline, webhook_secrets: dict[str, str], make_key: Any, providers: Any
 ) -> None:
     p = pipeline
-    admin = {"Authorization": f"Bearer {make_key(['admin'])}"}
     token = webhook_secrets["TWILIO_AUTH_TOKEN"]
+    admin = {"Authorization": f"Bearer {make_key(['admin'])}"}
     owner, _, _ = _register(p)
     customer, _, _ = _register(p, email_opt_in=True, sms_opt_in=True)
+    phone = _phone(p, customer)
     shop, pid = _shop_with_product(p, owner, stock=5)
     oid = _order(p, shop, pid, customer, 1)
     assert _order_event(p, "order.accepted", oid)
+    # the SMS as the provider got it: it names where to report its status (a Twilio adapter
+    # passes that on as StatusCallback), our message id in it
+    (sms_sent,) = poll(lambda: providers.sent("/sms", phone) or None, timeout=60, what="the SMS")
+    url = sms_sent["status_callback"]
+    assert url.startswith(str(p.http.base_url).rstrip("/") + "/v1/webhooks/twilio/sms-status?")
     (ours,) = p.wait_row(
         "SELECT message_id FROM notification_outbox WHERE user_id = %s AND channel = 'SMS' "
         "AND status = 'SENT'",
@@ -161,6 +170,7 @@ def test_twilio_sms_status_callbacks_reach_the_delivery_log_and_bad_or_replayed_
         timeout=60,
         what="the order's SMS sent",
     )
+    assert url.endswith("?" + urlencode({"message_id": ours}))
 
     def log() -> dict[str, Any]:
         r = p.http.get("/v1/notifications", params={"user_id": customer}, headers=admin)
@@ -168,43 +178,63 @@ def test_twilio_sms_status_callbacks_reach_the_delivery_log_and_bad_or_replayed_
         (sms,) = [n for n in r.json()["notifications"] if n["channel"] == "SMS"]
         return dict(sms)
 
-    # the callback URL as the SMS adapter gives Twilio: our message id in its query, encoded
-    path = "/v1/webhooks/twilio/sms-status?" + urlencode({"message_id": ours})
-    url = str(p.http.base_url).rstrip("/") + path
     sid = "SM" + uuid.uuid4().hex
-    params = {"MessageSid": sid, "MessageStatus": "delivered", "To": "+919845000000"}
-    body = urlencode(params)
     form = {"content-type": "application/x-www-form-urlencoded"}
 
-    # a bad signature, one for other parameters, none: 401, nothing written
-    for sig in ("bm90IGl0", _twilio(token, url, {**params, "MessageStatus": "failed"}), ""):
+    def callback(params: dict[str, str], signature: str | None = None) -> Any:
+        sig = _twilio(token, url, params) if signature is None else signature
         headers = {**form, **({"X-Twilio-Signature": sig} if sig else {})}
-        r = p.http.post(path, content=body, headers=headers)
+        return p.http.post(url, content=urlencode(params), headers=headers)
+
+    delivered = {"MessageSid": sid, "MessageStatus": "delivered", "To": phone}
+    # a bad signature, one for other parameters, none: 401, nothing written
+    for sig in ("bm90IGl0", _twilio(token, url, {**delivered, "MessageStatus": "failed"}), ""):
+        r = callback(delivered, sig)
         assert r.status_code == 401, r.text
     assert log()["delivery_status"] is None
 
-    r = p.http.post(
-        path, content=body, headers={**form, "X-Twilio-Signature": _twilio(token, url, params)}
-    )
+    r = callback(delivered)
     assert r.status_code == 200, r.text
     assert r.json() == {"message_sid": sid, "message_id": ours, "status": "delivered", "rows": 1}
     sms = log()
     assert sms["delivery_status"] == "delivered" and sms["delivery_at"] is not None
 
     # the same callback again (a replay): 401, the row as it was
-    r = p.http.post(
-        path, content=body, headers={**form, "X-Twilio-Signature": _twilio(token, url, params)}
-    )
+    r = callback(delivered)
     assert r.status_code == 401 and "replay" in r.json()["detail"]
     assert log()["delivery_at"] == sms["delivery_at"]
+    # a late `sent` (Twilio's callbacks may come out of order) does not hide `delivered`
+    r = callback({**delivered, "MessageStatus": "sent"})
+    assert r.status_code == 200 and r.json()["rows"] == 0
+    assert log()["delivery_status"] == "delivered"
+    # a signed status this log does not keep: acknowledged, nothing written
+    r = callback({**delivered, "MessageStatus": "receiving"})
+    assert r.status_code == 200 and r.json() == {"ignored": "receiving"}
 
-    # a later status of the same message (undelivered, with Twilio's error code)
-    later = {**params, "MessageStatus": "undelivered", "ErrorCode": "30003"}
-    r = p.http.post(
-        path,
-        content=urlencode(later),
-        headers={**form, "X-Twilio-Signature": _twilio(token, url, later)},
-    )
-    assert r.status_code == 200, r.text
-    sms = log()
+
+def test_a_second_sms_status_of_a_failed_message_names_twilios_error(
+    pipeline: Pipeline, webhook_secrets: dict[str, str], make_key: Any, providers: Any
+) -> None:
+    p = pipeline
+    token = webhook_secrets["TWILIO_AUTH_TOKEN"]
+    admin = {"Authorization": f"Bearer {make_key(['admin'])}"}
+    owner, _, _ = _register(p)
+    customer, _, _ = _register(p, email_opt_in=True, sms_opt_in=True)
+    phone = _phone(p, customer)
+    shop, pid = _shop_with_product(p, owner, stock=5)
+    _order(p, shop, pid, customer, 1)
+    (sms_sent,) = poll(lambda: providers.sent("/sms", phone) or None, timeout=60, what="the SMS")
+    url = sms_sent["status_callback"]
+    sid = "SM" + uuid.uuid4().hex
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for status in ("sent", "undelivered"):
+        params = {"MessageSid": sid, "MessageStatus": status, "ErrorCode": "30003"}
+        r = p.http.post(
+            url,
+            content=urlencode(params),
+            headers={**form, "X-Twilio-Signature": _twilio(token, url, params)},
+        )
+        assert r.status_code == 200 and r.json()["rows"] == 1, r.text
+    r = p.http.get("/v1/notifications", params={"user_id": customer}, headers=admin)
+    (sms,) = [n for n in r.json()["notifications"] if n["channel"] == "SMS"]
     assert (sms["delivery_status"], sms["delivery_error"]) == ("undelivered", "Twilio error 30003")
