@@ -101,13 +101,20 @@ class _Bucket:
     updated: float = field(default_factory=time.monotonic)
 
 
+#: a lease of shared tokens: about this many seconds of a key's rate, usable this long
+LEASE_S = 0.05
+
+
 class RateLimiter:
     """A token bucket per key, in events per second, with a burst of `burst_s` seconds.
 
     With `shared` (Redis), the bucket is one for every API process (`mohallamart api --workers
     N`, several hosts): N processes admit what one would. While Redis does not answer, each
     process falls back to a bucket of its own (so a key may get up to N times its rate then),
-    rather than refuse every client: logged once a minute."""
+    rather than refuse every client: logged once a minute. Each process takes tokens a little
+    ahead (a lease of `LEASE_S` of the rate, used within `LEASE_S`), so a busy key costs one
+    round trip to Redis per lease, not per request; leased tokens not used in time are lost
+    (a key gets at most its rate, never more)."""
 
     def __init__(
         self, default_rate: int, burst_s: float, shared: SharedBuckets | None = None
@@ -116,23 +123,53 @@ class RateLimiter:
         self.burst_s = burst_s
         self.shared = shared
         self._buckets: dict[str, _Bucket] = {}
+        #: per key, tokens this process took from the shared bucket ahead of need (`updated`:
+        #: until when they may be used)
+        self._leases: dict[str, _Bucket] = {}
+        #: per key, the round trip to the shared bucket in flight (the others wait for it)
+        self._fetching: dict[str, asyncio.Future[None]] = {}
         self._down_logged = 0.0
 
     async def take(self, key: ApiKey, n: int) -> None:
         rate = float(key.rate_per_s or self.default_rate)
         capacity = max(rate * self.burst_s, float(n))
         if self.shared is not None:
-            try:
-                wait_s = await self.shared.take(key.key_id, rate, capacity, n)
-            except DependencyDown as exc:
+            for _ in range(3):
                 now = time.monotonic()
+                lease = self._leases.get(key.key_id)
+                if lease is not None and lease.updated > now and lease.tokens >= n:
+                    lease.tokens -= n  # from what this process took from the shared bucket
+                    return
+                pending = self._fetching.get(key.key_id)
+                if pending is None:
+                    break
+                # one round trip per key at a time: the others wait for its lease
+                await asyncio.shield(pending)
+            # take a little more than needed (about LEASE_S of the rate, held LEASE_S): one
+            # round trip to Redis per lease instead of per request; a key of a small rate
+            # takes exactly what it needs
+            want = max(n, min(int(rate * LEASE_S), int(capacity)))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._fetching[key.key_id] = done
+            try:
+                taken, wait_s = await self.shared.take(key.key_id, rate, capacity, n, want)
+            except DependencyDown as exc:
                 if now - self._down_logged > 60:
                     self._down_logged = now
                     _log.warning("shared rate limits unavailable (%s): per process meanwhile", exc)
             else:
-                if wait_s > 0:
+                if taken < n:
                     self._refuse(rate, wait_s)
+                if taken > n:
+                    now = time.monotonic()
+                    lease = self._leases.get(key.key_id)
+                    left = lease.tokens if lease is not None and lease.updated > now else 0.0
+                    self._leases[key.key_id] = _Bucket(left + taken - n, now + LEASE_S)
                 return
+            finally:
+                if self._fetching.get(key.key_id) is done:
+                    del self._fetching[key.key_id]
+                done.set_result(None)
         self._take_local(key.key_id, rate, capacity, n)
 
     def _take_local(self, key_id: str, rate: float, capacity: float, n: int) -> None:
