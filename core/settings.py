@@ -11,14 +11,23 @@ stack neither starts nor stops that service.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ANALYTICS_WINDOWS", "PLACEHOLDER_SECRET", "PROJECT_ROOT", "Settings", "get_settings"]
+__all__ = [
+    "ANALYTICS_WINDOWS",
+    "PLACEHOLDER_SECRET",
+    "PROJECT_ROOT",
+    "STACK_KAFKA_USER",
+    "KafkaSecurity",
+    "Settings",
+    "get_settings",
+]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_SECRET = "changethis"
@@ -28,6 +37,42 @@ Environment = Literal["development", "test", "production"]
 
 #: the analytics role's window kinds (each has a grace in `Settings.analytics_grace_s`)
 ANALYTICS_WINDOWS = ("sales_1m", "sales_1h", "sales_1d", "trending", "search_terms", "sessions")
+
+
+#: the SCRAM user the stack's SASL_SSL profile creates for the project's clients
+STACK_KAFKA_USER = "mohallamart"
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """A Kafka client's security, whichever client library reads it."""
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str = "SCRAM-SHA-512"
+    username: str | None = None
+    password: SecretStr | None = None  # a SecretStr: never in a repr, a log or an error
+    ca_location: Path | None = None
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def librdkafka(self) -> dict[str, str]:
+        """The librdkafka (confluent-kafka) properties: merged into every client's config."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        conf = {"security.protocol": self.protocol}
+        if self.sasl:
+            conf["sasl.mechanisms"] = self.mechanism
+            conf["sasl.username"] = self.username or ""
+            conf["sasl.password"] = self.password.get_secret_value() if self.password else ""
+        if self.tls and self.ca_location is not None:
+            conf["ssl.ca.location"] = str(self.ca_location)
+        return conf
 
 
 class Settings(BaseSettings):
@@ -52,6 +97,14 @@ class Settings(BaseSettings):
     typesense_url: str | None = None
     typesense_api_key: SecretStr = SecretStr(PLACEHOLDER_SECRET)
     smtp_url: str | None = None
+    #: how clients reach Kafka (librdkafka's names). Unset: the local stack's choice
+    #: (STACK_KAFKA_SECURITY), plaintext unless it runs SASL_SSL
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    #: the CA (PEM) that signed the brokers' certificates; unset: the system's CAs
+    kafka_ssl_ca_location: Path | None = None
 
     # --- the local stack (`mohallamart stack ...`) ---
     stack_dir: Path = PROJECT_ROOT / ".stack"
@@ -69,6 +122,18 @@ class Settings(BaseSettings):
     stack_smtp_port: int = Field(11025, ge=1, le=65535)
     stack_providers_port: int = Field(18025, ge=1, le=65535)
     stack_kafka_heap_mb: int = Field(512, ge=128)
+    #: Kafka nodes of the local stack: 1 (one node, broker and controller) or 3 (three
+    #: controllers and three brokers on loopback, each with its ports and data folder; set
+    #: KAFKA_REPLICATION_FACTOR=3 and KAFKA_MIN_INSYNC_REPLICAS=2 with it)
+    stack_kafka_brokers: Literal[1, 3] = 1
+    #: node i of the 3-broker profile listens on each of its ports + i * this step
+    stack_kafka_port_step: int = Field(100, ge=4, le=1000)
+    #: the brokers' listener for the brokers themselves (3-broker profile)
+    stack_kafka_internal_port: int = Field(19094, ge=1, le=65535)
+    #: "sasl_ssl" (3-broker profile): clients reach the brokers only over TLS with SASL/SCRAM;
+    #: the stack makes the CA, the certificates and the client's password in
+    #: `<STACK_DIR>/kafka-secrets/` (ca.pem, client-password: mode 0600)
+    stack_kafka_security: Literal["plaintext", "sasl_ssl"] = "plaintext"
     stack_registry_heap_mb: int = Field(384, ge=128)
     stack_start_timeout_s: float = Field(120.0, gt=0)
     # Where to look for a JDK when JAVA_HOME is unset or too old (colon-separated folders).
@@ -265,6 +330,14 @@ class Settings(BaseSettings):
     otel_traces_sampler_arg: str | None = None
     otel_exporter_otlp_headers: SecretStr | None = None
 
+    @field_validator(
+        "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_location", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker compose passes `${VAR:-}` as an empty string: the same as not set
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "production":
@@ -327,7 +400,42 @@ class Settings(BaseSettings):
     # --- effective addresses: the configured service, else the local stack's ---
     @property
     def kafka_bootstrap(self) -> str:
-        return self.kafka_bootstrap_servers or f"{self.stack_host}:{self.stack_kafka_port}"
+        if self.kafka_bootstrap_servers:
+            return self.kafka_bootstrap_servers
+        step = self.stack_kafka_port_step
+        return ",".join(
+            f"{self.stack_host}:{self.stack_kafka_port + i * step}"
+            for i in range(self.stack_kafka_brokers)
+        )
+
+    @property
+    def stack_kafka_secrets_dir(self) -> Path:
+        """Where the stack's SASL_SSL profile keeps its CA and the client's password."""
+        return self.stack_dir / "kafka-secrets"
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """How every Kafka client of this process authenticates (no secret is logged by it)."""
+        if self.kafka_security_protocol is not None:
+            return KafkaSecurity(
+                protocol=self.kafka_security_protocol,
+                mechanism=self.kafka_sasl_mechanism,
+                username=self.kafka_sasl_username,
+                password=self.kafka_sasl_password,
+                ca_location=self.kafka_ssl_ca_location,
+            )
+        if self.kafka_bootstrap_servers is None and self.stack_kafka_security == "sasl_ssl":
+            secrets = self.stack_kafka_secrets_dir
+            pw_file = secrets / "client-password"
+            password = pw_file.read_text().strip() if pw_file.exists() else None
+            return KafkaSecurity(
+                protocol="SASL_SSL",
+                mechanism="SCRAM-SHA-512",
+                username=self.kafka_sasl_username or STACK_KAFKA_USER,
+                password=SecretStr(password) if password else self.kafka_sasl_password,
+                ca_location=secrets / "ca.pem",
+            )
+        return KafkaSecurity()
 
     @property
     def registry_url(self) -> str:
