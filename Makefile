@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-analytics bench-reads bench-rebuild profile-workers lock up down status clean-stack
+.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-analytics bench-reads bench-rebuild profile-workers drill drill-ci lock up down status clean-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -55,6 +55,19 @@ bench-reads: install ## the read side's benchmark: cache, search, reindex, live 
 
 bench-rebuild: install ## each rebuild (postgres, redis, search) beside a raw baseline, 1M events (stack up)
 	$(BIN)/mohallamart bench rebuild
+
+# The drill runs on a stack of its own (.stack/drill: 3 controllers, 3 brokers, RF 3, min ISR 2)
+# with the test profile's short session timeout; stop `make run`'s stack first (same ports).
+DRILL_ENV := STACK_DIR=.stack/drill STACK_KAFKA_BROKERS=3 KAFKA_REPLICATION_FACTOR=3 \
+	KAFKA_MIN_INSYNC_REPLICAS=2 KAFKA_SESSION_TIMEOUT_MS=3000 KAFKA_HEARTBEAT_INTERVAL_MS=1000 \
+	KAFKA_REBALANCE_TIMEOUT_MS=6000
+
+drill: install ## the fault drill, every row, 3-broker profile (its own stack; report: drill-report.md)
+	$(DRILL_ENV) $(BIN)/mohallamart drill --report drill-report.md $(ROWS)
+
+drill-ci: install ## one short row per fault kind (what CI runs)
+	$(DRILL_ENV) $(BIN)/mohallamart drill --short --report drill-report.md \
+		leader controller isr worker-kill worker-pause clock postgres poison duplicate rebuild
 
 lock: ## re-pin requirements.lock from pyproject.toml (needs network)
 	$(BIN)/python -m pip install --quiet uv

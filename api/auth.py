@@ -17,9 +17,18 @@ from connectors.apikeys import ApiKey, hash_key, lookup_key
 from connectors.base import DependencyDown
 from connectors.ratelimit import SharedBuckets
 
-__all__ = ["Authenticator", "RateLimiter"]
+__all__ = ["Authenticator", "RateLimiter", "key_problems"]
 
 _log = logging.getLogger("mohallamart.api.auth")
+
+
+def key_problems(scope: str, *, admin: bool = False) -> dict[int, str]:
+    """The answers every route behind a key may give (for its OpenAPI `responses`)."""
+    return {
+        401: "no key, or an unknown, revoked or expired key",
+        403: f"the key lacks the `{scope}` scope" + (", or is not an admin key" if admin else ""),
+        503: "the key could not be checked: the database did not answer (Retry-After)",
+    }
 
 
 class Authenticator:

@@ -30,7 +30,7 @@ from schemas.codec import frame
 from schemas.encoder import _long, _string, compile_encoder
 from schemas.fastpath import compile_fast
 from schemas.registry import RegistryError, SchemaRegistry
-from schemas.validate import FieldError, Validator
+from schemas.validate import NUL_RULE, FieldError, Validator
 
 __all__ = ["Ingestor", "Result"]
 
@@ -276,6 +276,8 @@ class Ingestor:
             v = obj.get(opt)
             if v is not None and (not isinstance(v, str) or not 1 <= len(v) <= 200):
                 errors.append(FieldError(at(opt), "must be a string of 1 to 200 characters"))
+            elif v is not None and "\x00" in v:
+                errors.append(FieldError(at(opt), NUL_RULE))
         if "data" not in obj:
             errors.append(FieldError(at("data"), "is required"))
         if compiled is None or not compiled.event.postable or "data" not in obj:

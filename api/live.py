@@ -187,6 +187,7 @@ class LiveHub:
                     "fetch.wait.max.ms": 20,
                     "log_level": 3,
                 },
+                security=self.settings.kafka_security,
             )
         )
 

@@ -104,6 +104,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         await pool.open(wait=False)
         producer = EventProducer(
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             delivery_timeout_ms=settings.ingest_delivery_timeout_ms,
             linger_ms=settings.ingest_linger_ms,
             max_message_bytes=settings.ingest_max_event_bytes,
@@ -138,6 +139,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         create_topics = partial(  # created, and each partition served: no write before that
             ensure_topics_ready,
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             replication=settings.kafka_replication_factor,
             min_insync_replicas=settings.kafka_min_insync_replicas,
         )

@@ -39,7 +39,9 @@ class OpsMonitor:
         self.settings = settings
         self.pool = pool
         self.dependencies = dependencies
-        self.offsets = GroupOffsets(settings.kafka_bootstrap, timeout_s=3.0)
+        self.offsets = GroupOffsets(
+            settings.kafka_bootstrap, security=settings.kafka_security, timeout_s=3.0
+        )
         self.every_s = settings.ops_stream_every_s
         self._lock = asyncio.Lock()
         self._last: dict[str, Any] | None = None

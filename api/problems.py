@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -13,7 +13,16 @@ from starlette.responses import Response
 
 from schemas.validate import FieldError
 
-__all__ = ["PROBLEM_JSON", "Problem", "install_handlers", "problem_body", "problem_response"]
+__all__ = [
+    "PROBLEM_JSON",
+    "PROBLEM_SCHEMA",
+    "Problem",
+    "install_handlers",
+    "json_answer",
+    "problem_body",
+    "problem_response",
+    "problems",
+]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -30,6 +39,56 @@ _TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
 }
+
+
+#: the JSON Schema of a problem document, as the OpenAPI document gives it for every error
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "`/problems/<slug>`"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "each field that breaks a rule (in a batch the field starts "
+            "`events[3].`)",
+            "items": {
+                "type": "object",
+                "required": ["field", "rule"],
+                "properties": {"field": {"type": "string"}, "rule": {"type": "string"}},
+            },
+        },
+    },
+}
+_RETRY_AFTER = {"description": "seconds to wait before retrying", "schema": {"type": "string"}}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    409: {"Retry-After": _RETRY_AFTER},
+    429: {"Retry-After": _RETRY_AFTER},
+    503: {"Retry-After": _RETRY_AFTER},
+}
+
+
+def problems(answers: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for errors answered as problem documents: status -> when."""
+    return {
+        status: {
+            "description": when,
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+            **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
+        }
+        for status, when in answers.items()
+    }
+
+
+def json_answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI response of a JSON document (`schema`: any object when not given)."""
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema or {"type": "object"}}},
+    }
 
 
 class Problem(Exception):

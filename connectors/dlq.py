@@ -102,6 +102,7 @@ def _read(settings: Settings, topics: Iterable[str]) -> list[DeadLetter]:
             settings.kafka_bootstrap,
             f"mohallamart-dlq-reader-{uuid.uuid4()}",  # never commits
             {"enable.auto.commit": False, "enable.partition.eof": True},
+            security=settings.kafka_security,
         )
     )
     out: list[DeadLetter] = []
@@ -250,6 +251,7 @@ def _redrive(
     producer = Producer(
         producer_config(
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             delivery_timeout_ms=10_000,
             linger_ms=0,
             max_message_bytes=1 << 20,

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition as AioTP
 
 from connectors.base import DependencyDown
+from core.settings import KafkaSecurity
 
 __all__ = ["GroupOffsets"]
 
@@ -27,8 +28,9 @@ TP = tuple[str, int]
 class GroupOffsets:
     """Committed offsets of consumer groups, and end offsets of topics."""
 
-    def __init__(self, bootstrap: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, bootstrap: str, *, security: KafkaSecurity, timeout_s: float = 5.0) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.timeout_s = timeout_s
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -36,7 +38,9 @@ class GroupOffsets:
     async def _admin_client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000)
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=int(self.timeout_s * 1000),
+                **self.security.aiokafka(),
             )
             try:
                 await admin.start()
@@ -54,6 +58,7 @@ class GroupOffsets:
                 group_id=None,
                 enable_auto_commit=False,
                 request_timeout_ms=int(self.timeout_s * 1000),
+                **self.security.aiokafka(),
             )
             try:
                 await consumer.start()

@@ -2,7 +2,9 @@
 
 The API's producer, the dead-letter commands, the live-updates hub, offset resets and topic
 creation build their clients' settings here, so what matters (acks, idempotence, the partitioner)
-cannot drift between them.
+cannot drift between them. Each builder takes the client's security (`KafkaSecurity`: TLS, SASL)
+as a required argument, so no client can forget it; PLAINTEXT adds no property. The settings
+returned hold the SASL password in clear: never log them.
 """
 
 from __future__ import annotations
@@ -10,11 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from core.settings import KafkaSecurity
+
 __all__ = ["admin_config", "consumer_config", "producer_config"]
 
 
 def producer_config(
-    bootstrap: str, *, delivery_timeout_ms: int, linger_ms: float, max_message_bytes: int
+    bootstrap: str,
+    *,
+    security: KafkaSecurity,
+    delivery_timeout_ms: int,
+    linger_ms: float,
+    max_message_bytes: int,
 ) -> dict[str, Any]:
     """librdkafka settings of every producer of events (the API, a dead-letter redrive, and the
     benchmark's baseline)."""
@@ -36,21 +45,35 @@ def producer_config(
         "request.timeout.ms": min(30_000, max(1000, delivery_timeout_ms // 2)),
         "socket.keepalive.enable": True,
         "log_level": 3,
+        **security.librdkafka(),
     }
 
 
 def consumer_config(
-    bootstrap: str, group_id: str, extra: Mapping[str, Any] | None = None
+    bootstrap: str,
+    group_id: str,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    security: KafkaSecurity,
 ) -> dict[str, Any]:
     """librdkafka settings of a consumer: `group_id` is its group (a reader that assigns its
-    partitions itself never joins it); `extra` adds librdkafka settings or overrides these."""
-    return {"bootstrap.servers": bootstrap, "group.id": group_id, **(extra or {})}
+    partitions itself never joins it); `extra` adds librdkafka settings or overrides these (not
+    the security's: an extra setting never turns it off)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        **(extra or {}),
+        **security.librdkafka(),
+    }
 
 
-def admin_config(bootstrap: str, *, log_level: int | None = None) -> dict[str, Any]:
+def admin_config(
+    bootstrap: str, *, security: KafkaSecurity, log_level: int | None = None
+) -> dict[str, Any]:
     """librdkafka settings of an admin client; `log_level` (syslog levels, 0 silences it) is
     librdkafka's own default when None."""
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
     if log_level is not None:
         conf["log_level"] = log_level
+    conf.update(security.librdkafka())
     return conf

@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from connectors.kafka import producer_config
+from core.settings import KafkaSecurity
 
 __all__ = ["Delivery", "EventProducer", "Failure", "Record", "failure_kind"]
 
@@ -103,6 +104,7 @@ class EventProducer:
         self,
         bootstrap: str,
         *,
+        security: KafkaSecurity,
         delivery_timeout_ms: int,
         linger_ms: float,
         max_message_bytes: int = 1_000_000,
@@ -110,6 +112,7 @@ class EventProducer:
     ) -> None:
         conf = producer_config(
             bootstrap,
+            security=security,
             delivery_timeout_ms=delivery_timeout_ms,
             linger_ms=linger_ms,
             max_message_bytes=max_message_bytes,

@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ign
 
 from connectors.kafka import admin_config
 from core.errors import PipelineError
+from core.settings import KafkaSecurity
 from schemas.catalog import TOPICS, Topic
 
 __all__ = [
@@ -39,6 +40,7 @@ def ensure_topics(
     bootstrap: str,
     topics: Iterable[Topic] | None = None,
     *,
+    security: KafkaSecurity,
     replication: int,
     min_insync_replicas: int,
     timeout_s: float = 15.0,
@@ -47,7 +49,7 @@ def ensure_topics(
     `replication` copies and `min_insync_replicas` (unless its own config says otherwise);
     return the names created. An existing topic is left as it is."""
     wanted = list(topics if topics is not None else TOPICS.values())
-    admin = AdminClient(admin_config(bootstrap))
+    admin = AdminClient(admin_config(bootstrap, security=security))
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
@@ -80,6 +82,7 @@ def ensure_topics_ready(
     bootstrap: str,
     topics: Iterable[Topic] | None = None,
     *,
+    security: KafkaSecurity,
     replication: int,
     min_insync_replicas: int,
     timeout_s: float = 15.0,
@@ -92,11 +95,17 @@ def ensure_topics_ready(
     created = ensure_topics(
         bootstrap,
         wanted,
+        security=security,
         replication=replication,
         min_insync_replicas=min_insync_replicas,
         timeout_s=timeout_s,
     )
-    wait_topics_ready(bootstrap, wanted, timeout_s=max(1.0, deadline - time.monotonic()))
+    wait_topics_ready(
+        bootstrap,
+        wanted,
+        security=security,
+        timeout_s=max(1.0, deadline - time.monotonic()),
+    )
     return created
 
 
@@ -104,6 +113,7 @@ def wait_topics_ready(
     bootstrap: str,
     topics: Iterable[Topic],
     *,
+    security: KafkaSecurity,
     timeout_s: float = 60.0,
     interval_s: float = 0.25,
 ) -> None:
@@ -118,7 +128,7 @@ def wait_topics_ready(
     one's success. So each partition must also answer a ListOffsets request. Raise
     `TopicsNotReady` after `timeout_s`, naming what is not ready."""
     wanted = {t.name: t.partitions for t in topics}
-    admin = AdminClient(admin_config(bootstrap))
+    admin = AdminClient(admin_config(bootstrap, security=security))
     deadline = time.monotonic() + timeout_s
     problems: list[str] = []
     while True:

@@ -26,9 +26,11 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from connectors.kafka import consumer_config
 from connectors.postgres import entity_of, version_of
 from connectors.redis_cache import ViewCache, cache_key
 from connectors.typesense import SearchIndex
+from core.settings import KafkaSecurity
 
 __all__ = ["KafkaLookup", "mask", "scrub", "trace"]
 
@@ -68,23 +70,33 @@ class KafkaLookup:
     """Reads one record back by its position, and the dead letters naming an event (blocking:
     run in a thread)."""
 
-    def __init__(self, bootstrap: str, decode: Callable[[bytes], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        decode: Callable[[bytes], dict[str, Any]],
+        *,
+        security: KafkaSecurity,
+    ) -> None:
         self.bootstrap = bootstrap
         self.decode = decode
+        self.security = security
 
     def _consumer(self) -> Any:
         from confluent_kafka import Consumer
 
         return Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": "mohallamart-trace",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                # a record retention removed: an error, not a wait for new ones
-                "auto.offset.reset": "error",
-                "log_level": 3,
-            }
+            consumer_config(
+                self.bootstrap,
+                "mohallamart-trace",
+                {
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    # a record retention removed: an error, not a wait for new ones
+                    "auto.offset.reset": "error",
+                    "log_level": 3,
+                },
+                security=self.security,
+            )
         )
 
     def record(self, topic: str, partition: int, offset: int) -> dict[str, Any] | None:

@@ -11,10 +11,11 @@ stack neither starts nor stops that service.
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,6 +75,30 @@ class KafkaSecurity:
             conf["ssl.ca.location"] = str(self.ca_location)
         return conf
 
+    def aiokafka(self) -> dict[str, Any]:
+        """The keyword arguments of an aiokafka client (AIOKafkaConsumer, AIOKafkaProducer,
+        AIOKafkaAdminClient): merged into every one. Empty for PLAINTEXT: aiokafka's defaults.
+        The dict holds the clear password, like `librdkafka()`'s: never log either."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.tls:
+            kwargs["ssl_context"] = self.ssl_context()
+        if self.sasl:
+            kwargs["sasl_mechanism"] = self.mechanism
+            kwargs["sasl_plain_username"] = self.username or ""
+            kwargs["sasl_plain_password"] = (
+                self.password.get_secret_value() if self.password else ""
+            )
+        return kwargs
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of an aiokafka (and so faust) client: the brokers' certificates
+        checked against `ca_location` (the system's CAs when unset), host names checked, as
+        `aiokafka.helpers.create_ssl_context` makes it and as librdkafka checks by default."""
+        cafile = str(self.ca_location) if self.ca_location is not None else None
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+
 
 class Settings(BaseSettings):
     """Configuration of every MohallaMart process. Field names are the environment variables."""
@@ -123,16 +148,18 @@ class Settings(BaseSettings):
     stack_providers_port: int = Field(18025, ge=1, le=65535)
     stack_kafka_heap_mb: int = Field(512, ge=128)
     #: Kafka nodes of the local stack: 1 (one node, broker and controller) or 3 (three
-    #: controllers and three brokers on loopback, each with its ports and data folder; set
-    #: KAFKA_REPLICATION_FACTOR=3 and KAFKA_MIN_INSYNC_REPLICAS=2 with it)
+    #: controllers and three brokers on loopback, each with its ports and data folder). With 3
+    #: (and KAFKA_BOOTSTRAP_SERVERS unset) KAFKA_REPLICATION_FACTOR defaults to 3 and
+    #: KAFKA_MIN_INSYNC_REPLICAS to 2: every process reading these settings creates its topics
+    #: so. A STACK_DIR keeps the profile it first ran (`<STACK_DIR>/kafka-profile.json`).
     stack_kafka_brokers: Literal[1, 3] = 1
-    #: node i of the 3-broker profile listens on each of its ports + i * this step
+    #: node i (1..3) of the 3-broker profile listens on each of its ports + (i-1) * this step
     stack_kafka_port_step: int = Field(100, ge=4, le=1000)
     #: the brokers' listener for the brokers themselves (3-broker profile)
     stack_kafka_internal_port: int = Field(19094, ge=1, le=65535)
-    #: "sasl_ssl" (3-broker profile): clients reach the brokers only over TLS with SASL/SCRAM;
-    #: the stack makes the CA, the certificates and the client's password in
-    #: `<STACK_DIR>/kafka-secrets/` (ca.pem, client-password: mode 0600)
+    #: "sasl_ssl" (3-broker profile only): clients reach the brokers only over TLS with
+    #: SASL/SCRAM-SHA-512 (user STACK_KAFKA_USER); the stack makes the CA, the certificates and
+    #: the passwords in `<STACK_DIR>/kafka-secrets/` (mode 0700; ca.pem, client-password 0600)
     stack_kafka_security: Literal["plaintext", "sasl_ssl"] = "plaintext"
     stack_registry_heap_mb: int = Field(384, ge=128)
     stack_start_timeout_s: float = Field(120.0, gt=0)
@@ -337,6 +364,37 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # docker compose passes `${VAR:-}` as an empty string: the same as not set
         return None if value == "" else value
+
+    @field_validator("stack_kafka_brokers", mode="before")
+    @classmethod
+    def _brokers_from_text(cls, value: object) -> object:
+        # the environment gives "3": a Literal of ints takes only the int
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _three_brokers_replicate(cls, data: object) -> object:
+        """With the local stack's 3-broker profile, topics get 3 copies and need 2 in sync
+        unless KAFKA_REPLICATION_FACTOR / KAFKA_MIN_INSYNC_REPLICAS say otherwise."""
+        if not isinstance(data, dict):
+            return data
+        given = {str(k).lower(): v for k, v in data.items()}
+        if str(given.get("stack_kafka_brokers", "1")).strip() != "3" or given.get(
+            "kafka_bootstrap_servers"
+        ):
+            return data
+        out = dict(data)
+        if "kafka_replication_factor" not in given:
+            out["kafka_replication_factor"] = 3
+        if "kafka_min_insync_replicas" not in given:
+            try:
+                rf = int(str(given.get("kafka_replication_factor", 3)))
+            except (TypeError, ValueError):
+                return out  # the field's own validation names the problem
+            out["kafka_min_insync_replicas"] = min(2, rf)
+        return out
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

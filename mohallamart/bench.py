@@ -144,6 +144,7 @@ def _raw_producer(settings: Settings) -> Producer:
     return Producer(
         producer_config(
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             delivery_timeout_ms=settings.ingest_delivery_timeout_ms,
             linger_ms=settings.ingest_linger_ms,
             max_message_bytes=settings.ingest_max_event_bytes,
@@ -327,6 +328,7 @@ def run_ingest_bench(
     migrate(settings.postgres_dsn)
     ensure_topics_ready(
         settings.kafka_bootstrap,
+        security=settings.kafka_security,
         replication=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
     )

@@ -45,6 +45,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from connectors.kafka import admin_config, consumer_config
 from core.errors import PipelineError
 from core.settings import Settings
 from mohallamart.stack.supervisor import Supervisor
@@ -240,6 +241,7 @@ def _write(settings: Settings, ns: str, records: list[tuple[str, str, bytes, int
     p = Producer(
         producer_config(
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             delivery_timeout_ms=60_000,
             linger_ms=5,
             max_message_bytes=1 << 20,
@@ -276,7 +278,7 @@ def _wait_topics(settings: Settings, names: list[str], timeout_s: float = 90) ->
     from connectors.topics import wait_topics_ready
     from schemas.catalog import Topic
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(admin_config(settings.kafka_bootstrap, security=settings.kafka_security))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         meta = admin.list_topics(timeout=5).topics
@@ -284,6 +286,7 @@ def _wait_topics(settings: Settings, names: list[str], timeout_s: float = 90) ->
             wait_topics_ready(
                 settings.kafka_bootstrap,
                 [Topic("bench", t, len(meta[t].partitions), "") for t in names],
+                security=settings.kafka_security,
                 timeout_s=60,
             )
             return
@@ -428,18 +431,19 @@ def _baseline_run(settings: Settings, ns: str, echo: Callable[[str], None]) -> t
     producer = Producer(
         producer_config(
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             delivery_timeout_ms=60_000,
             linger_ms=5,
             max_message_bytes=1 << 20,
         )
     )
     c = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{ns}-baseline",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
+        consumer_config(
+            settings.kafka_bootstrap,
+            f"{ns}-baseline",
+            {"enable.auto.commit": False, "fetch.wait.max.ms": 10},
+            security=settings.kafka_security,
+        )
     )
     ends = {}
     for t in topics:
@@ -512,13 +516,18 @@ def _baseline_run(settings: Settings, ns: str, echo: Callable[[str], None]) -> t
 _FAUST_APP = r"""
 import os, sys, time
 import faust
+from core.settings import get_settings
 from schemas.codec import RegistryDecoder
 from schemas.registry import SchemaRegistry
+from streams.transport.credentials import broker_credentials
 
 topic_name, expected, done_file, bootstrap, registry_url, app_id, datadir = sys.argv[1:8]
 expected = int(expected)
 decoder = RegistryDecoder(SchemaRegistry(registry_url).schema_by_id)
-app = faust.App(app_id, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
+# the security as the parent's (the same environment and .env): never on the command line
+app = faust.App(app_id, broker=";".join(f"kafka://{s}" for s in bootstrap.split(",")),
+                broker_credentials=broker_credentials(get_settings().kafka_security),
+                store="memory://", datadir=datadir,
                 topic_partitions=6, web_enabled=False, consumer_auto_offset_reset="earliest")
 revenue = app.Table("revenue", default=int).tumbling(60, expires=3600).relative_to_stream()
 topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -551,7 +560,9 @@ if __name__ == "__main__":
 def _faust_run(settings: Settings, ns: str, echo: Callable[[str], None]) -> tuple[float, int]:
     """(b): faust's own tumbling table, 1-minute revenue per shop: events/s of the order topic."""
     topic = f"{ns}.order.events"
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{ns}-probe"})
+    c = Consumer(
+        consumer_config(settings.kafka_bootstrap, f"{ns}-probe", security=settings.kafka_security)
+    )
     try:
         expected = sum(
             c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(PARTS)
@@ -625,12 +636,12 @@ def _latency(
 
         def listen() -> None:
             c = Consumer(
-                {
-                    "bootstrap.servers": settings.kafka_bootstrap,
-                    "group.id": f"{ns}-latency",
-                    "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 10,
-                }
+                consumer_config(
+                    settings.kafka_bootstrap,
+                    f"{ns}-latency",
+                    {"auto.offset.reset": "earliest", "fetch.wait.max.ms": 10},
+                    security=settings.kafka_security,
+                )
             )
             c.subscribe([out_topic])
             schemas: dict[int, Any] = {}
@@ -657,6 +668,7 @@ def _latency(
         p = Producer(
             producer_config(
                 settings.kafka_bootstrap,
+                security=settings.kafka_security,
                 delivery_timeout_ms=30_000,
                 linger_ms=2,
                 max_message_bytes=1 << 20,

@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from connectors.kafka import admin_config, consumer_config
 from core.errors import PipelineError
 from core.settings import Settings
 
@@ -154,6 +155,7 @@ def _load(settings: Settings, namespace: str, events: int, say: Say) -> int:
     ensure_topics(
         settings.kafka_bootstrap,
         list(topics_in(namespace).values()),
+        security=settings.kafka_security,
         replication=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
     )
@@ -180,7 +182,7 @@ def _load(settings: Settings, namespace: str, events: int, say: Say) -> int:
 def _drop_topics(settings: Settings, namespace: str) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(admin_config(settings.kafka_bootstrap, security=settings.kafka_security))
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{namespace}.")]
     if names:
         for fut in admin.delete_topics(names, operation_timeout=30).values():
@@ -257,12 +259,12 @@ def _raw_postgres(settings: Settings, namespace: str, rows: dict[str, bytes]) ->
         if c in ("user", "shop", "shopkeeper", "product", "order")
     ]
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"bench-raw-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 52_428_800,
-        }
+        consumer_config(
+            settings.kafka_bootstrap,
+            f"bench-raw-{uuid.uuid4()}",
+            {"enable.auto.commit": False, "fetch.max.bytes": 52_428_800},
+            security=settings.kafka_security,
+        )
     )
     t0 = time.monotonic()
     records = 0

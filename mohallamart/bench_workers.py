@@ -44,6 +44,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from connectors.kafka import consumer_config
 from core.errors import PipelineError
 from core.settings import Settings
 from mohallamart.stack.supervisor import Supervisor
@@ -211,6 +212,7 @@ def _producer(settings: Settings) -> Producer:
     return Producer(
         producer_config(
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             delivery_timeout_ms=30_000,
             linger_ms=5,
             max_message_bytes=1 << 20,
@@ -232,7 +234,9 @@ def _produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> Non
 
 
 def _high_watermarks(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-probe"})
+    c = Consumer(
+        consumer_config(settings.kafka_bootstrap, "bench-probe", security=settings.kafka_security)
+    )
     try:
         out = {}
         meta = c.list_topics(timeout=10)
@@ -363,12 +367,12 @@ def _baseline(
     decoder = RegistryDecoder(registry.schema_by_id)
     sink = PostgresProjections(_dsn(settings, "bench_baseline"))
     c = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"bench-baseline-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": int(within_s * 1000),
-        }
+        consumer_config(
+            settings.kafka_bootstrap,
+            f"bench-baseline-{uuid.uuid4().hex[:8]}",
+            {"enable.auto.commit": False, "fetch.wait.max.ms": int(within_s * 1000)},
+            security=settings.kafka_security,
+        )
     )
     remaining = (
         {tp for tp, end in ends.items() if end > starts.get(tp, 0)} if ends is not None else set()
@@ -538,6 +542,7 @@ def run_workers_bench(
     ensure_topics_ready(
         settings.kafka_bootstrap,
         list(bench_topics.values()),
+        security=settings.kafka_security,
         replication=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
     )

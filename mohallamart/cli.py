@@ -26,6 +26,7 @@ from mohallamart.commands import (
     contract,
     db,
     dlq,
+    drill,
     jobs,
     keys,
     offsets,
@@ -57,6 +58,7 @@ _GROUPS = (
     rebuild,
     contract,
     bench,
+    drill,
     smtpd,
 )
 

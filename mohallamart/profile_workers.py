@@ -130,6 +130,7 @@ def profile_workers(
     ensure_topics_ready(
         settings.kafka_bootstrap,
         list(bench_topics.values()),
+        security=settings.kafka_security,
         replication=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
     )

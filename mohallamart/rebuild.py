@@ -130,19 +130,23 @@ class _Source:
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Consumer
 
+        from connectors.kafka import consumer_config
         from schemas.codec import RegistryDecoder
         from schemas.registry import SchemaRegistry
 
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"{settings.worker_app_prefix}-rebuild-{uuid.uuid4()}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "fetch.max.bytes": 52_428_800,
-                "log_level": 3,
-            }
+            consumer_config(
+                settings.kafka_bootstrap,
+                f"{settings.worker_app_prefix}-rebuild-{uuid.uuid4()}",
+                {
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "fetch.max.bytes": 52_428_800,
+                    "log_level": 3,
+                },
+                security=settings.kafka_security,
+            )
         )
         self.decoder = RegistryDecoder(SchemaRegistry(settings.registry_url).schema_by_id)
         self.partitions: dict[TP, tuple[int, int]] = {}  # tp -> (low, high) watermarks
@@ -347,7 +351,7 @@ async def _live_positions(conn: psycopg.AsyncConnection[Any]) -> dict[TP, int]:
 async def _committed(settings: Settings, tps: list[TP]) -> dict[TP, int]:
     from connectors.groups import GroupOffsets
 
-    offsets = GroupOffsets(settings.kafka_bootstrap)
+    offsets = GroupOffsets(settings.kafka_bootstrap, security=settings.kafka_security)
     try:
         return await offsets.committed(f"{settings.worker_app_prefix}-projections", tps)
     finally:

@@ -96,16 +96,21 @@ class _Fold:
         self.late: list[Any] = []
         from confluent_kafka import Consumer
 
+        from connectors.kafka import consumer_config
+
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"{settings.worker_app_prefix}-rebuild-analytics-{uuid.uuid4()}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "fetch.max.bytes": 52_428_800,
-                "log_level": 3,
-            }
+            consumer_config(
+                settings.kafka_bootstrap,
+                f"{settings.worker_app_prefix}-rebuild-analytics-{uuid.uuid4()}",
+                {
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "fetch.max.bytes": 52_428_800,
+                    "log_level": 3,
+                },
+                security=settings.kafka_security,
+            )
         )
         self.paused: set[int] = set()
         # the consumer's blocking calls, one at a time, off the event loop; `close` waits for
@@ -386,7 +391,7 @@ async def _targets(
     if missing and not paused:
         from connectors.groups import GroupOffsets
 
-        offsets = GroupOffsets(settings.kafka_bootstrap)
+        offsets = GroupOffsets(settings.kafka_bootstrap, security=settings.kafka_security)
         try:
             got = await offsets.committed(
                 f"{settings.worker_app_prefix}-analytics", [(fold.topic, p) for p in missing]

@@ -86,7 +86,7 @@ class _Gen:
             )
             self.string_bytes(x, depth)
         elif t == "string":
-            self.emit(depth, f"if type({x}) is not str: raise Reject")
+            self.emit(depth, f"if type({x}) is not str or '\\x00' in {x}: raise Reject")
             lo, hi, pat = field.get("minLength"), field.get("maxLength"), field.get("pattern")
             if lo is not None:
                 self.emit(depth, f"if len({x}) < {int(lo)}: raise Reject")
@@ -139,6 +139,7 @@ class _Gen:
             self.emit(depth + 1, f"_long(buf, len({x}))")
             k, y = self.var("k"), self.var("y")
             self.emit(depth + 1, f"for {k}, {y} in {x}.items():")
+            self.emit(depth + 2, f"if '\\x00' in {k}: raise Reject")
             self.string_bytes(k, depth + 2)
             self.value(schema["values"], y, depth + 2, ns, {})
             self.emit(depth, "buf.append(0)")

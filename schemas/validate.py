@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-__all__ = ["FieldError", "Validator", "compile_schema"]
+__all__ = ["NUL_RULE", "FieldError", "Validator", "compile_schema"]
 
 
 class FieldError(NamedTuple):
@@ -208,6 +208,9 @@ class _Compiler:
             if not isinstance(value, dict):
                 errors.append(FieldError(path, "must be an object"))
                 return None
+            for k in value:
+                if "\x00" in k:
+                    errors.append(FieldError(f"{path}.{k.replace(chr(0), '?')}", NUL_RULE))
             return {k: values(v, f"{path}.{k}", errors) for k, v in value.items()}
 
         return check
@@ -312,9 +315,17 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+#: no store of the pipeline can hold U+0000 in a text (PostgreSQL's text and jsonb refuse it):
+#: refused at the door, not dead-lettered after a 202
+NUL_RULE = "must not contain the NUL character (U+0000)"
+
+
 def _string(value: Any, path: str, errors: Errors) -> Any:
     if not isinstance(value, str):
         errors.append(FieldError(path, "must be a string"))
+        return None
+    if "\x00" in value:
+        errors.append(FieldError(path, NUL_RULE))
         return None
     return value
 

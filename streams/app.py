@@ -41,8 +41,9 @@ from streams.reliability import (
 )
 from streams.runtime import Runtime
 from streams.stall import StallWatch
+from streams.transport.credentials import broker_credentials
 
-__all__ = ["ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
+__all__ = ["ROLES", "STATEFUL_ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ ROLES: dict[str, tuple[str, ...]] = {
     "jobs": ("streams.agents.jobs",),
     "analytics": ("streams.agents.analytics",),
 }
+#: the roles whose state is in changelog-backed tables: fenced (`streams.transport.fence`)
+STATEFUL_ROLES = frozenset({"stock", "analytics"})
 
 
 def stock_by_shop_topic(settings: Settings) -> str:
@@ -106,6 +109,8 @@ def create_app(role: str, settings: Settings) -> faust.App:
     app = faust.App(
         f"{settings.worker_app_prefix}-{role}",
         broker=transport.broker_url(settings.kafka_bootstrap),
+        # TLS and SASL of its consumer, producer and topic creation (None: PLAINTEXT)
+        broker_credentials=broker_credentials(settings.kafka_security),
         # take_events in bulk (streams.transport.stream)
         Stream=transport.Stream,
         # RocksDB through rocksdict (faust picks it when python-rocksdb is absent)
@@ -133,6 +138,9 @@ def create_app(role: str, settings: Settings) -> faust.App:
         web_enabled=True,
         autodiscover=False,
     )
+    if role in STATEFUL_ROLES:
+        # a worker paused past its session writes no state it no longer owns
+        transport.install_fence(app, settings.kafka_session_timeout_ms / 1000)
     registry = SchemaRegistry(settings.registry_url)
     runtime = Runtime(
         app=app,
@@ -160,7 +168,9 @@ def create_app(role: str, settings: Settings) -> faust.App:
     stuck_since: list[float | None] = [None]
     limit_s = settings.worker_stuck_partition_s
     watch = StallWatch(limit_s, ask_every_s=min(30.0, max(5.0, limit_s / 3)))
-    broker_ends = GroupOffsets(settings.kafka_bootstrap, timeout_s=5.0)
+    broker_ends = GroupOffsets(
+        settings.kafka_bootstrap, security=settings.kafka_security, timeout_s=5.0
+    )
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _watchdog() -> None:
@@ -262,11 +272,15 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
         ensure_topics(
             settings.kafka_bootstrap,
             topics,
+            security=settings.kafka_security,
             replication=settings.kafka_replication_factor,
             min_insync_replicas=settings.kafka_min_insync_replicas,
         )
         wait_topics_ready(
-            settings.kafka_bootstrap, topics, timeout_s=settings.worker_not_ready_timeout_s
+            settings.kafka_bootstrap,
+            topics,
+            security=settings.kafka_security,
+            timeout_s=settings.worker_not_ready_timeout_s,
         )
     except TopicError as exc:
         exit_worker(EXIT_NOT_READY, f"worker {role} cannot start: {exc}")

@@ -121,6 +121,7 @@ def run_now(
             "bootstrap.servers": settings.kafka_bootstrap,
             "acks": "all",
             "enable.idempotence": True,
+            **settings.kafka_security.librdkafka(),
         }
     )
     errors: list[str] = []

@@ -50,7 +50,9 @@ def reset_offsets(
     `to`, on every partition it has committed (its changelog topics excepted). Without `execute`
     only the plan is returned."""
     group = _group(settings, role)
-    admin = AdminClient(admin_config(settings.kafka_bootstrap, log_level=3))
+    admin = AdminClient(
+        admin_config(settings.kafka_bootstrap, security=settings.kafka_security, log_level=3)
+    )
     described = admin.describe_consumer_groups([group])[group].result(timeout=15)
     if described.members:
         raise PipelineError(
@@ -66,7 +68,11 @@ def reset_offsets(
     ]
     if not tps:
         raise PipelineError(f"group {group} has no committed offsets: nothing to move")
-    probe = Consumer(consumer_config(settings.kafka_bootstrap, f"{group}-offset-probe"))
+    probe = Consumer(
+        consumer_config(
+            settings.kafka_bootstrap, f"{group}-offset-probe", security=settings.kafka_security
+        )
+    )
     moves: list[OffsetMove] = []
     try:
         if to is None:
@@ -119,7 +125,9 @@ def replay_windows(
     from streams.agents.analytics import by_key_topic
 
     group = _group(settings, "analytics")
-    admin = AdminClient(admin_config(settings.kafka_bootstrap, log_level=3))
+    admin = AdminClient(
+        admin_config(settings.kafka_bootstrap, security=settings.kafka_security, log_level=3)
+    )
     described = admin.describe_consumer_groups([group])[group].result(timeout=15)
     if described.members:
         raise PipelineError(
@@ -129,7 +137,11 @@ def replay_windows(
     topic = by_key_topic(settings.topic_namespace)
     epoch = stage_epoch(settings.postgres_dsn, group)
     old_changelog = f"{group}-{stage_table(epoch)}-changelog"
-    probe = Consumer(consumer_config(settings.kafka_bootstrap, f"{group}-offset-probe"))
+    probe = Consumer(
+        consumer_config(
+            settings.kafka_bootstrap, f"{group}-offset-probe", security=settings.kafka_security
+        )
+    )
     moves: list[OffsetMove] = []
     try:
         request = ConsumerGroupTopicPartitions(group)

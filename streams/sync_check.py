@@ -40,7 +40,7 @@ async def run_check(
         prefix=settings.typesense_collection_prefix,
         timeout_s=30.0,
     )
-    offsets = GroupOffsets(settings.kafka_bootstrap)
+    offsets = GroupOffsets(settings.kafka_bootstrap, security=settings.kafka_security)
     probes: list[Probe] = []
     if "redis" in stores:
         probes.append(CacheProbe(cache, ttl_s=settings.cache_ttl_s))
@@ -143,6 +143,7 @@ def publish_drift(
     producer = Producer(
         producer_config(
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             delivery_timeout_ms=30_000,
             linger_ms=5,
             max_message_bytes=1_000_000,

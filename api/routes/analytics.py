@@ -21,16 +21,18 @@ plus its grace: its values never change again.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from pydantic import BeforeValidator
 
-from api.auth import Authenticator
+from api.auth import Authenticator, key_problems
 from api.deps import BearerDep
-from api.problems import Problem
+from api.problems import Problem, json_answer, problems
 from api.reads import ReadSide, can_see, json_bytes, not_found
 from connectors.analytics import read_funnel, read_late, read_top, read_watermark
 from connectors.apikeys import ApiKey
@@ -49,6 +51,50 @@ _WINDOWS: dict[str, tuple[Any, timedelta, timedelta]] = {
 }
 
 
+_INVALID = "a parameter breaks its rule (each named with its rule)"
+_DB = "the key could not be checked, or the database did not answer (Retry-After)"
+#: a report a shop key may read for its own shop (another shop: 404, as if it did not exist)
+_SHOP_REPORT = {
+    200: json_answer("the report"),
+    **problems(
+        {
+            **key_problems("read", admin=True),
+            404: "a shop this key may not see",
+            422: _INVALID,
+            503: _DB,
+        }
+    ),
+}
+#: a report for admin keys only
+_ADMIN_REPORT = {
+    200: json_answer("the report"),
+    **problems({**key_problems("read", admin=True), 422: _INVALID, 503: _DB}),
+}
+
+
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _not_a_number(rule: str) -> BeforeValidator:
+    """Pydantic reads a number as seconds since the epoch; these parameters are ISO 8601 only
+    (as documented), so `?end=0` is refused rather than read as 1970."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and _NUMBER.fullmatch(value):
+            raise ValueError(rule)
+        return value
+
+    return BeforeValidator(check)
+
+
+#: an ISO 8601 time with its offset (numbers refused), or a day YYYY-MM-DD
+Time = Annotated[
+    datetime | None,
+    _not_a_number("must be an ISO 8601 time with its offset, e.g. 2026-12-06T10:00:00+05:30"),
+]
+Day = Annotated[date | None, _not_a_number("must be a day, YYYY-MM-DD")]
+
+
 def _invalid(field: str, rule: str) -> Problem:
     return Problem(
         422,
@@ -61,6 +107,7 @@ def _invalid(field: str, rule: str) -> Problem:
 @router.get(
     "/shops/{shop_id}/sales",
     summary="A shop's sales per window: revenue, orders, items, AOV, cancelled and refunded",
+    responses=_SHOP_REPORT,
 )
 async def shop_sales(
     shop_id: str,
@@ -68,12 +115,10 @@ async def shop_sales(
     _bearer: BearerDep,
     window: Annotated[Literal["1m", "1h", "1d"], Query(description="the window's length")] = "1h",
     start: Annotated[
-        datetime | None,
+        Time,
         Query(alias="from", description="the first window's start (with a zone offset)"),
     ] = None,
-    end: Annotated[
-        datetime | None, Query(alias="to", description="windows starting before this")
-    ] = None,
+    end: Annotated[Time, Query(alias="to", description="windows starting before this")] = None,
 ) -> Response:
     auth: Authenticator = request.app.state.auth
     key = await auth.authenticate(request.headers.get("authorization"))
@@ -170,12 +215,13 @@ async def _top(
 @router.get(
     "/trending",
     summary="Trending products: units and orders over the last hour, every 5 minutes",
+    responses=_SHOP_REPORT,
 )
 async def trending(
     request: Request,
     _bearer: BearerDep,
     end: Annotated[
-        datetime | None,
+        Time,
         Query(description="the window's end, a multiple of 5 minutes; default: holding now"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -200,12 +246,16 @@ async def trending(
     return Response(json_bytes(body), media_type="application/json")
 
 
-@router.get("/search-terms", summary="Top search terms over the last hour, every 5 minutes")
+@router.get(
+    "/search-terms",
+    summary="Top search terms over the last hour, every 5 minutes",
+    responses=_ADMIN_REPORT,
+)
 async def search_terms(
     request: Request,
     _bearer: BearerDep,
     end: Annotated[
-        datetime | None,
+        Time,
         Query(description="the window's end, a multiple of 5 minutes; default: holding now"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -232,14 +282,15 @@ def _ratio(part: int, whole: int) -> float | None:
 @router.get(
     "/funnel",
     summary="Per day: browsing sessions, search -> purchase conversion, cart abandonment",
+    responses=_SHOP_REPORT,
 )
 async def funnel(
     request: Request,
     _bearer: BearerDep,
     first: Annotated[
-        date | None, Query(alias="from", description="first Asia/Kolkata day (YYYY-MM-DD)")
+        Day, Query(alias="from", description="first Asia/Kolkata day (YYYY-MM-DD)")
     ] = None,
-    last: Annotated[date | None, Query(alias="to", description="last day, included")] = None,
+    last: Annotated[Day, Query(alias="to", description="last day, included")] = None,
     shop_id: Annotated[str | None, Query(description="sessions that touched this shop")] = None,
 ) -> Response:
     key = await _reader(request)
@@ -290,7 +341,11 @@ async def funnel(
     return Response(json_bytes(body), media_type="application/json")
 
 
-@router.get("/late", summary="Events that came after their window was final (admin)")
+@router.get(
+    "/late",
+    summary="Events that came after their window was final (admin)",
+    responses=_ADMIN_REPORT,
+)
 async def late_events(
     request: Request,
     _bearer: BearerDep,

@@ -12,10 +12,11 @@ from starlette.responses import Response
 from api.auth import Authenticator, RateLimiter
 from api.deps import BearerDep
 from api.ingest import Ingestor
-from api.problems import PROBLEM_JSON, Problem
+from api.problems import Problem, json_answer, problems
 from api.tracing import IngestTrace
 from core.settings import Settings
 from schemas.catalog import EVENT_TYPES
+from schemas.jsonschema import postable_event_schemas
 from schemas.validate import FieldError as _fe
 
 __all__ = ["IngestEndpoints", "read_capped", "read_limited", "require_json", "router"]
@@ -175,38 +176,45 @@ def _examples() -> dict[str, Any]:
     }
 
 
-_EVENT_SCHEMA = {
+#: one event as a client posts it: one branch per postable type (its envelope and `data`,
+#: from its Avro schema: `schemas.jsonschema`)
+_EVENT_SCHEMA = {"oneOf": postable_event_schemas()}
+_ERRORS = problems(
+    {
+        400: "malformed JSON",
+        401: "no key, or an unknown, revoked or expired key",
+        403: "the key lacks the `ingest` scope",
+        409: "an id already used with a different body, or being ingested right now",
+        413: "over the size limit, or an event too large for Kafka",
+        415: "the body is not sent as Content-Type: application/json",
+        422: "unknown type, unknown field, missing or invalid field, `occurred_at` too far in "
+        "the future, or an event Kafka refused",
+        429: "over the key's rate (Retry-After)",
+        500: "Kafka failed an event with an error a retry will not fix",
+        503: "Kafka, the registry or the ingest database did not answer in time (Retry-After)",
+    }
+)
+_RESULT_SCHEMA = {
     "type": "object",
-    "required": ["type", "data"],
+    "required": ["id", "type", "topic", "partition", "offset", "duplicate"],
     "additionalProperties": False,
     "properties": {
-        "type": {"type": "string", "description": "an event type (GET /v1/event-types)"},
-        "id": {"type": "string", "format": "uuid", "description": "idempotency key"},
-        "occurred_at": {"type": "string", "format": "date-time"},
-        "source": {"type": "string"},
-        "trace_id": {"type": "string"},
-        "data": {"type": "object", "description": "the type's payload (its Avro schema)"},
+        "id": {"type": "string", "format": "uuid"},
+        "type": {"type": "string"},
+        "topic": {"type": "string"},
+        "partition": {"type": "integer", "minimum": 0},
+        "offset": {"type": "integer", "minimum": 0},
+        "duplicate": {
+            "type": "boolean",
+            "description": "true: accepted before, not produced again",
+        },
     },
 }
-_PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"type": "object"}}}}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"description": d, **_PROBLEM}
-    for s, d in (
-        (400, "malformed JSON"),
-        (401, "no valid API key"),
-        (403, "the key lacks the `ingest` scope"),
-        (409, "an id already used with a different body"),
-        (413, "over the size limit, or an event too large for Kafka"),
-        (415, "the body is not sent as Content-Type: application/json"),
-        (
-            422,
-            "unknown type, unknown field, missing or invalid field, `occurred_at` too far in "
-            "the future, or an event Kafka refused",
-        ),
-        (429, "over the key's rate (Retry-After)"),
-        (500, "Kafka failed an event with an error a retry will not fix"),
-        (503, "Kafka, the registry or the ingest database did not answer in time (Retry-After)"),
-    )
+_BATCH_RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["results"],
+    "additionalProperties": False,
+    "properties": {"results": {"type": "array", "items": _RESULT_SCHEMA}},
 }
 _RESULT_EXAMPLE = {
     "id": "0b6f1c1e-3f5e-4a57-9a39-5d0f6c2d9b11",
@@ -218,12 +226,28 @@ _RESULT_EXAMPLE = {
 }
 
 
+_CATALOGUE_SCHEMA = {
+    "type": "object",
+    "required": ["event_types"],
+    "properties": {
+        "event_types": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "topic", "key_field", "postable", "schema", "example"],
+            },
+        }
+    },
+}
+
+
 @router.post(
     "/events",
     status_code=202,
     summary="Ingest one event",
     description="202 once the broker acknowledged it; 200 with `duplicate: true` for an id "
-    "already accepted (nothing is produced again).",
+    "already accepted (nothing is produced again). No string may contain the NUL character "
+    "(U+0000): 422, as no store of the pipeline can hold it.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -233,9 +257,9 @@ _RESULT_EXAMPLE = {
     responses={
         202: {
             "description": "accepted",
-            "content": {"application/json": {"example": _RESULT_EXAMPLE}},
+            "content": {"application/json": {"schema": _RESULT_SCHEMA, "example": _RESULT_EXAMPLE}},
         },
-        200: {"description": "a duplicate of an accepted event"},
+        200: json_answer("a duplicate of an accepted event", _RESULT_SCHEMA),
         **_ERRORS,
     },
 )
@@ -259,8 +283,14 @@ async def post_event(request: Request, _: BearerDep) -> Response:
                     "schema": {
                         "type": "object",
                         "required": ["events"],
+                        "additionalProperties": False,
                         "properties": {
-                            "events": {"type": "array", "items": _EVENT_SCHEMA, "maxItems": 1000}
+                            "events": {
+                                "type": "array",
+                                "items": _EVENT_SCHEMA,
+                                "minItems": 1,
+                                "maxItems": 1000,
+                            }
                         },
                     },
                     "examples": {
@@ -281,8 +311,14 @@ async def post_event(request: Request, _: BearerDep) -> Response:
     responses={
         202: {
             "description": "accepted",
-            "content": {"application/json": {"example": {"results": [_RESULT_EXAMPLE]}}},
+            "content": {
+                "application/json": {
+                    "schema": _BATCH_RESULT_SCHEMA,
+                    "example": {"results": [_RESULT_EXAMPLE]},
+                }
+            },
         },
+        200: json_answer("every event a duplicate of an accepted one", _BATCH_RESULT_SCHEMA),
         **_ERRORS,
     },
 )
@@ -296,6 +332,7 @@ async def post_batch(request: Request, _: BearerDep) -> Response:
     "/event-types",
     summary="Every event type: topic, key, schema, example, postable",
     description="Public, like the OpenAPI document: it is the contract, not data.",
+    responses={200: json_answer("the catalogue", _CATALOGUE_SCHEMA)},
 )
 async def event_types() -> Response:
     return _json(

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import SettingsDep
+from api.problems import json_answer
 from connectors.cleanup import job_summary, publish_job_metrics
 from connectors.kafka import admin_config
 from core.settings import Settings
@@ -31,7 +32,7 @@ _TIMEOUT_S = 3.0
 async def _kafka(s: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(admin_config(s.kafka_bootstrap, log_level=0))
+    admin = AdminClient(admin_config(s.kafka_bootstrap, security=s.kafka_security, log_level=0))
     md = await asyncio.to_thread(admin.list_topics, timeout=_TIMEOUT_S)
     if not md.brokers:
         raise RuntimeError("no broker in metadata")
@@ -103,7 +104,35 @@ async def dependencies(settings: Settings) -> dict[str, dict[str, object]]:
     return dict(zip(names, results, strict=True))
 
 
-@router.get("/health")
+_CHECK = {
+    "type": "object",
+    "required": ["ok"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "ms": {"type": "number"},
+        "error": {"type": "string", "description": "the exception's type"},
+    },
+}
+
+
+def _status(*values: str) -> dict[str, object]:
+    return {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"type": "string", "enum": list(values)},
+            "checks": {"type": "object", "additionalProperties": _CHECK},
+        },
+    }
+
+
+@router.get(
+    "/health",
+    responses={
+        200: json_answer("every dependency answers", _status("ok")),
+        503: json_answer("some dependency does not answer", _status("degraded")),
+    },
+)
 async def health(settings: SettingsDep) -> JSONResponse:
     """200 when every dependency answers, else 503 naming the ones that do not."""
     checks = await dependencies(settings)
@@ -113,13 +142,25 @@ async def health(settings: SettingsDep) -> JSONResponse:
     )
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz",
+    responses={200: json_answer("the process is up", _status("ok") | {"required": ["status"]})},
+)
 async def healthz() -> JSONResponse:
     """The process is up."""
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: json_answer("ready", _status("ready")),
+        503: {
+            **json_answer("not ready yet", _status("not ready")),
+            "headers": {"Retry-After": {"schema": {"type": "string"}}},
+        },
+    },
+)
 async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     """Ready to ingest: Kafka and the registry answer, topics exist, schemas are registered."""
     results = await asyncio.gather(
@@ -136,7 +177,16 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus' text format",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     reads = getattr(request.app.state, "reads", None)
     if reads is not None:  # the scheduled jobs' runs, as recorded (whichever worker ran them)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from psycopg.rows import dict_row
 
-from api.auth import Authenticator
+from api.auth import Authenticator, key_problems
 from api.deps import BearerDep
-from api.problems import Problem
+from api.problems import Problem, json_answer, problems
 from api.reads import json_bytes
 from schemas.validate import FieldError
 
@@ -22,6 +22,15 @@ router = APIRouter(prefix="/v1", tags=["notifications"])
 @router.get(
     "/notifications",
     summary="The delivery log: one row per (event, channel, recipient), newest first",
+    responses={
+        200: json_answer("the delivery log's rows"),
+        **problems(
+            {
+                **key_problems("admin"),
+                422: "a parameter breaks its rule; at least one of user_id and event_id",
+            }
+        ),
+    },
 )
 async def delivery_log(
     request: Request,

@@ -20,10 +20,10 @@ from fastapi.staticfiles import StaticFiles
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field, ValidationError
 
-from api.auth import Authenticator
+from api.auth import Authenticator, key_problems
 from api.deps import BearerDep
 from api.ops_monitor import OpsMonitor
-from api.problems import Problem
+from api.problems import Problem, json_answer, problems
 from api.reads import ReadSide, json_bytes
 from connectors.base import DependencyDown
 from connectors.dlq import DlqError, list_dead_letters, redrive
@@ -54,12 +54,25 @@ async def _admin(request: Request, what: str) -> None:
         raise Problem(403, "forbidden", f"{what} needs an admin key")
 
 
+_ADMIN = key_problems("read", admin=True)
+_INVALID = "a parameter breaks its rule"
+_SSE = {
+    200: {
+        "description": "the stream, until the client leaves",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **problems(_ADMIN),
+}
+
+
 def _lookup(request: Request) -> KafkaLookup:
     state = request.app.state
     found: KafkaLookup | None = getattr(state, "trace_kafka", None)
     if found is None:
         decoder = RegistryDecoder(state.registry.schema_by_id)
-        found = state.trace_kafka = KafkaLookup(state.settings.kafka_bootstrap, decoder.decode)
+        found = state.trace_kafka = KafkaLookup(
+            state.settings.kafka_bootstrap, decoder.decode, security=state.settings.kafka_security
+        )
     return found
 
 
@@ -67,6 +80,18 @@ def _lookup(request: Request) -> KafkaLookup:
     "/events/{event_id}/trace",
     summary="One event's path: acknowledgement, projections, stock, cache, search, "
     "notifications, dead letters and redrives (admin)",
+    responses={
+        200: json_answer("the event's hops, in order"),
+        **problems(
+            {
+                **_ADMIN,
+                404: "no event of this id was acknowledged or derived",
+                422: "not an event id (a UUID)",
+                503: "the key could not be checked, or PostgreSQL, Kafka or the registry did "
+                "not answer",
+            }
+        ),
+    },
 )
 async def event_trace(
     request: Request,
@@ -108,6 +133,7 @@ async def event_trace(
     "/ops/overview",
     summary="Consumer lag per role and partition, rates, dependencies, dead letters, rebuilds "
     "(admin)",
+    responses={200: json_answer("the overview"), **problems(_ADMIN)},
 )
 async def ops_overview(request: Request, _bearer: BearerDep) -> Response:
     await _admin(request, "the operators' overview")
@@ -120,6 +146,7 @@ async def ops_overview(request: Request, _bearer: BearerDep) -> Response:
     summary="The overview as Server-Sent Events (`event: overview`), one every "
     "OPS_STREAM_EVERY_S (admin)",
     response_class=Response,
+    responses=_SSE,
 )
 async def ops_stream(request: Request, _bearer: BearerDep) -> StreamingResponse:
     await _admin(request, "the operators' overview")
@@ -157,6 +184,16 @@ def _letters(request: Request) -> asyncio.Semaphore:
     "/ops/dead-letters",
     summary="Dead-letter records, newest first (admin); `status`: pending (default) or all; "
     "`limit`: 1-1000 (100)",
+    responses={
+        200: json_answer("the dead letters"),
+        **problems(
+            {
+                **_ADMIN,
+                422: _INVALID,
+                503: "the key could not be checked, or the dead-letter topics could not be read",
+            }
+        ),
+    },
 )
 async def ops_dead_letters(
     request: Request,
@@ -204,6 +241,16 @@ class RedriveRequest(BaseModel):
             "required": True,
             "content": {"application/json": {"schema": RedriveRequest.model_json_schema()}},
         }
+    },
+    responses={
+        200: json_answer("what was redriven, and the redrive's log"),
+        **problems(
+            {
+                **_ADMIN,
+                422: 'the body is not {"event_ids": [1 to 100 event ids (UUIDs)]}',
+                503: "the key could not be checked, or the redrive failed (Kafka or PostgreSQL)",
+            }
+        ),
     },
 )
 async def ops_redrive(request: Request, _bearer: BearerDep) -> Response:

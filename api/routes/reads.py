@@ -7,23 +7,45 @@ Anything a key may not see answers 404, exactly as if it did not exist.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api.auth import Authenticator
+from api.auth import Authenticator, key_problems
 from api.deps import BearerDep
 from api.live import LiveHub, SSEResponse, Subscription
-from api.problems import Problem
+from api.problems import Problem, json_answer, problems
 from api.reads import ReadSide, can_see, json_bytes, not_found
 from connectors.apikeys import ApiKey
 from schemas.validate import FieldError
 
 __all__ = ["router"]
 
+_INVALID = "a parameter breaks its rule (each named with its rule)"
+
 router = APIRouter(prefix="/v1", tags=["read"])
+
+_KEYED = key_problems("read")
+#: an entity's view: a key that may not see it answers 404, as if it did not exist
+_ENTITY = {
+    200: json_answer("the entity's view"),
+    **problems({**_KEYED, 404: "no such entity (or not visible to this key)", 422: _INVALID}),
+}
+#: a search: Typesense down or its collections not built yet is a 503
+_SEARCH = {
+    200: json_answer("the hits"),
+    **problems(
+        {
+            **_KEYED,
+            422: _INVALID,
+            503: "the key could not be checked, or search is unavailable or not built yet "
+            "(Retry-After)",
+        }
+    ),
+}
 
 
 async def _reader(request: Request) -> tuple[ApiKey, ReadSide]:
@@ -37,7 +59,7 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.get("/users/{user_id}", summary="A user (their own key, or admin)")
+@router.get("/users/{user_id}", summary="A user (their own key, or admin)", responses=_ENTITY)
 async def get_user(user_id: str, request: Request, _bearer: BearerDep) -> Response:
     key, reads = await _reader(request)
     if not can_see(key, user=user_id):
@@ -48,13 +70,17 @@ async def get_user(user_id: str, request: Request, _bearer: BearerDep) -> Respon
     return _json(body)
 
 
-@router.get("/shops/near", summary="Approved shops within a radius, nearest first")
+@router.get(
+    "/shops/near",
+    summary="Approved shops within a radius, nearest first",
+    responses=_SEARCH,
+)
 async def shops_near(
     request: Request,
     _bearer: BearerDep,
     lat: Annotated[float, Query(ge=-90, le=90)],
     lng: Annotated[float, Query(ge=-180, le=180)],
-    radius_km: Annotated[float, Query(gt=0, le=100)] = 5.0,
+    radius_km: Annotated[float, Query(ge=0.001, le=100)] = 5.0,
     page: Annotated[int, Query(ge=1, le=1000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
@@ -64,8 +90,8 @@ async def shops_near(
         {
             "q": "*",
             "query_by": "name",
-            "filter_by": f"location:({lat}, {lng}, {radius_km} km)",
-            "sort_by": f"location({lat}, {lng}):asc",
+            "filter_by": f"location:({_deg(lat)}, {_deg(lng)}, {_km(radius_km)} km)",
+            "sort_by": f"location({_deg(lat)}, {_deg(lng)}):asc",
             "page": page,
             "per_page": per_page,
         },
@@ -83,7 +109,7 @@ async def shops_near(
     )
 
 
-@router.get("/shops/{shop_id}", summary="A shop, with its approval status")
+@router.get("/shops/{shop_id}", summary="A shop, with its approval status", responses=_ENTITY)
 async def get_shop(shop_id: str, request: Request, _bearer: BearerDep) -> Response:
     _, reads = await _reader(request)
     body = await reads.view("shop", shop_id)
@@ -100,12 +126,16 @@ async def _product(request: Request, product_id: str) -> bytes:
     return body
 
 
-@router.get("/products/{product_id}", summary="A product of the catalogue (archived: 404)")
+@router.get(
+    "/products/{product_id}",
+    summary="A product of the catalogue (archived: 404)",
+    responses=_ENTITY,
+)
 async def get_product(product_id: str, request: Request, _bearer: BearerDep) -> Response:
     return _json(await _product(request, product_id))
 
 
-@router.get("/products/{product_id}/stock", summary="A product's stock")
+@router.get("/products/{product_id}/stock", summary="A product's stock", responses=_ENTITY)
 async def get_stock(product_id: str, request: Request, _bearer: BearerDep) -> Response:
     p = orjson.loads(await _product(request, product_id))
     return _json(
@@ -121,7 +151,11 @@ async def get_stock(product_id: str, request: Request, _bearer: BearerDep) -> Re
     )
 
 
-@router.get("/orders/{order_id}", summary="An order with its items (its user, its shop, admin)")
+@router.get(
+    "/orders/{order_id}",
+    summary="An order with its items (its user, its shop, admin)",
+    responses=_ENTITY,
+)
 async def get_order(order_id: str, request: Request, _bearer: BearerDep) -> Response:
     key, reads = await _reader(request)
     order = await reads.order(order_id)
@@ -135,10 +169,25 @@ def _tick(value: str) -> str:
     return "`" + value.replace("`", "") + "`"
 
 
+#: `lat,lng` in decimal degrees
+_POINT = re.compile(r"^-?[0-9]{1,3}(\.[0-9]+)?,-?[0-9]{1,3}(\.[0-9]+)?$")
+
+
+def _deg(x: float) -> str:
+    # fixed notation: Typesense does not read `5e-324` (a 422 for a valid request)
+    return f"{x:.7f}"
+
+
+def _km(x: float) -> str:
+    return f"{x:.3f}"
+
+
 def _near(near: str | None) -> tuple[float, float] | None:
     if near is None:
         return None
     try:
+        if not _POINT.fullmatch(near):
+            raise ValueError(near)
         lat_s, lng_s = near.split(",")
         lat, lng = float(lat_s), float(lng_s)
         if -90 <= lat <= 90 and -180 <= lng <= 180:
@@ -153,7 +202,11 @@ def _near(near: str | None) -> tuple[float, float] | None:
     )
 
 
-@router.get("/search/products", summary="Search published, in-stock products of approved shops")
+@router.get(
+    "/search/products",
+    summary="Search published, in-stock products of approved shops",
+    responses=_SEARCH,
+)
 async def search_products(
     request: Request,
     _bearer: BearerDep,
@@ -162,8 +215,10 @@ async def search_products(
     shop: Annotated[str | None, Query(max_length=64)] = None,
     min_price_paise: Annotated[int | None, Query(ge=0)] = None,
     max_price_paise: Annotated[int | None, Query(ge=0)] = None,
-    near: Annotated[str | None, Query(description="`lat,lng`")] = None,
-    radius_km: Annotated[float, Query(gt=0, le=100)] = 5.0,
+    near: Annotated[
+        str | None, Query(description="`lat,lng`", json_schema_extra={"pattern": _POINT.pattern})
+    ] = None,
+    radius_km: Annotated[float, Query(ge=0.001, le=100)] = 5.0,
     sort: Literal["relevance", "price_asc", "price_desc", "distance"] = "relevance",
     page: Annotated[int, Query(ge=1, le=1000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -180,7 +235,7 @@ async def search_products(
     if max_price_paise is not None:
         filters.append(f"price_paise:<={max_price_paise}")
     if point:
-        filters.append(f"location:({point[0]}, {point[1]}, {radius_km} km)")
+        filters.append(f"location:({_deg(point[0])}, {_deg(point[1])}, {_km(radius_km)} km)")
     if sort == "distance" and point is None:
         raise Problem(
             422,
@@ -192,7 +247,7 @@ async def search_products(
         "relevance": "_text_match:desc,updated_at:desc",
         "price_asc": "price_paise:asc",
         "price_desc": "price_paise:desc",
-        "distance": f"location({point[0]}, {point[1]}):asc" if point else "",
+        "distance": f"location({_deg(point[0])}, {_deg(point[1])}):asc" if point else "",
     }[sort]
     result = await reads.search(
         "products",
@@ -233,7 +288,11 @@ async def search_products(
     )
 
 
-@router.get("/search/autocomplete", summary="Product name suggestions for a prefix (typo-tolerant)")
+@router.get(
+    "/search/autocomplete",
+    summary="Product name suggestions for a prefix (typo-tolerant)",
+    responses=_SEARCH,
+)
 async def autocomplete(
     request: Request,
     _bearer: BearerDep,
@@ -269,6 +328,22 @@ async def autocomplete(
     "event's `id` is the stream's position; reconnect with `Last-Event-ID` to get exactly what "
     "was missed.",
     response_class=Response,
+    responses={
+        200: {
+            "description": "the stream, until the client leaves",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problems(
+            {
+                400: "a Last-Event-ID that is not a position this API sent",
+                **_KEYED,
+                404: "a user or shop this key may not see",
+                410: "a Last-Event-ID older than the events this process keeps",
+                422: _INVALID + "; at least one entity to follow",
+                503: "the key could not be checked, or live updates are starting (Retry-After)",
+            }
+        ),
+    },
 )
 async def live(
     request: Request,

@@ -37,7 +37,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.ingest import Ingestor
-from api.problems import Problem
+from api.problems import Problem, json_answer, problems
 from connectors import webhooks
 from core.settings import Settings
 
@@ -125,6 +125,100 @@ async def _release(pool: AsyncConnectionPool, source: str, delivery_id: str) -> 
     await asyncio.shield(give_back())
 
 
+# --- the OpenAPI description -------------------------------------------------------------------
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "schema": {"type": "string"}, "description": description}
+
+
+_IGNORED = json_answer(
+    "signed, but nothing this pipeline keeps: acknowledged, nothing written",
+    {"type": "object", "required": ["ignored"], "properties": {"ignored": {"type": "string"}}},
+)
+_CLERK_OPENAPI = {
+    "parameters": [
+        _header("svix-id", "the delivery's id (or `webhook-id`)"),
+        _header("svix-timestamp", "seconds since the epoch (or `webhook-timestamp`)"),
+        _header("svix-signature", "`v1,<base64 HMAC-SHA256>` (or `webhook-signature`)"),
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["type", "data"],
+                    "properties": {
+                        "type": {"type": "string", "description": "`user.created`, ..."},
+                        "data": {"type": "object", "description": "Clerk's user object"},
+                        "timestamp": {"type": "integer", "description": "milliseconds"},
+                    },
+                }
+            }
+        },
+    },
+}
+_CLERK_RESPONSES = {
+    202: json_answer("the user event, acknowledged by Kafka (as `POST /v1/events` answers)"),
+    200: _IGNORED,
+    **problems(
+        {
+            400: "the body is not JSON",
+            401: "a missing, bad or replayed signature, or a timestamp out of tolerance: "
+            "nothing written",
+            404: "this webhook is not enabled (CLERK_WEBHOOK_SECRET unset)",
+            409: "the same delivery is being processed right now (Retry-After)",
+            413: "a body over 256 KiB, or an event too large for Kafka",
+            422: "a payload that cannot be read, or a user the contract refuses (no email)",
+            500: "Kafka failed the event with an error a retry will not fix",
+            503: "Kafka, the registry or the database did not answer (Retry-After)",
+        }
+    ),
+}
+_TWILIO_OPENAPI = {
+    "parameters": [
+        _header("X-Twilio-Signature", "base64 HMAC-SHA1 of the URL and the sorted parameters"),
+        {
+            "name": "message_id",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "our message id, as the SMS named the callback",
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "MessageSid": {"type": "string"},
+                        "MessageStatus": {"type": "string"},
+                        "ErrorCode": {"type": "string"},
+                    },
+                }
+            }
+        },
+    },
+}
+_TWILIO_RESPONSES = {
+    200: {
+        "description": "the status, on the SMS's row of the delivery log (`rows`: 0 for a "
+        "message not ours), or a status the log does not keep (`ignored`)",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    **problems(
+        {
+            401: "a missing or bad signature, or the same (MessageSid, status) again: nothing "
+            "written",
+            404: "this webhook is not enabled (TWILIO_AUTH_TOKEN unset)",
+            413: "a body over 256 KiB",
+            422: "no MessageSid",
+            503: "the database did not answer (Retry-After)",
+        }
+    ),
+}
+
+
 # --- Clerk ------------------------------------------------------------------------------------
 def clerk_event(payload: Mapping[str, Any], delivery_id: str) -> dict[str, Any] | None:
     """The event a Clerk webhook makes (None: a type this pipeline does not take)."""
@@ -165,7 +259,8 @@ def clerk_event(payload: Mapping[str, Any], delivery_id: str) -> dict[str, Any] 
     "/clerk",
     summary="Clerk user webhooks (Standard Webhooks / Svix signature) as user events",
     status_code=202,
-    responses={401: {"description": "a missing, bad or replayed signature: nothing written"}},
+    openapi_extra=_CLERK_OPENAPI,
+    responses=_CLERK_RESPONSES,
 )
 async def clerk(request: Request) -> Response:
     settings, pool, ingestor = _state(request)
@@ -267,7 +362,8 @@ def twilio_signature(token: str, url: str, params: list[tuple[str, str]]) -> str
 @router.post(
     "/twilio/sms-status",
     summary="Twilio SMS status callbacks (X-Twilio-Signature) onto the delivery log",
-    responses={401: {"description": "a missing, bad or replayed signature: nothing written"}},
+    openapi_extra=_TWILIO_OPENAPI,
+    responses=_TWILIO_RESPONSES,
 )
 async def twilio_sms_status(request: Request) -> Response:
     settings, pool, _ = _state(request)

@@ -19,6 +19,7 @@ def _cmd_topics_ensure(args: argparse.Namespace) -> int:
     settings = load_settings()
     created = ensure_topics_ready(
         settings.kafka_bootstrap,
+        security=settings.kafka_security,
         replication=settings.kafka_replication_factor,
         min_insync_replicas=settings.kafka_min_insync_replicas,
     )

@@ -4,6 +4,10 @@
   reused; a stranger on one of its ports is an error naming the port and its setting.
 - `down` stops exactly the processes the stack recorded, by PID, in reverse start order.
 - Data lives in `<STACK_DIR>/<service>/` and survives `down` and `up`.
+- A STACK_DIR remembers its Kafka profile (`kafka-profile.json`: STACK_KAFKA_BROKERS,
+  STACK_KAFKA_SECURITY). `up` refuses to start or reuse Kafka under another profile; `down`,
+  `stop` and `status` act on the profile the STACK_DIR runs, so nothing it started is left
+  behind.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 from core.errors import StackError
 from core.settings import Settings
-from mohallamart.stack import process
+from mohallamart.stack import kafka_cluster, process
 from mohallamart.stack.services import Service, all_services
 
 __all__ = ["ServiceStatus", "Stack", "UpResult"]
@@ -51,7 +55,42 @@ class Stack:
     def __init__(self, settings: Settings, echo: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self._echo = echo or _log.info
+        #: the Kafka profile the settings ask for, and the one the STACK_DIR runs (None: none
+        #: yet, or Kafka is external)
+        self.kafka_profile = kafka_cluster.KafkaProfile.of(settings)
+        self.recorded_profile: kafka_cluster.KafkaProfile | None = None
+        #: why `up` refuses Kafka here (the STACK_DIR runs another profile), else None
+        self.profile_mismatch: str | None = None
+        if settings.kafka_bootstrap_servers is None:
+            self.recorded_profile = kafka_cluster.read_profile(settings.stack_dir)
+        recorded = self.recorded_profile
+        if recorded is not None and recorded != self.kafka_profile:
+            self.profile_mismatch = self._mismatch(recorded)
+            # down, stop and status act on the processes the STACK_DIR runs
+            settings = settings.model_copy(
+                update={
+                    "stack_kafka_brokers": recorded.brokers,
+                    "stack_kafka_security": recorded.security,
+                }
+            )
         self.services = {s.name: s for s in all_services(settings, self._echo)}
+
+    def _mismatch(self, recorded: kafka_cluster.KafkaProfile) -> str:
+        stack_dir = self.settings.stack_dir
+        paths = " ".join(str(p) for p in kafka_cluster.kafka_paths(stack_dir, recorded))
+        return (
+            f"{stack_dir} runs Kafka with {recorded.describe()} (recorded in "
+            f"{stack_dir / kafka_cluster.PROFILE_FILE}), but the settings ask for "
+            f"{self.kafka_profile.describe()}. Set {recorded.describe()} (environment or .env; "
+            f"`mohallamart stack up --brokers {recorded.brokers} --security {recorded.security}`)"
+            f", or choose another STACK_DIR; to change this one's profile, stop it "
+            f"(`mohallamart stack down`) and delete its Kafka data (all its topics): "
+            f"rm -rf {paths}"
+        )
+
+    @staticmethod
+    def _is_kafka(svc: Service) -> bool:
+        return svc.url_setting == "KAFKA_BOOTSTRAP_SERVERS"
 
     # --- selection ----------------------------------------------------------------------------
     def _select(self, names: Iterable[str] | None, *, with_deps: bool) -> list[Service]:
@@ -60,8 +99,18 @@ class Stack:
         wanted: set[str] = set()
         for name in names:
             if name not in self.services:
+                hint = ""
+                if (name == "kafka" or name.startswith("kafka-")) and self.profile_mismatch:
+                    raise StackError(self.profile_mismatch)
+                if name == "kafka" or name.startswith("kafka-"):
+                    hint = (
+                        f" (this STACK_DIR's Kafka profile: "
+                        f"{(self.recorded_profile or self.kafka_profile).describe()}; "
+                        f"`kafka` is the one-node profile's, kafka-controller-1..3 and "
+                        f"kafka-broker-1..3 are STACK_KAFKA_BROKERS=3's)"
+                    )
                 raise StackError(
-                    f"unknown service {name!r}; services are: {', '.join(self.services)}"
+                    f"unknown service {name!r}; services are: {', '.join(self.services)}{hint}"
                 )
             wanted.add(name)
         if with_deps:
@@ -80,6 +129,10 @@ class Stack:
         selected = self._select(names, with_deps=True)
         external = [s.name for s in selected if s.external]
         managed = [s for s in selected if not s.external]
+        kafka = [s for s in managed if self._is_kafka(s)]
+        problem = self.profile_mismatch or self.kafka_profile.problem()
+        if kafka and problem:
+            raise StackError(problem)
         reused = [s for s in managed if process.running(s.state) is not None]
         to_start = [s for s in managed if s not in reused]
 
@@ -87,15 +140,26 @@ class Stack:
         for svc in to_start:
             for port, setting in svc.ports():
                 if process.port_in_use(self.settings.stack_host, port):
+                    note = f"; {svc.port_note}" if svc.port_note else ""
                     raise StackError(
                         f"{svc.name}: port {port} on {self.settings.stack_host} is already in "
                         f"use by a process this stack did not start; stop that process or "
                         f"choose another port with {setting}=<port> (environment or .env)"
+                        f"{note}"
                     )
         for svc in to_start:
             svc.preflight()
+        if kafka and self.recorded_profile is None:
+            kafka_cluster.write_profile(self.settings.stack_dir, self.kafka_profile)
+            self.recorded_profile = self.kafka_profile
         for svc in to_start:
-            svc.prepare()
+            if not svc.parallel_prepare:
+                svc.prepare()
+        # the Kafka nodes of the 3-broker profile each format their storage in a JVM: together
+        parallel = [s for s in to_start if s.parallel_prepare]
+        if parallel:
+            with ThreadPoolExecutor(max_workers=len(parallel)) as pool:
+                list(pool.map(lambda s: s.prepare(), parallel))
 
         launched: dict[str, float] = {}
         healthy: set[str] = set(external)

@@ -11,11 +11,13 @@ import base64
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import smtplib
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +26,14 @@ import httpx
 
 from core.errors import StackError
 from core.settings import Settings
-from mohallamart.stack import fetch
+from mohallamart.stack import fetch, kafka_cluster
 from mohallamart.stack.java import Jdk, find_jdk
 from mohallamart.stack.process import ProcessRecord, spawn
 
 __all__ = [
     "Kafka",
+    "KafkaBroker",
+    "KafkaController",
     "Postgres",
     "Redis",
     "Registry",
@@ -38,6 +42,8 @@ __all__ = [
     "Smtp",
     "Typesense",
     "all_services",
+    "kafka_services",
+    "service_names",
 ]
 
 
@@ -63,6 +69,10 @@ class Service:
     depends_on: tuple[str, ...] = ()
     stop_signal: int = signal.SIGTERM
     start_timeout_factor: float = 1.0
+    #: said after "choose another port with <setting>=<port>" when a port is taken
+    port_note: str = ""
+    #: `prepare` may run beside other services' (it shares nothing unguarded with them)
+    parallel_prepare: bool = False
 
     def __init__(self, settings: Settings, echo: Callable[[str], None] | None = None) -> None:
         self.settings = settings
@@ -288,13 +298,12 @@ logger.request.level = WARN
 """
 
 
-class Kafka(_JvmService):
-    """Apache Kafka in KRaft mode, one node acting as broker and controller."""
+class _KafkaBase(_JvmService):
+    """What every Kafka process of the stack shares: the jars, the JVM, the storage format."""
 
-    name = "kafka"
-    port_settings = ("STACK_KAFKA_PORT", "STACK_KAFKA_CONTROLLER_PORT")
     url_setting = "KAFKA_BOOTSTRAP_SERVERS"
     min_java = 17
+    _libs: Path  # the jars, found by `prepare`
 
     def describe(self) -> str:
         return f"Apache Kafka {self.settings.kafka_version}"
@@ -306,6 +315,92 @@ class Kafka(_JvmService):
     @property
     def data(self) -> Path:
         return self.state / "data"
+
+    def _heap_mb(self) -> int:
+        return self.settings.stack_kafka_heap_mb
+
+    def _format(self, libs: Path, cluster_id: str, secret_args: list[str] | None = None) -> None:
+        """Format the storage (`kafka-storage format`) unless it is. `secret_args` (SCRAM users)
+        go through a Java argument file of mode 0600 in the secrets folder, never on a command
+        line (`ps` shows that), and the file is removed once the tool has run."""
+        if (self.data / "meta.properties").exists():
+            return
+        import subprocess
+
+        tool = [
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.state / "server.properties"),
+            "--ignore-formatted",
+        ]
+        argfile: Path | None = None
+        if secret_args:
+            argfile = self.settings.stack_kafka_secrets_dir / f".format-{self.name}.args"
+            # one quoted argument a line; `java @file` reads them as if they were typed
+            kafka_cluster.write_private_text(
+                argfile, "".join(f"{_java_quote(a)}\n" for a in [*tool, *secret_args])
+            )
+            argv = [*self._java(libs), f"@{argfile}"]
+        else:
+            argv = [*self._java(libs), *tool]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True)  # noqa: S603
+        finally:
+            if argfile is not None:
+                argfile.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            output = proc.stdout + proc.stderr
+            for arg in secret_args or []:  # the tool may echo its arguments, or a password
+                for password in re.findall(r"password=([^\],]+)", arg):
+                    output = output.replace(password, "[hidden]")
+            raise StackError(f"formatting Kafka's storage in {self.data} failed:\n{output}")
+
+    def _java(self, libs: Path, heap_mb: int = 256) -> list[str]:
+        return [
+            str(self.jdk.java),
+            f"-Xms{heap_mb}m",
+            f"-Xmx{heap_mb}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.state / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.state}",
+            "-cp",
+            f"{libs}/*",
+        ]
+
+    def launch(self) -> ProcessRecord:
+        argv = [
+            *self._java(self._libs, self._heap_mb()),
+            "kafka.Kafka",
+            str(self.state / "server.properties"),
+        ]
+        return spawn(self.state, argv, log=self.log)
+
+
+def _java_quote(arg: str) -> str:
+    """`arg` as one token of a Java argument file (a double-quoted string, its escapes)."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _new_cluster_id() -> str:
+    # A base64 id may start with "-", which the storage tool reads as an option (a CI run
+    # failed so): such an id is drawn again.
+    raw = "-"
+    while raw.startswith("-"):
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return raw
+
+
+class Kafka(_KafkaBase):
+    """Apache Kafka in KRaft mode, one node acting as broker and controller."""
+
+    name = "kafka"
+    port_settings = ("STACK_KAFKA_PORT", "STACK_KAFKA_CONTROLLER_PORT")
 
     def _properties(self) -> str:
         s = self.settings
@@ -354,60 +449,13 @@ class Kafka(_JvmService):
         (self.state / "log4j2.properties").write_text(_LOG4J2)
         cluster_file = self.state / "cluster-id"
         formatted = (self.data / "meta.properties").exists()
-        # A base64 id may start with "-", which the storage tool reads as an option (a CI run
-        # failed so): such an id, never formatted yet, is drawn again.
+        # an id starting with "-", never formatted yet, is drawn again (see _new_cluster_id)
         if not cluster_file.exists() or (
             not formatted and cluster_file.read_text().strip().startswith("-")
         ):
-            raw = "-"
-            while raw.startswith("-"):
-                raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            cluster_file.write_text(raw)
-        if not (self.data / "meta.properties").exists():
-            import subprocess
-
-            proc = subprocess.run(  # noqa: S603
-                [
-                    *self._java(libs),
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "-t",
-                    cluster_file.read_text().strip(),
-                    "-c",
-                    str(self.state / "server.properties"),
-                    "--ignore-formatted",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise StackError(
-                    f"formatting Kafka's storage in {self.data} failed:\n{proc.stdout}{proc.stderr}"
-                )
+            cluster_file.write_text(_new_cluster_id())
+        self._format(libs, cluster_file.read_text().strip())
         self._libs = libs
-
-    def _java(self, libs: Path, heap_mb: int = 256) -> list[str]:
-        return [
-            str(self.jdk.java),
-            f"-Xms{heap_mb}m",
-            f"-Xmx{heap_mb}m",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.state / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={self.state}",
-            "-cp",
-            f"{libs}/*",
-        ]
-
-    def launch(self) -> ProcessRecord:
-        argv = [
-            *self._java(self._libs, self.settings.stack_kafka_heap_mb),
-            "kafka.Kafka",
-            str(self.state / "server.properties"),
-        ]
-        return spawn(self.state, argv, log=self.log)
 
     def healthy(self) -> bool:
         if not _tcp_open(self.host, self.port):
@@ -420,6 +468,168 @@ class Kafka(_JvmService):
             return bool(md.brokers)
         except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
             return False
+
+
+#: the Kafka nodes of one stack prepare in parallel (each formats its storage in a JVM of its
+#: own); what they share (the jars, the cluster id, the secrets) is made once, under this lock
+_CLUSTER_LOCK = threading.Lock()
+
+
+class _KafkaNode(_KafkaBase):
+    """A process of the 3-broker profile (see `mohallamart.stack.kafka_cluster`)."""
+
+    parallel_prepare = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        echo: Callable[[str], None] | None,
+        node: kafka_cluster.Node,
+        nodes: list[kafka_cluster.Node],
+    ) -> None:
+        super().__init__(settings, echo)
+        self.node = node
+        self.nodes = nodes
+        self.name = node.name
+
+    @property
+    def port(self) -> int:
+        return self.node.port
+
+    @property
+    def secure(self) -> bool:
+        return self.settings.stack_kafka_security == "sasl_ssl"
+
+    def _shared(self) -> tuple[Path, str, kafka_cluster.ClusterSecrets | None]:
+        """The jars, the cluster id and (SASL_SSL) the secrets, made by the first node."""
+        s = self.settings
+        with _CLUSTER_LOCK:
+            libs = fetch.fetch_kafka(s.stack_cache_dir, s.kafka_version, self.jdk.home, self.echo)
+            id_file = s.stack_dir / kafka_cluster.CLUSTER_ID_FILE
+            if not id_file.exists():
+                s.stack_dir.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(_new_cluster_id())
+            secrets_ = None
+            if self.secure:
+                brokers = [n.name for n in self.nodes if n.role == "broker"]
+                secrets_ = kafka_cluster.ensure_secrets(
+                    s.stack_kafka_secrets_dir, brokers, self.host
+                )
+        return libs, id_file.read_text().strip(), secrets_
+
+    def _properties(self, secrets_: kafka_cluster.ClusterSecrets | None) -> str:
+        raise NotImplementedError
+
+    def _secret_format_args(self, secrets_: kafka_cluster.ClusterSecrets | None) -> list[str]:
+        return []
+
+    def prepare(self) -> None:
+        libs, cluster_id, secrets_ = self._shared()
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.chmod(0o700)  # a broker's properties hold a password (SASL_SSL)
+        kafka_cluster.write_private_text(
+            self.state / "server.properties", self._properties(secrets_)
+        )
+        (self.state / "log4j2.properties").write_text(_LOG4J2)
+        self._format(libs, cluster_id, self._secret_format_args(secrets_))
+        self._libs = libs
+
+    def launch(self) -> ProcessRecord:
+        argv = self._java(self._libs, self._heap_mb())
+        if self.jdk.major >= 19:
+            # Six JVMs start at once on two cores, most of it loading classes: each node keeps
+            # a class-data archive of its own (~40 MB), made when it first stops and remade when
+            # the JDK or the jars change; a controller then starts in ~1 s instead of ~2 s.
+            argv[1:1] = [
+                f"-XX:SharedArchiveFile={self.state / 'jvm.jsa'}",
+                "-XX:+AutoCreateSharedArchive",
+            ]
+        argv += ["kafka.Kafka", str(self.state / "server.properties")]
+        return spawn(self.state, argv, log=self.log)
+
+
+class KafkaController(_KafkaNode):
+    """A KRaft controller of the 3-broker profile (PLAINTEXT, loopback)."""
+
+    port_settings = ("STACK_KAFKA_CONTROLLER_PORT",)
+    port_note = "the 3-broker profile's node i adds (i-1) x STACK_KAFKA_PORT_STEP"
+
+    def describe(self) -> str:
+        return f"Apache Kafka {self.settings.kafka_version} ({self.name})"
+
+    def _heap_mb(self) -> int:
+        return 192  # the metadata of a development cluster is small
+
+    def ports(self) -> list[tuple[int, str]]:
+        return [(self.node.port, "STACK_KAFKA_CONTROLLER_PORT")]
+
+    def _properties(self, secrets_: kafka_cluster.ClusterSecrets | None) -> str:
+        return kafka_cluster.controller_properties(self.settings, self.node, self.nodes, self.data)
+
+    def _secret_format_args(self, secrets_: kafka_cluster.ClusterSecrets | None) -> list[str]:
+        # the SCRAM users are in the metadata log from its first record: the active
+        # controller writes them, so every controller is formatted with them
+        return kafka_cluster.scram_argfile_lines(secrets_) if secrets_ is not None else []
+
+    def healthy(self) -> bool:
+        # no client library speaks to a controller; the brokers' health proves the quorum
+        return _tcp_open(self.host, self.port)
+
+
+class KafkaBroker(_KafkaNode):
+    """A broker of the 3-broker profile; it needs the controllers' quorum."""
+
+    port_settings = ("STACK_KAFKA_PORT", "STACK_KAFKA_INTERNAL_PORT")
+    port_note = "the 3-broker profile's node i adds (i-1) x STACK_KAFKA_PORT_STEP"
+    depends_on = ("kafka-controller-1", "kafka-controller-2", "kafka-controller-3")
+
+    def describe(self) -> str:
+        return f"Apache Kafka {self.settings.kafka_version} ({self.name})"
+
+    def _heap_mb(self) -> int:
+        s = self.settings
+        # STACK_KAFKA_HEAP_MB when set; 384 MB by default (its default, 512, is the one node's)
+        return s.stack_kafka_heap_mb if "stack_kafka_heap_mb" in s.model_fields_set else 384
+
+    def ports(self) -> list[tuple[int, str]]:
+        out = [(self.node.port, "STACK_KAFKA_PORT")]
+        if self.node.internal_port is not None:  # always, for a broker
+            out.append((self.node.internal_port, "STACK_KAFKA_INTERNAL_PORT"))
+        return out
+
+    def _properties(self, secrets_: kafka_cluster.ClusterSecrets | None) -> str:
+        return kafka_cluster.broker_properties(
+            self.settings, self.node, self.nodes, self.data, secrets_
+        )
+
+    def healthy(self) -> bool:
+        """It answers a client with the stack's client credentials (SASL_SSL: the SCRAM user
+        and the CA) and is a live member of the cluster."""
+        if not _tcp_open(self.host, self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        conf: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.address,
+            "log_level": 0,
+            **self.settings.kafka_security.librdkafka(),
+        }
+        try:
+            md = AdminClient(conf).list_topics(timeout=3)
+            return self.node.node_id in md.brokers
+        except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+            return False
+
+
+def kafka_services(settings: Settings, echo: Callable[[str], None] | None = None) -> list[Service]:
+    """The Kafka processes of the profile `settings` name (STACK_KAFKA_BROKERS)."""
+    if settings.stack_kafka_brokers == 1:
+        return [Kafka(settings, echo)]
+    nodes = kafka_cluster.cluster_nodes(settings)
+    return [
+        (KafkaController if n.role == "controller" else KafkaBroker)(settings, echo, n, nodes)
+        for n in nodes
+    ]
 
 
 class Registry(_JvmService):
@@ -694,7 +904,8 @@ def _health_ok(url: str) -> bool:
         return False
 
 
-#: every service, in start order (a service comes after what it depends on)
+#: every service, in start order (a service comes after what it depends on); `Kafka` stands
+#: for the profile's Kafka processes (`kafka_services`)
 SERVICE_CLASSES: tuple[type[Service], ...] = (
     Postgres,
     RegistryDb,
@@ -705,9 +916,21 @@ SERVICE_CLASSES: tuple[type[Service], ...] = (
     Providers,
     Registry,
 )
-SERVICE_NAMES = [cls.name for cls in SERVICE_CLASSES]
 
 
 def all_services(settings: Settings, echo: Callable[[str], None] | None = None) -> list[Service]:
-    """Every service, in start order (a service comes after what it depends on)."""
-    return [cls(settings, echo) for cls in SERVICE_CLASSES]
+    """Every service, in start order (a service comes after what it depends on); Kafka as the
+    profile `settings` name (STACK_KAFKA_BROKERS) runs it."""
+    out: list[Service] = []
+    for cls in SERVICE_CLASSES:
+        out += kafka_services(settings, echo) if cls is Kafka else [cls(settings, echo)]
+    return out
+
+
+def service_names(brokers: int) -> list[str]:
+    """The services' names with STACK_KAFKA_BROKERS=`brokers` (without building them)."""
+    kafka = kafka_cluster.KafkaProfile(brokers, "plaintext").service_names()
+    out: list[str] = []
+    for cls in SERVICE_CLASSES:
+        out += kafka if cls is Kafka else [cls.name]
+    return out

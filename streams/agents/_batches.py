@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import faust
 
 from streams.reliability import Record
-from streams.transport import AppPositions, Continuity, hold
+from streams.transport import AppPositions, Continuity, Fence, Fenced, fence_of, hold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["hold_unsettled", "raw_batches", "raw_topic"]
+__all__ = ["fence_check", "hold_unsettled", "raw_batches", "raw_topic"]
 
 
 def raw_topic(app: faust.App, *names: str, **kw: Any) -> faust.TopicT:
@@ -48,9 +48,22 @@ def hold_unsettled(events: Sequence[faust.EventT[Any]]) -> None:
 
 
 async def settle(events: Sequence[faust.EventT[Any]], work: Any) -> None:
-    """Await `work`; if the agent is cancelled first, hold the batch's offsets back."""
+    """Await `work`; if the agent is cancelled first, hold the batch's offsets back. A batch
+    abandoned by the zombie fence (`Fenced`) is held back too: its records come again to the
+    partitions' owner, and the agent goes on with its next batch."""
     try:
         await work
     except asyncio.CancelledError:
         hold_unsettled(events)
         raise
+    except Fenced:
+        hold_unsettled(events)
+
+
+async def fence_check(app: faust.App, events: Iterable[faust.EventT[Any]], what: str) -> None:
+    """Before a stateful stage writes a batch's state: raise `Fenced` unless this worker is a
+    member of its group's current generation, the one the batch was fetched in (see
+    `streams.transport.fence`). Nothing for a role without a fence."""
+    fence: Fence | None = fence_of(app)
+    if fence is not None:
+        await fence.check((e.message.generation_id for e in events), what)

@@ -40,7 +40,7 @@ class ProjectionsProgress:
 
     def __init__(self, settings: Settings) -> None:
         self.group = f"{settings.worker_app_prefix}-projections"
-        self.offsets = GroupOffsets(settings.kafka_bootstrap)
+        self.offsets = GroupOffsets(settings.kafka_bootstrap, security=settings.kafka_security)
 
     async def committed(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         return await self.offsets.committed(self.group, tps)

@@ -73,7 +73,7 @@ from schemas.catalog import TOPICS
 from schemas.codec import EventCodec, UndecodableRecord
 from schemas.outputs import ANALYTICS_LATE, ANALYTICS_WINDOW, Output, late_id, window_id
 from schemas.registry import UnknownSchema
-from streams.agents._batches import raw_batches, raw_topic, settle
+from streams.agents._batches import fence_check, raw_batches, raw_topic, settle
 from streams.analytics import (
     ROUTED,
     Bundles,
@@ -93,6 +93,7 @@ from streams.transport import AppPositions, highwater, in_partition_of, settling
 from streams.windows import MINUTE_MS, ZONE, Final, Hopping, Sessions, SourceClock, Tumbling
 
 if TYPE_CHECKING:
+    from core.settings import KafkaSecurity
     from streams.runtime import Runtime
 
 __all__ = ["by_key_topic", "final_datum", "install", "rows_of", "ticks_topic"]
@@ -170,8 +171,8 @@ class Ticks:
     watermark granted), in order. Read from the topic (whole: it is small) whenever the group's
     assignment changed, and kept up to date by the ticks this process writes."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
+    def __init__(self, bootstrap: str, topic: str, security: KafkaSecurity) -> None:
+        self.bootstrap, self.topic, self.security = bootstrap, topic, security
         self.by_source: dict[str, list[tuple[int, int]]] = {}
         self.generation: int | None = -2
 
@@ -183,6 +184,7 @@ class Ticks:
                 self.bootstrap,
                 "mohallamart-analytics-ticks-reader",
                 {"enable.auto.commit": False, "enable.partition.eof": False},
+                security=self.security,
             )
         )
         found: dict[str, list[tuple[int, int]]] = {}
@@ -247,7 +249,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
     # the window stage's table: a replay moves to a new epoch (a new, empty table)
     stage_name = stage_table(stage_epoch(s.postgres_dsn, app.conf.id))
     table = app.Table(stage_name, default=None, partitions=parts, schema=json_schema)
-    ticks = Ticks(s.kafka_bootstrap, ticks_topic(ns))
+    ticks = Ticks(s.kafka_bootstrap, ticks_topic(ns), s.kafka_security)
     positions = AppPositions(app)
     store = AnalyticsStore(s.postgres_dsn, positions_of=by_key_name)
     # every record (in order: each moves its partition's clock); the router decodes what it reads
@@ -411,6 +413,8 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                 await ensure_ticks()
             except Exception as exc:  # noqa: BLE001 - Kafka: retried as a dependency down
                 raise DependencyDown(f"reading {ticks.topic}: {type(exc).__name__}: {exc}") from exc
+            # a worker expelled from its group (paused past its session) routes nothing
+            await fence_check(app, (r.source for r in records), "analytics/route_analytics")
             await route_records(records)
         except BaseException:
             clocks.clear()  # what the table holds is the truth: read it again
@@ -478,7 +482,9 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
             # forwarded, not recorded: a restart forwards the same records again (copies)
             await drill("router-after-forward")
         # the orders' states and the clocks of a source partition number in one journal
-        # record: a crash never leaves a clock ahead of an order's state
+        # record: a crash never leaves a clock ahead of an order's state (written only by a
+        # member of the group's current generation)
+        await fence_check(app, touched.values(), "analytics/route_analytics")
         writes: dict[int, tuple[dict[str, Any], faust.EventT[Any]]] = {}
         for oid, (state, event) in orders.items():
             if state is not None:
@@ -605,6 +611,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         if not outputs:
             producer = EventProducer(
                 s.kafka_bootstrap,
+                security=s.kafka_security,
                 delivery_timeout_ms=OUTPUT_DELIVERY_TIMEOUT_MS,
                 linger_ms=5,
                 max_message_bytes=1 << 20,
@@ -717,6 +724,8 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
         return []
 
     async def emit(touched: dict[int, faust.EventT[Any]], late: list[LateEvent]) -> None:
+        # a worker expelled from its group (paused past its session) writes no window
+        await fence_check(app, touched.values(), "analytics/aggregate_windows")
         finals: list[Final] = []
         entries: dict[int, dict[str, Any]] = {}
         w = AnalyticsWrite([], [], [], [], [], {})
@@ -788,6 +797,7 @@ def install(rt: Runtime) -> None:  # noqa: PLR0915 - one role's wiring, read top
                     )
                 )
         await publish(sends)
+        await fence_check(app, touched.values(), "analytics/aggregate_windows")
         # per partition, in its changelog partition: the batch's journal record (its state
         # and positions: one record), and at times a checkpoint
         checkpointed = False

@@ -30,7 +30,7 @@ from prometheus_client import Counter
 
 from schemas.catalog import TOPICS
 from streams import tracing
-from streams.agents._batches import raw_batches, raw_topic, settle
+from streams.agents._batches import fence_check, raw_batches, raw_topic, settle
 from streams.reliability import (
     SOURCE_HEADERS,
     Permanent,
@@ -208,6 +208,8 @@ def install(rt: Runtime) -> None:
         return {**marker, "routed": dict(marker.get("routed") or {})}
 
     async def reserve(records: list[Record]) -> list[Rejection]:
+        # a worker expelled from its group (paused past its session) decides nothing
+        await fence_check(app, (r.source for r in records), "stock/reserve_stock")
         now_ms = int(time.time() * 1000)
         batch: dict[str, Any] = {}
         markers: dict[int, dict[str, Any]] = {}
@@ -256,6 +258,8 @@ def install(rt: Runtime) -> None:
                 )
             )
         await asyncio.gather(*futures)  # delivered before the table says "applied"
+        # ... and writes no state unless still a member (a pause may have fallen in between)
+        await fence_check(app, (r.source for r in records), "stock/reserve_stock")
         # Per partition, three steps in its changelog partition (kept in order by the idempotent
         # producer, so a crash leaves a prefix): the marker with every entry ("not done"), the
         # entries, the marker "done". A prefix without "done" is healed from the marker.

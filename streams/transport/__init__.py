@@ -27,12 +27,18 @@ from streams.transport.consumer import (
     stream_positions,
 )
 from streams.transport.continuity import Continuity, Positions
-from streams.transport.driver import SCHEME, broker_url
+from streams.transport.driver import EXIT_FENCED, SCHEME, broker_url
+from streams.transport.fence import Fence, Fenced, fence_of, install_fence
 from streams.transport.stream import Stream
 from streams.transport.worker import run_app
 
 __all__ = [
+    "EXIT_FENCED",
     "FAUST_VERSION",
+    "Fence",
+    "Fenced",
+    "fence_of",
+    "install_fence",
     "SCHEME",
     "Stream",
     "AppPositions",

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, ClassVar
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
+from streams.transport.fence import FENCED, fence_of, may_send
 from streams.transport.stream import drain_messages
 
-__all__ = ["SCHEME", "Buffer", "Consumer", "Producer", "Transport", "broker_url"]
+__all__ = ["EXIT_FENCED", "SCHEME", "Buffer", "Consumer", "Producer", "Transport", "broker_url"]
 
 log = logging.getLogger(__name__)
+
+#: exit status of a worker expelled with state not written (EX_TEMPFAIL: its supervisor restarts
+#: it; see `streams.transport.fence`)
+EXIT_FENCED = 75
 
 #: the URL scheme of this driver (`broker="mohallamart://host:port"`)
 SCHEME = "mohallamart"
@@ -142,6 +148,23 @@ class Buffer(ProducerBuffer):
         try:
             fut.add_done_callback(self._delivered)
             async with self.in_order:
+                fence = fence_of(self.app) if self.app is not None else None
+                if fence is not None and not await may_send(fence, lambda: self.should_stop):
+                    # expelled from the group: the partition's new owner restored its table from
+                    # the changelog already; this record must not follow. It is dropped, and the
+                    # worker ends: its local store holds the write, its changelog does not, and
+                    # only a start (`streams.app.distrust_crashed_stores`) restores the stores
+                    # from the changelogs alone. Its supervisor starts it again.
+                    FENCED.labels("changelog record").inc()
+                    log.critical(
+                        "table changelog: this worker was expelled from its group (paused past "
+                        "its session?) with %d records not sent; they are dropped and the "
+                        "worker exits (status %d) to restore its tables from the changelogs",
+                        self.size + 1,
+                        EXIT_FENCED,
+                    )
+                    logging.shutdown()
+                    os._exit(EXIT_FENCED)
                 await super()._send_pending(fut)
         finally:
             self.sending -= 1

@@ -17,6 +17,7 @@ import httpx
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from connectors.kafka import admin_config, consumer_config
 from core.settings import Settings
 from mohallamart.stack.supervisor import Child, Supervisor
 from schemas.catalog import EVENT_TYPES
@@ -281,11 +282,12 @@ class Pipeline:
         """Every record of `topic` (with one of `keys`): (headers, value, decoded event or None)."""
         wanted = None if keys is None else {k.encode() for k in keys}
         c = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"tests-{uuid.uuid4()}",
-                "enable.auto.commit": False,
-            }
+            consumer_config(
+                self.settings.kafka_bootstrap,
+                f"tests-{uuid.uuid4()}",
+                {"enable.auto.commit": False},
+                security=self.settings.kafka_security,
+            )
         )
         out: list[tuple[dict[str, str], bytes | None, Any]] = []
         try:
@@ -332,6 +334,7 @@ class Pipeline:
         prod = Producer(
             producer_config(
                 self.settings.kafka_bootstrap,
+                security=self.settings.kafka_security,
                 delivery_timeout_ms=10_000,
                 linger_ms=5,
                 max_message_bytes=1 << 20,
@@ -373,13 +376,13 @@ class Pipeline:
 
         from schemas.catalog import TOPICS
 
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        security = self.settings.kafka_security
+        admin = AdminClient(admin_config(self.settings.kafka_bootstrap, security=security))
         group = f"{prefix or self.settings.worker_app_prefix}-{role}"
         probe = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"tests-{uuid.uuid4()}",
-            }
+            consumer_config(
+                self.settings.kafka_bootstrap, f"tests-{uuid.uuid4()}", security=security
+            )
         )
         try:
             ends: dict[tuple[str, int], int] = {}

@@ -109,6 +109,7 @@ class Iso:
         self.producer = Producer(
             producer_config(
                 self.pipeline.settings.kafka_bootstrap,
+                security=self.pipeline.settings.kafka_security,
                 delivery_timeout_ms=10_000,
                 linger_ms=5,
                 max_message_bytes=1 << 20,
@@ -210,6 +211,7 @@ def start_iso(pipeline: Pipeline, role_name: str, **env: str) -> Iso:
     wait_topics_ready(
         pipeline.settings.kafka_bootstrap,
         [Topic("analytics", t, PARTS, "") for t in wanted],
+        security=pipeline.settings.kafka_security,
         timeout_s=60,
     )
     return iso

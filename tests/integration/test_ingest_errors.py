@@ -6,7 +6,6 @@ After all of them, every topic's end offsets are what they were before.
 from __future__ import annotations
 
 import copy
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +14,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from core.settings import Settings
-from schemas.catalog import EVENT_TYPES, TOPICS
+from schemas.catalog import EVENT_TYPES
+from tests.integration._writes import end_offsets, written_by_the_api
 from tests.integration.conftest import _key
 
 pytestmark = pytest.mark.integration
@@ -218,19 +217,6 @@ def _cases(conflict_id: str) -> list[Case]:
     ]
 
 
-def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "offsets-probe"})
-    try:
-        out = {}
-        for t in TOPICS.values():
-            for p in range(t.partitions):
-                _, high = c.get_watermark_offsets(TopicPartition(t.name, p), timeout=10)
-                out[(t.name, p)] = high
-        return out
-    finally:
-        c.close()
-
-
 def test_every_error_has_its_status_and_problem_and_writes_nothing(
     api: str, ingest_key: str, read_key: str, settings: Settings
 ) -> None:
@@ -255,7 +241,7 @@ def test_every_error_has_its_status_and_problem_and_writes_nothing(
     first = httpx.post(f"{api}/v1/events", json=tracked, headers=keys["ingest"]())
     assert first.status_code == 202, first.text
 
-    before = _end_offsets(settings)
+    before = end_offsets(settings)
     failures = []
     with httpx.Client(timeout=30) as client:
         for case in _cases(conflict_id):
@@ -277,49 +263,8 @@ def test_every_error_has_its_status_and_problem_and_writes_nothing(
                 ids.add(str(b.get("id", "")))
                 sources.add(str(b.get("source") or "api:"))
     ids.discard("")
-    written = _written_by_the_api(settings, before, _end_offsets(settings), ids, sources)
+    written = written_by_the_api(settings, before, end_offsets(settings), ids, sources)
     assert not written, f"an error case wrote to a topic: {written[:5]}"
-
-
-def _written_by_the_api(
-    settings: Settings,
-    before: dict[tuple[str, int], int],
-    after: dict[tuple[str, int], int],
-    ids: set[str],
-    sources: set[str],
-) -> list[str]:
-    """The records between `before` and `after` the API wrote: an id the cases posted, or a
-    source of theirs (the API's `api:<key>`, or one a case set)."""
-    from schemas.codec import RegistryDecoder
-    from schemas.registry import SchemaRegistry
-
-    decoder = RegistryDecoder(SchemaRegistry(settings.registry_url).schema_by_id)
-    grown = {
-        tp: (before.get(tp, 0), high) for tp, high in after.items() if high > before.get(tp, 0)
-    }
-    if not grown:
-        return []
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "offsets-probe-read"})
-    found = []
-    try:
-        c.assign([TopicPartition(t, p, low) for (t, p), (low, _) in grown.items()])
-        left = {tp: high for tp, (_, high) in grown.items()}
-        deadline = time.monotonic() + 30
-        while left and time.monotonic() < deadline:
-            m = c.poll(1)
-            if m is None or m.error():
-                continue
-            tp = (str(m.topic()), int(m.partition() or 0))
-            if (m.offset() or 0) >= left.get(tp, 0) - 1:
-                left.pop(tp, None)
-            ev = decoder.decode(m.value())
-            source = str(ev.get("source", ""))
-            if str(ev["id"]) in ids or any(source.startswith(x) for x in sources):
-                found.append(f"{tp[0]}/{tp[1]}@{m.offset()}: {ev['type']} from {ev['source']}")
-        assert not left, f"could not read what the topics gained: {left}"
-    finally:
-        c.close()
-    return found
 
 
 def _check(case: Case, r: httpx.Response) -> str | None:

@@ -18,6 +18,8 @@ from tests.integration._support import poll
 
 pytestmark = pytest.mark.integration
 
+KAFKA3_BROKERS = [f"kafka-broker-{i}" for i in (1, 2, 3)]
+
 
 def _ids_in_partition(settings: Settings, topic: str, partition: int) -> list[str]:
     codec = EventCodec(EVENT_TYPES["order.created"].schema)
@@ -58,8 +60,11 @@ def test_kafka_down_answers_503_then_the_retry_lands_exactly_once(
     headers = {"Authorization": f"Bearer {ingest_key}"}
     timeout_s = int(api_env["INGEST_REQUEST_TIMEOUT_MS"]) / 1000
 
-    res = mohallamart("stack", "stop", "kafka")
-    assert res.returncode == 0, res.stderr
+    # every broker of the profile the session runs (STACK_KAFKA_BROKERS)
+    brokers = ["kafka"] if settings.stack_kafka_brokers == 1 else KAFKA3_BROKERS
+    for name in brokers:
+        res = mohallamart("stack", "stop", name)
+        assert res.returncode == 0, res.stderr
     try:
         t0 = time.monotonic()
         r = httpx.post(f"{api}/v1/events", json=body, headers=headers, timeout=60)
@@ -72,8 +77,9 @@ def test_kafka_down_answers_503_then_the_retry_lands_exactly_once(
         ready = httpx.get(f"{api}/readyz", timeout=30)
         assert ready.status_code == 503 and ready.json()["checks"]["kafka"]["ok"] is False
     finally:
-        res = mohallamart("stack", "start", "kafka")
-        assert res.returncode == 0, res.stdout + res.stderr
+        for name in brokers:
+            res = mohallamart("stack", "start", name)
+            assert res.returncode == 0, res.stdout + res.stderr
 
     def retry() -> httpx.Response | None:
         r = httpx.post(f"{api}/v1/events", json=body, headers=headers, timeout=60)

@@ -39,19 +39,24 @@ def test_topics_get_the_callers_replication_settings_and_their_own_config(
     stack: Stack, settings: Settings
 ) -> None:
     boot = settings.kafka_bootstrap
+    sec = settings.kafka_security
     tag = uuid.uuid4().hex[:8]
     event = Topic("tests", f"tests-{tag}.events", 2, "id")  # the event topics' default config
     own = Topic("tests", f"tests-{tag}-changelog", 1, "", config={"min.insync.replicas": "1"})
     try:
-        created = ensure_topics(boot, [event, own], replication=1, min_insync_replicas=2)
+        created = ensure_topics(
+            boot, [event, own], security=sec, replication=1, min_insync_replicas=2
+        )
         assert sorted(created) == sorted([event.name, own.name])
-        wait_topics_ready(boot, [event, own], timeout_s=30)
+        wait_topics_ready(boot, [event, own], security=sec, timeout_s=30)
         got = _configs(boot, event.name)
         assert got["min.insync.replicas"] == "2"  # the caller's
         assert got["retention.ms"] == "-1"  # the contract's: replay needs every event
         assert _configs(boot, own.name)["min.insync.replicas"] == "1"  # its own wins
         # an existing topic is left as it is
-        assert ensure_topics(boot, [event], replication=1, min_insync_replicas=1) == []
+        assert (
+            ensure_topics(boot, [event], security=sec, replication=1, min_insync_replicas=1) == []
+        )
         assert _configs(boot, event.name)["min.insync.replicas"] == "2"
     finally:
         _delete(boot, [event.name, own.name])
@@ -65,12 +70,13 @@ def test_every_partition_is_served_and_keeps_every_record_once_the_topics_are_re
     reported delivered (the analytics oracle test saw the first orders of a fresh partition
     missing). Many topics at once, as a worker creates them, widen that window."""
     boot = settings.kafka_bootstrap
+    sec = settings.kafka_security
     tag = uuid.uuid4().hex[:8]
     topics = [Topic("tests", f"tests-{tag}.ready-{i}", 6, "id") for i in range(40)]
     names = [t.name for t in topics]
     try:
-        ensure_topics(boot, topics, replication=1, min_insync_replicas=1)
-        wait_topics_ready(boot, topics, timeout_s=60)
+        ensure_topics(boot, topics, security=sec, replication=1, min_insync_replicas=1)
+        wait_topics_ready(boot, topics, security=sec, timeout_s=60)
         admin = AdminClient({"bootstrap.servers": boot})
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
         request = {TopicPartition(t.name, p): latest for t in topics for p in range(6)}
@@ -83,7 +89,13 @@ def test_every_partition_is_served_and_keeps_every_record_once_the_topics_are_re
         assert not refused, f"{len(refused)} partitions not served, first: {refused[:3]}"
         # and a record written to each partition at once is there, once
         producer = Producer(
-            producer_config(boot, delivery_timeout_ms=10_000, linger_ms=5, max_message_bytes=1024)
+            producer_config(
+                boot,
+                security=sec,
+                delivery_timeout_ms=10_000,
+                linger_ms=5,
+                max_message_bytes=1024,
+            )
         )
         failed: list[str] = []
 

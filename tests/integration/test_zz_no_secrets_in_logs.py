@@ -30,7 +30,11 @@ def _logs(settings: Settings) -> list[Path]:
 def test_no_log_of_the_session_holds_a_secret(settings: Settings) -> None:
     logs = _logs(settings)
     assert logs, f"no log under {settings.stack_dir}: the session wrote none?"
-    secrets = sorted({s.encode() for s in SECRETS_USED if len(s) >= 8})
+    used = set(SECRETS_USED)
+    kafka = settings.kafka_security.password  # the Kafka clients' SASL password, if any
+    if kafka is not None:
+        used.add(kafka.get_secret_value())
+    secrets = sorted({s.encode() for s in used if len(s) >= 8})
     assert secrets, "the session used no secret: this scan would prove nothing"
     found = []
     for path in logs:

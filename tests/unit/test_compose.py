@@ -233,3 +233,62 @@ def test_dockerfile_runs_as_non_root() -> None:
     assert users[-1].split(":")[0] not in ("root", "0"), (
         f"Dockerfile: the final USER is {users[-1]!r}, i.e. root"
     )
+
+
+# --- the `kafka3` profile: the local stack's 3-broker profile (STACK_KAFKA_BROKERS=3) --------
+
+KAFKA3_CONTROLLERS = [f"kafka-controller-{i}" for i in (1, 2, 3)]
+KAFKA3_BROKERS = [f"kafka-broker-{i}" for i in (1, 2, 3)]
+
+
+def test_the_kafka3_profile_is_three_controllers_and_three_brokers() -> None:
+    profiled = sorted(n for n, s in SERVICES.items() if "kafka3" in (s.get("profiles") or []))
+    assert profiled == sorted(KAFKA3_CONTROLLERS + KAFKA3_BROKERS)
+    kafka_image = SERVICES["kafka"]["image"]
+    assert kafka_image == f"apache/kafka:{Settings().kafka_version}"
+    envs = {n: _environment(SERVICES[n]) for n in profiled}
+    ids = {n: envs[n]["KAFKA_NODE_ID"] for n in profiled}
+    assert [ids[n] for n in KAFKA3_CONTROLLERS + KAFKA3_BROKERS] == ["1", "2", "3", "4", "5", "6"]
+    voters = "1@kafka-controller-1:9093,2@kafka-controller-2:9093,3@kafka-controller-3:9093"
+    volumes = set()
+    for name in profiled:
+        service, env = SERVICES[name], envs[name]
+        assert service["image"] == kafka_image, f"{name}: not the `kafka` service's image"
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters, name
+        assert env["CLUSTER_ID"] == envs["kafka-controller-1"]["CLUSTER_ID"], name
+        assert env["CLUSTER_ID"] != _environment(SERVICES["kafka"])["CLUSTER_ID"]
+        # every topic: 3 copies, 2 in sync, never an out-of-sync leader (the controllers
+        # create the topics, so their defaults count as much as the brokers')
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3", name
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2", name
+        assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false", name
+        (volume,) = service["volumes"]
+        volumes.add(volume.split(":")[0])
+        assert volume.split(":")[0] in COMPOSE["volumes"], name
+    assert len(volumes) == 6, "each node keeps its data in a volume of its own"
+    for name in KAFKA3_CONTROLLERS:
+        assert envs[name]["KAFKA_PROCESS_ROLES"] == "controller"
+        assert "--bootstrap-controller" in SERVICES[name]["healthcheck"]["test"]
+    for i, name in enumerate(KAFKA3_BROKERS, start=1):
+        env = envs[name]
+        assert env["KAFKA_PROCESS_ROLES"] == "broker"
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "INTERNAL"
+        assert f"CLIENT://kafka-broker-{i}:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+        assert f"INTERNAL://kafka-broker-{i}:9094" in env["KAFKA_ADVERTISED_LISTENERS"]
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+        assert sorted(SERVICES[name]["depends_on"]) == KAFKA3_CONTROLLERS  # each healthy first
+        assert "--bootstrap-server" in SERVICES[name]["healthcheck"]["test"]
+
+
+def test_no_service_outside_a_profile_needs_one_inside() -> None:
+    """`docker compose up` (no profile) must not need a service that only a profile starts."""
+    for name, service in SERVICES.items():
+        if service.get("profiles"):
+            continue
+        for dependency in service.get("depends_on") or {}:
+            assert not SERVICES[dependency].get("profiles"), (
+                f"service {name!r} (every profile) depends on {dependency!r} (profiles "
+                f"{SERVICES[dependency]['profiles']})"
+            )

@@ -9,13 +9,16 @@ from api.ingest import Ingestor
 from api.problems import Problem
 from connectors.claims import ClaimStore
 from connectors.producer import EventProducer
+from core.settings import KafkaSecurity
 from schemas.catalog import EVENT_TYPES
 from schemas.registry import SchemaRegistry
 
 
 async def test_ingest_answers_503_until_the_topics_exist() -> None:
     # Nothing listens on port 1: any attempt to reach a dependency would fail differently.
-    producer = EventProducer("127.0.0.1:1", delivery_timeout_ms=1000, linger_ms=1)
+    producer = EventProducer(
+        "127.0.0.1:1", security=KafkaSecurity(), delivery_timeout_ms=1000, linger_ms=1
+    )
     ingestor = Ingestor(
         SchemaRegistry("http://127.0.0.1:1"),
         producer,

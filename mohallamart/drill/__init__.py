@@ -1,0 +1,1 @@
+"""The fault drill (`mohallamart drill`): faults during a continuous load, each verified."""

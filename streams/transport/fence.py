@@ -1,0 +1,187 @@
+"""Zombie fencing for the stateful roles: a worker confirms it is still a member of its group's
+current generation before it writes state (its changelog-backed tables).
+
+A worker paused past its session timeout (SIGSTOP, a stalled VM, a GC pause) is expelled from its
+group and its partitions go to another worker, which restores the tables from their changelogs.
+When the paused worker resumes it does not know yet: its heartbeat has not been answered. Without
+a fence it would finish the batch in hand and append to changelog partitions it no longer owns,
+after the new owner restored them: the next restore would read a state nobody decided.
+
+The rule (`Fence`), before a batch's state is written and before each changelog record leaves:
+- a batch fetched in an earlier generation than the consumer's current one is abandoned (never
+  acknowledged: its records come again to whichever worker owns them now);
+- the member's generation is confirmed with the group coordinator (a Heartbeat request with the
+  member id and generation: the coordinator answers ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID to an
+  expelled member). A confirmation holds for a lease of a third of the session timeout, measured
+  on the monotonic clock, which keeps running while a process is stopped: a worker that was
+  paused long enough to be expelled always asks again before it writes.
+- an expelled member writes nothing: its batch is abandoned (`Fenced`), and a changelog record
+  already queued is dropped and counted (its local store is then distrusted and restored from
+  the changelog at the next assignment, `streams.app.distrust_crashed_stores`).
+
+What remains: a pause that falls after the last check and before the client hands the record to
+the broker (the same event-loop turn, then the client's own send) cannot be seen by any check in
+the process; Kafka's only remedy is a transactional producer per partition, which this project
+does not use (librdkafka lacks KIP-890, and faust's transactions commit every partition at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import aiokafka.errors as kafka_errors
+from aiokafka.protocol.group import HeartbeatRequest
+from faust.types import AppT
+from prometheus_client import Counter
+
+__all__ = ["Fence", "Fenced", "fence_of", "install_fence"]
+
+log = logging.getLogger(__name__)
+
+FENCED = Counter(
+    "mohallamart_worker_fenced_total",
+    "Batches abandoned and changelog records dropped because this worker was no longer a member "
+    "of its group's current generation (a zombie fenced)",
+    ["what"],
+)
+
+#: answers meaning "this member still owns its partitions" (during a rebalance it does, until it
+#: gives them up itself)
+_MEMBER = (kafka_errors.NoError, kafka_errors.RebalanceInProgressError)
+#: answers meaning "expelled": the group has moved on without this member
+_EXPELLED = (kafka_errors.IllegalGenerationError, kafka_errors.UnknownMemberIdError)
+
+
+class Fenced(BaseException):  # noqa: N818 - a signal like CancelledError, not an error
+    """This worker is not a member of its group's current generation: the batch in hand is
+    abandoned and nothing of it is written. A BaseException so that no `except Exception` of a
+    stage takes it for a failing record (a retry, a dead letter)."""
+
+
+class _Unconfirmed(Exception):  # noqa: N818
+    """The coordinator did not answer: membership is not known (a retryable dependency)."""
+
+
+class Fence:
+    """The membership checks of one worker (its app's consumer)."""
+
+    def __init__(self, app: AppT, session_timeout_s: float) -> None:
+        self.app = app
+        self.lease_s = session_timeout_s / 3
+        self._confirmed: tuple[int, str] | None = None  # (generation, member) confirmed
+        self._confirmed_at = float("-inf")  # monotonic time the confirming request was sent
+        self.confirmations = 0  # round trips made (for tests and the benchmark)
+
+    # --- what the coordinator knows of this member -------------------------------------------
+    def _coordinator(self) -> Any:
+        consumer: Any = self.app.consumer
+        thread = getattr(consumer, "_thread", None)
+        client = thread._ensure_consumer() if thread is not None else None
+        return None if client is None else client._coordinator
+
+    def _member(self) -> tuple[int, str]:
+        coordinator = self._coordinator()
+        if coordinator is None:
+            return -1, ""
+        return int(coordinator.generation), str(coordinator.member_id or "")
+
+    async def _ask(self, generation: int, member: str) -> bool:
+        """True: the coordinator confirms `member` in `generation`; False: expelled."""
+        consumer: Any = self.app.consumer
+        thread = consumer._thread
+        coordinator = self._coordinator()
+
+        async def heartbeat() -> Any:
+            await coordinator.ensure_coordinator_known()
+            return await coordinator._send_req(
+                HeartbeatRequest(coordinator.group_id, generation, member)
+            )
+
+        try:
+            response = await thread.call_thread(heartbeat)
+        except kafka_errors.KafkaError as exc:
+            raise _Unconfirmed(f"the group coordinator did not answer: {exc}") from None
+        error = kafka_errors.for_code(response.error_code)
+        if error in _MEMBER:
+            return True
+        if error in _EXPELLED:
+            return False
+        raise _Unconfirmed(f"the group coordinator answered {error.__name__}")
+
+    async def member(self) -> bool:
+        """Whether this worker is (still) a member of its group's current generation; a round
+        trip to the coordinator at most once per lease. Raises ConnectionError when the
+        coordinator does not answer (a dependency down: the caller retries)."""
+        generation, member = self._member()
+        if generation < 0 or not member:
+            return False  # the consumer itself knows it was expelled (or has not joined)
+        now = time.monotonic()
+        if self._confirmed == (generation, member) and now - self._confirmed_at < self.lease_s:
+            return True
+        try:
+            ok = await self._ask(generation, member)
+        except _Unconfirmed as exc:
+            raise ConnectionError(str(exc)) from None
+        self.confirmations += 1
+        if ok:
+            self._confirmed, self._confirmed_at = (generation, member), now
+        else:
+            self._confirmed = None
+        return ok
+
+    async def check(self, generations: Iterable[int | None], what: str) -> None:
+        """Before a batch's state is written: raise `Fenced` unless every record of the batch
+        was fetched in the consumer's current generation and the coordinator confirms it."""
+        current, _member = self._member()
+        stale = {g for g in generations if g is not None and g != current}
+        if stale or not await self.member():
+            FENCED.labels(what).inc()
+            log.warning(
+                "%s: this worker is not a member of its group's current generation (batch of "
+                "generation %s, the consumer's %s): the batch is abandoned, its records come "
+                "again to the partitions' owner",
+                what,
+                ",".join(map(str, sorted(stale))) or current,
+                current,
+            )
+            raise Fenced(what)
+
+
+_FENCES: weakref.WeakKeyDictionary[Any, Fence] = weakref.WeakKeyDictionary()
+
+
+def install_fence(app: AppT, session_timeout_s: float) -> Fence:
+    """Fence `app`'s state writes (the stateful roles: their agents check before a batch's
+    writes, the changelog buffer before each record leaves)."""
+    fence = _FENCES[app] = Fence(app, session_timeout_s)
+    return fence
+
+
+def fence_of(app: AppT) -> Fence | None:
+    """The app's fence, or None (a stateless role)."""
+    try:
+        return _FENCES.get(app)
+    except TypeError:  # not weakly referable: not an app with a fence
+        return None
+
+
+async def may_send(fence: Fence, stopping: Any) -> bool:
+    """For the changelog buffer, before a record leaves: True to send it, False to drop it (this
+    worker was expelled). While the coordinator does not answer, it waits (the record stays
+    queued, in order), unless the worker is stopping."""
+    delay = 0.1
+    while True:
+        try:
+            return await fence.member()
+        except ConnectionError as exc:
+            if stopping():
+                log.warning("changelog: membership not confirmed at stop (%s): record sent", exc)
+                return True
+            log.warning("changelog: membership not confirmed (%s); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)

@@ -1,0 +1,196 @@
+"""A stock worker paused past its session timeout (SIGSTOP) and resumed (SIGCONT) while orders
+keep coming: the other stock worker takes its partitions over within the session timeout + 5 s,
+and the resumed one (a zombie until its group tells it) writes no state it no longer owns
+(`streams.transport.fence`). Three pauses during one load; then every order is accepted, each
+product's movements form one chain (sequences 1..n, each stock_after the previous plus its
+delta) and the stock is what was posted: nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from schemas.catalog import TOPICS
+from tests.integration._pipeline import Pipeline, example, order_created, uid
+from tests.integration._support import poll, report
+from tests.integration.test_scale_out import _wait_members
+
+pytestmark = pytest.mark.integration
+
+ORDERS = TOPICS["order"].name
+PAUSES = 3
+#: what the fence logs when it abandons a batch, and when it drops a queued changelog record
+ABANDONED = "not a member of its group's current generation"
+DROPPED = "was expelled from its group"
+
+
+def _chains(p: Pipeline, pids: list[str]) -> dict[str, str]:
+    """Products whose movements do not form one chain (product -> the first break)."""
+    chains: dict[str, list[tuple[int, int, int]]] = {}
+    for pid, seq, delta, after in p.rows(
+        "SELECT product_id, sequence, delta, stock_after FROM inventory_movements "
+        "WHERE product_id = ANY(%s) ORDER BY product_id, sequence",
+        pids,
+    ):
+        chains.setdefault(str(pid), []).append((int(seq), int(delta), int(after)))
+    broken: dict[str, str] = {}
+    for pid, chain in chains.items():
+        level = 0
+        for n, (seq, delta, after) in enumerate(chain, start=1):
+            if seq != n or after != level + delta:
+                broken[pid] = f"movement {n}: sequence {seq}, {level}{delta:+d} -> {after}"
+                break
+            level = after
+    return broken
+
+
+def test_a_stock_worker_paused_past_its_session_writes_nothing_once_resumed(
+    pipeline: Pipeline,
+) -> None:
+    p = pipeline
+    admin = AdminClient({"bootstrap.servers": p.settings.kafka_bootstrap})
+    session_s = p.settings.kafka_session_timeout_ms / 1000
+    rng = random.Random(17)
+    catalogue = {uid("shop"): [uid("prd") for _ in range(4)] for _ in range(16)}
+    initial = 1_000_000
+    expected = {pid: initial for pids in catalogue.values() for pid in pids}
+    movements = [len(expected)]
+    p.post_batch(
+        [
+            Pipeline.event(
+                "product.created",
+                example("product.created", product_id=pid, shop_id=shop, initial_stock=initial),
+            )
+            for shop, pids in catalogue.items()
+            for pid in pids
+        ]
+    )
+    pids = list(expected)
+    p.wait_row(
+        "SELECT count(*) FROM products WHERE product_id = ANY(%s) AND stock = %s",
+        pids,
+        initial,
+        until=lambda r: r[0] == len(pids),
+        timeout=60,
+        what="the products and their stock",
+    )
+    _wait_members(p, admin, "stock", 2)
+    zombie = p.workers.supervisor.children["stock-1"]
+    log = p.workers.log_of("stock-1")
+    log_from = log.stat().st_size
+
+    # -- the load: orders of every shop, about 400 a second, until the pauses are done --------
+    orders: dict[str, dict[str, int]] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def order(shop: str | None = None) -> dict[str, Any]:
+        shop = shop or rng.choice(list(catalogue))
+        items = {pid: rng.randint(1, 3) for pid in rng.sample(catalogue[shop], 2)}
+        oid = uid("ord")
+        with lock:
+            orders[oid] = items
+            for pid, q in items.items():
+                expected[pid] -= q
+            movements[0] += len(items)
+        return order_created(oid, shop, items, unit_paise=500)
+
+    def post() -> None:
+        try:
+            while not done.is_set():
+                p.post_batch([order() for _ in range(40)])
+                time.sleep(0.1)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failure.append(exc)
+
+    poster = threading.Thread(target=post, daemon=True)
+    poster.start()
+    failovers: list[float] = []
+    try:
+        for _ in range(PAUSES):
+            time.sleep(3)  # the load runs on both workers
+            zombie.proc.send_signal(signal.SIGSTOP)
+            paused = time.monotonic()
+            try:
+                # one order per shop posted now: each is accepted once the other worker has
+                # taken every partition over (its own and the paused one's)
+                probes = [order(shop) for shop in catalogue]
+                p.post_batch(probes)
+                probe_ids = [ev["data"]["order_id"] for ev in probes]
+                poll(
+                    lambda ids=probe_ids: (
+                        p.row(
+                            "SELECT count(DISTINCT order_id) FROM inventory_movements "
+                            "WHERE order_id = ANY(%s)",
+                            ids,
+                        )
+                        == (len(ids),)
+                    ),
+                    timeout=60,
+                    interval=0.1,
+                    what="the other stock worker to reserve an order of every shop",
+                )
+                failovers.append(time.monotonic() - paused)
+                # paused three session timeouts in all: well past its expulsion
+                time.sleep(max(0.0, paused + 3 * session_s - time.monotonic()))
+            finally:
+                zombie.proc.send_signal(signal.SIGCONT)
+            # back in the group (or restarted by its supervisor, if the fence ended it)
+            _wait_members(p, admin, "stock", 2)
+    finally:
+        done.set()
+        poster.join(60)
+    assert not failure, failure
+
+    # -- nothing lost, nothing doubled ------------------------------------------------------------
+    every = list(orders)
+    poll(
+        lambda: (
+            p.row(
+                "SELECT count(*) FROM orders WHERE order_id = ANY(%s) AND status = 'PROCESSING'",
+                every,
+            )
+            == (len(every),)
+        ),
+        timeout=180,
+        interval=1,
+        what="every order accepted",
+    )
+    poll(
+        lambda: (
+            p.row("SELECT count(*) FROM inventory_movements WHERE product_id = ANY(%s)", pids)
+            == (movements[0],)
+        ),
+        timeout=120,
+        interval=1,
+        what=f"{movements[0]} movements",
+    )
+    rows = p.rows("SELECT product_id, stock FROM products WHERE product_id = ANY(%s)", pids)
+    stock = {str(k): int(v) for k, v in rows}
+    broken = _chains(p, pids)
+    off = {k: (stock.get(k), v) for k, v in expected.items() if stock.get(k) != v}
+    assert (off, broken) == ({}, {}), (
+        f"{len(off)} products' stock differs from what was posted (found, expected) and "
+        f"{len(broken)} products' movements do not chain"
+    )
+    assert [h for h, _, _ in p.records(f"{ORDERS}.dlq", keys=every)] == []
+    # failover of a stateful role within the session timeout + 5 s (the issue's bound)
+    assert max(failovers) <= session_s + 5, failovers
+    said = log.read_bytes()[log_from:].decode("utf-8", "replace")
+    abandoned, dropped = said.count(ABANDONED), said.count(DROPPED)
+    expelled = len(re.findall(r"generation id is not\s+current|member_id was not recognized", said))
+    report(
+        f"zombie fence: {PAUSES} pauses of {3 * session_s:.0f} s under load, {len(every):,} "
+        f"orders; failover (an order of every shop reserved by the other worker) "
+        f"{', '.join(f'{s:.1f}' for s in failovers)} s (session timeout {session_s:.0f} s); "
+        f"the resumed worker abandoned {abandoned} batches, dropped queued changelog records "
+        f"{dropped} times, its heartbeat saw the expulsion {expelled} times"
+    )

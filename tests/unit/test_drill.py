@@ -1,0 +1,77 @@
+"""The drill's ledger and verdicts (`mohallamart.drill`): what an acknowledged event must make in
+each store, and how what is missing or there twice is counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from core.settings import Settings
+from mohallamart.drill.load import Catalogue, Ledger, Load
+from mohallamart.drill.runner import ROWS, RowResult, markdown
+from mohallamart.drill.verify import StoreResult, Verdict, judge_stock
+
+
+def _load() -> Load:
+    cat = Catalogue.make(shops=2, products=2, initial=100)
+    ledger = Ledger()
+    for ev in cat.seed_events():
+        ledger.record(ev)
+    return Load("http://127.0.0.1:1", "mm_x", cat, ledger)
+
+
+def test_the_ledger_counts_an_event_acknowledged_twice_once() -> None:
+    load = _load()
+    cat, ledger = load.catalogue, load.ledger
+    shop = next(iter(cat.shops))
+    pid = cat.shops[shop][0]
+    ev = load.order(shop, [{"product_id": pid, "quantity": 3, "unit_price_paise": 5000}])
+    ledger.record(ev)
+    ledger.record(ev)  # the API answered 200 "duplicate" the second time
+    orders, stock, movements, _ = ledger.snapshot()
+    assert list(orders.values()) == [{pid: 3}]
+    assert stock[pid] == 97
+    assert movements[pid] == 2  # its creation and the one order
+
+
+def test_the_load_makes_valid_kinds_of_event_only() -> None:
+    load = _load()
+    kinds = Counter(load.next_event()["type"] for _ in range(500))
+    assert set(kinds) == {"order.created", "product.stock_adjusted", "notification.requested"}
+    assert kinds["order.created"] > kinds["product.stock_adjusted"] > 0
+
+
+def test_a_missing_movement_is_lost_and_a_repeated_one_doubled() -> None:
+    stock = {"a": 8, "b": 10}
+    movements = Counter({"a": 2, "b": 1})
+    chains = {"a": [(1, 10, 10), (2, -2, 8)], "b": [(1, 10, 10)]}
+    assert judge_stock(stock, movements, chains, {"a": 8, "b": 10}).clean
+    # a's order applied twice: a third movement, a second -2
+    twice = {**chains, "a": [*chains["a"], (3, -2, 6)]}
+    r = judge_stock(stock, movements, twice, {"a": 6, "b": 10})
+    assert (r.lost, r.doubled) == (0, 1)
+    # a's order never applied
+    r = judge_stock(stock, movements, {**chains, "a": chains["a"][:1]}, {"a": 10, "b": 10})
+    assert (r.lost, r.doubled) == (1, 0)
+    # the same sequence written twice by two owners (a chain break)
+    broken = {**chains, "a": [(1, 10, 10), (1, -2, 8)]}
+    assert judge_stock(stock, movements, broken, {"a": 8, "b": 10}).doubled == 1
+    # every movement there, the figure wrong
+    r = judge_stock(stock, movements, chains, {"a": 9, "b": 10})
+    assert (r.lost, r.clean) == (1, False)
+
+
+def test_the_report_shows_each_row_and_fails_what_lost_anything() -> None:
+    ok = RowResult("postgres", "PostgreSQL down", cycles=1, recovery_s=[4.2], acked=1200)
+    ok.verdict = Verdict([StoreResult("stock", 900), StoreResult("messages (email)", 30)], 3.0)
+    bad = RowResult("leader", "leader broker kill -9 + restart", cycles=5, acked=5000)
+    bad.verdict = Verdict([StoreResult("stock", 4000, lost=2)], 9.0)
+    skipped = RowResult("isr", ROWS["isr"].fault, skipped="needs STACK_KAFKA_BROKERS=3")
+    text = markdown(
+        [ok, bad, skipped], settings=Settings(), command="mohallamart drill", seconds=60
+    )
+    lines = {
+        line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")
+    }
+    assert lines["postgres"].rstrip().endswith("| pass |") and "4.2 s" in lines["postgres"]
+    assert lines["leader"].rstrip().endswith("| FAIL |") and "| 2 |" in lines["leader"]
+    assert "skipped: needs STACK_KAFKA_BROKERS=3" in lines["isr"]
