@@ -56,10 +56,11 @@ bench-reads: install ## the read side's benchmark: cache, search, reindex, live 
 bench-rebuild: install ## each rebuild (postgres, redis, search) beside a raw baseline, 1M events (stack up)
 	$(BIN)/mohallamart bench rebuild
 
-# The drill runs on a stack of its own (.stack/drill: 3 controllers, 3 brokers, RF 3, min ISR 2)
+# The drill runs on a stack of its own (.stack/drill: 3 controllers, 3 brokers, RF 3, min ISR 2,
+# clients over SASL_SSL)
 # with the test profile's short session timeout; stop `make run`'s stack first (same ports).
-DRILL_ENV := STACK_DIR=.stack/drill STACK_KAFKA_BROKERS=3 KAFKA_REPLICATION_FACTOR=3 \
-	KAFKA_MIN_INSYNC_REPLICAS=2 KAFKA_SESSION_TIMEOUT_MS=3000 KAFKA_HEARTBEAT_INTERVAL_MS=1000 \
+DRILL_ENV := STACK_DIR=.stack/drill STACK_KAFKA_BROKERS=3 STACK_KAFKA_SECURITY=sasl_ssl \
+	KAFKA_REPLICATION_FACTOR=3 KAFKA_MIN_INSYNC_REPLICAS=2 KAFKA_SESSION_TIMEOUT_MS=3000 KAFKA_HEARTBEAT_INTERVAL_MS=1000 \
 	KAFKA_REBALANCE_TIMEOUT_MS=6000
 
 drill: install ## the fault drill, every row, 3-broker profile (its own stack; report: drill-report.md)

@@ -182,6 +182,9 @@ class Ingestor:
         self.registry = registry
         self.producer = producer
         self.claims = claims
+        #: delivered events whose claims the database has not marked done yet (it was down)
+        self._undone: list[tuple[str, str, int, int]] = []
+        self._done_task: asyncio.Task[None] | None = None
         #: set once the event topics exist with their settings: producing before that would let
         #: Kafka auto-create them with the broker's defaults (wrong partition count, retention).
         self.topics_ready = asyncio.Event()
@@ -371,6 +374,39 @@ class Ingestor:
             _log.exception("releasing the dedup claims of %d unwritten event(s) failed", len(ids))
 
     # --- encode, claim, produce ---------------------------------------------------------------
+    async def _mark_done(self, delivered: list[tuple[str, str, int, int]]) -> None:
+        """Record where delivered events landed. Kafka has them: they are accepted, whatever the
+        database says. If it does not answer, the answer is still 202 and their claims stay
+        pending (a retry meanwhile is told "in flight", 409, never produced again) until they
+        are marked done in the background, once it answers. (A 500 here told the client an
+        acknowledged event had failed: the fault drill found it with PostgreSQL down.)"""
+        try:
+            await self.claims.done(delivered)
+        except Exception as exc:  # noqa: BLE001 - psycopg errors: the database is down
+            _log.warning(
+                "ingest: %d delivered event(s) accepted, their claims not yet marked done (%s: "
+                "%s); marking them in the background",
+                len(delivered),
+                type(exc).__name__,
+                exc,
+            )
+            self._undone.extend(delivered)
+            if self._done_task is None or self._done_task.done():
+                self._done_task = asyncio.get_running_loop().create_task(self._finish_done())
+
+    async def _finish_done(self) -> None:
+        delay = 0.5
+        while self._undone:
+            batch, self._undone = self._undone, []
+            try:
+                await self.claims.done(batch)
+            except Exception:  # noqa: BLE001 - still down: again later
+                self._undone[:0] = batch
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            _log.info("ingest: %d claims marked done after the database came back", len(batch))
+
     async def _schema_id(self, event: EventType) -> int:
         known = self.registry.cached_id(event)
         if known is not None:
@@ -488,7 +524,7 @@ class Ingestor:
         if failed:
             await self._release([prepared[i].event_id for i, _ in failed])
         if delivered:
-            await self.claims.done(delivered)
+            await self._mark_done(delivered)
         if failed:
             raise _produce_failed(failed, len(mine), batch)
         results: list[Result] = []

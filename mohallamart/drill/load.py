@@ -53,7 +53,7 @@ class Catalogue:
     quiet: str  # places the orders, every notification off (order emails are not counted)
 
     @classmethod
-    def make(cls, shops: int = 8, products: int = 5, initial: int = 10_000_000) -> Catalogue:
+    def make(cls, shops: int = 8, products: int = 5, initial: int = 1_000_000) -> Catalogue:
         tag = f"drill{uuid.uuid4().hex[:8]}"
         catalogue = {
             f"shop_{tag}_{s}": [f"prd_{tag}_{s}_{i}" for i in range(products)] for s in range(shops)
@@ -161,7 +161,7 @@ class Load:
         ledger: Ledger,
         *,
         rate: float = 150.0,
-        threads: int = 3,
+        threads: int = 6,
         seed: int = 17,
     ) -> None:
         self.api, self.key, self.catalogue, self.ledger = api, key, catalogue, ledger

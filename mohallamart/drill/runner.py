@@ -78,6 +78,8 @@ class Drill:
         self.verifier = Verifier(settings, self.catalogue, self.ledger)
         self.session_s = settings.kafka_session_timeout_ms / 1000
         self._started: list[str] = []
+        #: what must never be in a log: the drill's API key, the Kafka client password
+        self.secrets: list[str] = []
 
     # --- processes -------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -125,11 +127,18 @@ class Drill:
                 self.worker(f"{role}-2", role)
         self.children.watch()
         self._wait_ready()
+        self.secrets.append(secret)
+        password = self.settings.kafka_security.password
+        if password is not None:
+            self.secrets.append(password.get_secret_value())
         self.load = Load(self.api, secret, self.catalogue, self.ledger)
         for ev in self.catalogue.seed_events():
             status = one_shot(self.load, ev)
             if status not in (200, 202):
-                raise RuntimeError(f"seeding the drill failed: {ev['type']} answered {status}")
+                why = self.load.failures[-1] if self.load.failures else ""
+                raise RuntimeError(
+                    f"seeding the drill failed: {ev['type']} answered {status} {why}"
+                )
         self.verifier.wait_settled(120)
         self.load.start()
         self.say(f"[drill] load started: about {self.load.rate:.0f} events/s through {self.api}")
@@ -332,16 +341,13 @@ def _row_isr(d: Drill, r: RowResult) -> None:
 def _row_worker_kill(d: Drill, r: RowResult) -> None:
     from streams.app import ROLES
 
-    for cycle in range(1 if d.short else 5):
+    for _ in range(1 if d.short else 5):
         for role in ROLES:
             d.kill9(role)
         time.sleep(2)
         r.recovery_s.append(d.probe())
         r.cycles += 1
-        del cycle
-    r.notes.append(
-        f"every role's worker killed (-9) {r.cycles} times; the supervisor restarts them"
-    )
+    r.notes.append(f"a worker of every role killed (-9) {r.cycles} times, each started again")
 
 
 def _row_worker_pause(d: Drill, r: RowResult) -> None:
@@ -502,6 +508,7 @@ def run_rows(d: Drill, names: list[str]) -> list[RowResult]:
             d.say(f"[drill] {name}: skipped ({r.skipped})")
             continue
         d.say(f"[drill] {name}: {row.fault} ...")
+        failures = len(d.load.failures)
         d.load.resume()
         time.sleep(3 if d.short else 10)
         try:
@@ -513,6 +520,11 @@ def run_rows(d: Drill, names: list[str]) -> list[RowResult]:
             continue
         time.sleep(2)
         d.load.pause()
+        answered = d.load.failures[failures:]
+        if answered and not r.failed:
+            # an answer that is neither an acknowledgement nor "retry" (503, 429): the client
+            # gives the event up, although it may have been written (a 500 after the produce)
+            r.failed = f"{len(answered)} events answered neither 2xx nor 503/429: {answered[0]}"
         r.verdict = d.verifier.verify()
         r.acked = len(d.ledger.acked)
         d.say(f"[drill] {name}: {_line(r)}")
@@ -579,6 +591,23 @@ def markdown(results: list[RowResult], *, settings: Settings, command: str, seco
     return "\n".join(out)
 
 
+def secrets_in_logs(d: Drill) -> list[str]:
+    """Files among the drill's logs and the stack's that contain one of its secrets (the file,
+    never the secret)."""
+    found = []
+    logs = [*d.logdir.glob("*.log"), *d.settings.stack_dir.glob("*/*.log")]
+    for path in logs:
+        try:
+            text = path.read_bytes()
+        except OSError:
+            continue
+        for secret in d.secrets:
+            if secret and secret.encode() in text:
+                found.append(str(path))
+                break
+    return found
+
+
 def run(
     settings: Settings,
     names: list[str],
@@ -595,7 +624,15 @@ def run(
         results = run_rows(d, names)
     finally:
         d.stop()
+    leaked = secrets_in_logs(d)
     text = markdown(results, settings=settings, command=command, seconds=time.monotonic() - t0)
+    security = settings.kafka_security.protocol
+    text += (
+        f"\nKafka clients (API, workers, drill) over {security}. Logs scanned for the drill's API "
+        f"key and the Kafka password: "
+        + (f"FOUND in {', '.join(leaked)}" if leaked else "found in none")
+        + f" ({len(list(d.logdir.glob('*.log')))} process logs and the stack's).\n"
+    )
     say(text)
     if report is not None:
         report.write_text(text + "\n")
@@ -604,4 +641,4 @@ def run(
         for r in results
         if not r.skipped and (r.failed or r.verdict is None or not r.verdict.clean)
     ]
-    return 1 if bad else 0
+    return 1 if bad or leaked else 0

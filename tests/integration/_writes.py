@@ -33,9 +33,10 @@ def written_by_the_api(
     after: dict[tuple[str, int], int],
     ids: set[str],
     sources: set[str],
+    prefixes: tuple[str, ...] = ("api:",),
 ) -> list[str]:
-    """The records between `before` and `after` the API wrote: an id the cases posted, or a
-    source of theirs (the API's `api:<key>`, or one a case set)."""
+    """The records between `before` and `after` the API wrote: an id the cases posted, a source
+    one of them set, or a source the API gives (`prefixes`: `api:<key name>` by default)."""
     from schemas.codec import RegistryDecoder
     from schemas.registry import SchemaRegistry
 
@@ -60,7 +61,7 @@ def written_by_the_api(
                 left.pop(tp, None)
             ev = decoder.decode(m.value())
             source = str(ev.get("source", ""))
-            if str(ev["id"]) in ids or any(source.startswith(x) for x in sources):
+            if str(ev["id"]) in ids or source in sources or source.startswith(prefixes):
                 found.append(f"{tp[0]}/{tp[1]}@{m.offset()}: {ev['type']} from {ev['source']}")
         assert not left, f"could not read what the topics gained: {left}"
     finally:
