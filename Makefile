@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-analytics bench-reads bench-rebuild profile-workers drill drill-ci lock up down status clean-stack
+.PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-scale bench-analytics bench-reads bench-rebuild profile-workers drill drill-ci lock up down status clean-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench: install ## the ingestion benchmark (needs the stack up: make up)
 
 bench-workers: install ## the workers' benchmark, topic -> PostgreSQL (needs the stack up)
 	$(BIN)/mohallamart bench workers
+
+bench-scale: install ## scale-out: 1 projections worker vs 3 in a group, CPU/event, idle lag (stack up)
+	$(BIN)/mohallamart bench scale-out
 
 profile-workers: install ## where the projections worker's CPU goes per event, fresh and with history (stack up)
 	$(BIN)/mohallamart bench profile-workers

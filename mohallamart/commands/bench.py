@@ -1,5 +1,5 @@
-"""`mohallamart bench ingest|workers|reads|profile-workers`: benchmarks and profiles (they print
-figures; never run as tests)."""
+"""`mohallamart bench ingest|workers|scale-out|reads|profile-workers`: benchmarks and profiles
+(they print figures; never run as tests)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,21 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
         )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def _cmd_bench_scale_out(args: argparse.Namespace) -> int:
+    from mohallamart.bench_scale import render, run_scale_bench
+
+    stop_on_sigterm()  # so the benchmark's own workers are stopped on the way out
+    res = run_scale_bench(
+        load_settings(), events=args.events, runs=args.runs, workers=args.workers, echo=out
+    )
+    out("")
+    for line in render(res):
+        out(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res.to_json(), indent=2))
     return 0
 
 
@@ -211,6 +226,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bw.add_argument("--duration", type=int, default=15, help="seconds of the latency phase")
     bw.add_argument("--json", default=None, help="also write the figures to this file")
     bw.set_defaults(func=_cmd_bench_workers)
+
+    bs = bsub.add_parser(
+        "scale-out",
+        help="one projections worker vs several in one group: CPU per event, idle while lagging",
+        description="Runs A (one projections worker) and B (--workers in one consumer group) "
+        "alternately on the same events, each on a scratch database and a group of its own; "
+        "per run: wall time until every row is visible, the workers' CPU per event (from their "
+        "resume, start-up excluded), and per worker its partitions, its records and the "
+        "seconds it sat idle while its partitions lagged. Acceptance: B/A CPU per event <= "
+        "1.15 and no worker idle while lagging. Needs the stack up.",
+    )
+    bs.add_argument("--events", type=int, default=200_000, help="events per run")
+    bs.add_argument("--runs", type=int, default=3, help="pairs of runs A, B (medians reported)")
+    bs.add_argument("--workers", type=int, default=3, help="workers in run B")
+    bs.add_argument("--json", default=None, help="also write the figures to this file")
+    bs.set_defaults(func=_cmd_bench_scale_out)
 
     bp = bsub.add_parser(
         "profile-workers",

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mohallamart.commands._common import load_settings, out
+from mohallamart.commands._common import load_settings, out, stop_on_sigterm
 
 __all__ = ["register"]
 
@@ -21,6 +21,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
         out(f"unknown row(s) {', '.join(unknown)}; rows are: {', '.join(ROWS)}")
         return 2
     command = "mohallamart drill " + " ".join(sys.argv[2:])
+    stop_on_sigterm()  # SIGTERM as Ctrl-C: the processes the drill started are stopped
     return run(
         load_settings(),
         names,

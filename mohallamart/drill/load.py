@@ -113,6 +113,8 @@ class Ledger:
     stock: dict[str, int] = field(default_factory=dict)
     #: the titles of the acknowledged email notifications (one email each)
     emails: set[str] = field(default_factory=set)
+    #: order -> (shop, occurred_at in ms, total in paise, units): the analytics oracle's input
+    sales: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
     acked: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -129,6 +131,13 @@ class Ledger:
             elif kind == "order.created":
                 items = {line["product_id"]: int(line["quantity"]) for line in data["items"]}
                 self.orders[data["order_id"]] = items
+                at = datetime.fromisoformat(ev["occurred_at"].replace("Z", "+00:00"))
+                self.sales[data["order_id"]] = (
+                    data["shop_id"],
+                    int(at.timestamp() * 1000),
+                    int(data["total_paise"]),
+                    sum(items.values()),
+                )
                 for pid, q in items.items():
                     self.stock[pid] -= q
                     self.movements[pid] += 1
@@ -137,6 +146,10 @@ class Ledger:
                 self.movements[data["product_id"]] += 1
             elif kind == "notification.requested":
                 self.emails.add(data["title"])
+
+    def sales_snapshot(self) -> dict[str, tuple[str, int, int, int]]:
+        with self._lock:
+            return dict(self.sales)
 
     def snapshot(self) -> tuple[dict[str, Items], dict[str, int], Counter[str], set[str]]:
         with self._lock:

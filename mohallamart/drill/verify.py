@@ -7,7 +7,10 @@
   the sum of the acknowledged movements;
 - cache and search: Redis and Typesense equal PostgreSQL (`mohallamart check`'s comparison);
 - messages: each acknowledged email notification was sent (its title in the mailbox), and the
-  repeats (the same message id delivered more than once) are counted and shown.
+  repeats (the same message id delivered more than once) are counted and shown;
+- analytics: every final 1-minute sales window of the drill's shops equals an oracle computed
+  from the ledger (revenue, orders, units per shop and minute of acceptance), and no window the
+  oracle has is missing before a shop's newest final one.
 
 "Lost" is what an acknowledged event should have made and is missing; "doubled" what is there
 more than once where the store can show it (lines, movements, chain breaks); "repeats" messages
@@ -31,7 +34,16 @@ import psycopg
 from core.settings import Settings
 from mohallamart.drill.load import Catalogue, Ledger
 
-__all__ = ["StoreResult", "Verdict", "Verifier", "judge_stock", "query", "verify"]
+__all__ = [
+    "StoreResult",
+    "Verdict",
+    "Verifier",
+    "judge_sales",
+    "judge_stock",
+    "query",
+    "sales_oracle",
+    "verify",
+]
 
 
 @dataclass
@@ -122,6 +134,58 @@ def judge_stock(
     return r
 
 
+def sales_oracle(
+    sales: dict[str, tuple[str, int, int, int]],
+) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """The 1-minute sales windows the acknowledged orders make: (shop, window start ms) ->
+    (revenue, orders, units). An order counts when it is accepted, and its acceptance is 1 ms
+    after its creation (`streams.stock_book`: the derived event's time)."""
+    out: dict[tuple[str, int], tuple[int, int, int]] = {}
+    for shop, at_ms, total, units in sales.values():
+        accepted = at_ms + 1
+        key = (shop, accepted - accepted % 60_000)
+        revenue, orders, n = out.get(key, (0, 0, 0))
+        out[key] = (revenue + total, orders + 1, n + units)
+    return out
+
+
+def judge_sales(
+    want: dict[tuple[str, int], tuple[int, int, int]],
+    rows: dict[tuple[str, int], tuple[int, int, int, bool]],
+) -> StoreResult:
+    """Every final window equals the oracle (fewer orders: lost, more: doubled); a window the
+    oracle has, older than a final window of its shop, and missing or not final, is lost.
+    Windows not final yet are not judged (the role may still be reading)."""
+    r = StoreResult("analytics (sales 1m) = SQL oracle", 0)
+    newest: dict[str, int] = {}
+    for (shop, start), (*_v, final) in rows.items():
+        if final:
+            newest[shop] = max(newest.get(shop, start), start)
+    for key, expected in want.items():
+        shop, start = key
+        got = rows.get(key)
+        if got is None or not got[3]:
+            if start < newest.get(shop, -1):
+                r.lost += expected[1]
+                r.detail.append(f"{shop} {start}: not final, a later window is")
+            continue
+        r.checked += 1
+        if got[:3] != expected:
+            diff = got[1] - expected[1]
+            if diff < 0:
+                r.lost += -diff
+            elif diff > 0:
+                r.doubled = (r.doubled or 0) + diff
+            else:
+                r.lost += 1  # same orders, other sums
+            r.detail.append(f"{shop} {start}: found {got[:3]}, expected {expected}")
+    for key, (_revenue, orders, _units, final) in rows.items():
+        if final and orders and key not in want:  # sales no acknowledged order made
+            r.doubled = (r.doubled or 0) + orders
+            r.detail.append(f"{key[0]} {key[1]}: {orders} orders the oracle does not have")
+    return r
+
+
 class Verifier:
     def __init__(self, settings: Settings, catalogue: Catalogue, ledger: Ledger) -> None:
         self.settings, self.catalogue, self.ledger = settings, catalogue, ledger
@@ -206,6 +270,7 @@ class Verifier:
             self._verify_stock(stock, movements),
             *self._verify_views(),
             self._verify_messages(emails),
+            self._verify_sales(),
         ]
         return Verdict(results, settled_s)
 
@@ -238,6 +303,31 @@ class Verifier:
             )
         }
         return judge_stock(stock, movements, self._movements(pids), found)
+
+    def _verify_sales(self) -> StoreResult:
+        from datetime import datetime
+
+        want = sales_oracle(self.ledger.sales_snapshot())
+        shops = list(self.catalogue.shops)
+        rows: dict[tuple[str, int], tuple[int, int, int, bool]] = {}
+        for shop, start, revenue, orders, items, final in query(
+            self.dsn,
+            "SELECT shop_id, window_start, revenue_paise, orders, items, final "
+            "FROM analytics_sales WHERE period = '1m' AND shop_id = ANY(%s)",
+            shops,
+        ):
+            at = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
+            rows[(str(shop), int(at.timestamp() * 1000))] = (
+                int(revenue),
+                int(orders),
+                int(items),
+                bool(final),
+            )
+        r = judge_sales(want, rows)
+        open_ = sum(1 for v in rows.values() if not v[3])
+        if open_:
+            r.detail.append(f"{open_} windows still open (not judged)")
+        return r
 
     def _verify_views(self) -> list[StoreResult]:
         from streams.sync_check import run_check

@@ -86,7 +86,7 @@ def test_a_stock_worker_paused_past_its_session_writes_nothing_once_resumed(
     log = p.workers.log_of("stock-1")
     log_from = log.stat().st_size
 
-    # -- the load: orders of every shop, about 400 a second, until the pauses are done --------
+    # -- the load: orders of every shop, about 150 a second, until the pauses are done --------
     orders: dict[str, dict[str, int]] = {}
     lock = threading.Lock()
     done = threading.Event()
@@ -106,7 +106,7 @@ def test_a_stock_worker_paused_past_its_session_writes_nothing_once_resumed(
     def post() -> None:
         try:
             while not done.is_set():
-                p.post_batch([order() for _ in range(40)])
+                p.post_batch([order() for _ in range(15)])
                 time.sleep(0.1)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             failure.append(exc)

@@ -75,3 +75,23 @@ def test_the_report_shows_each_row_and_fails_what_lost_anything() -> None:
     assert lines["postgres"].rstrip().endswith("| pass |") and "4.2 s" in lines["postgres"]
     assert lines["leader"].rstrip().endswith("| FAIL |") and "| 2 |" in lines["leader"]
     assert "skipped: needs STACK_KAFKA_BROKERS=3" in lines["isr"]
+
+
+def test_the_sales_oracle_counts_an_order_in_the_minute_of_its_acceptance() -> None:
+    from mohallamart.drill.verify import judge_sales, sales_oracle
+
+    # created at the minute's last millisecond: accepted 1 ms later, in the next minute
+    sales = {"o1": ("s", 59_999, 500, 2), "o2": ("s", 60_500, 300, 1), "o3": ("t", 1_000, 100, 1)}
+    want = sales_oracle(sales)
+    assert want == {("s", 60_000): (800, 2, 3), ("t", 0): (100, 1, 1)}
+    final = {k: (*v, True) for k, v in want.items()}
+    assert judge_sales(want, final).clean
+    # an order counted twice in a final window: doubled; one missing: lost
+    r = judge_sales(want, {**final, ("s", 60_000): (1300, 3, 5, True)})
+    assert (r.lost, r.doubled) == (0, 1)
+    r = judge_sales(want, {**final, ("s", 60_000): (300, 1, 1, True)})
+    assert (r.lost, r.doubled) == (1, 0)
+    # a window still open is not judged; one missing before a final one is lost
+    assert judge_sales(want, {**final, ("s", 60_000): (0, 0, 0, False)}).clean
+    later = {("t", 0): (0, 0, 0, False), ("t", 60_000): (0, 0, 0, True)}
+    assert judge_sales(want, {**final, **later}).lost == 1
