@@ -332,10 +332,11 @@ def render(res: ScaleResult) -> list[str]:
         )
     busiest = max(res.partitions.values())
     parts = ", ".join(f"{c} {p}" for c, p in res.partitions.items())
-    others = (res.cores or 1) - 1
+    rest = (res.cores or 1) - 1
+    more = "the second core" if rest == 1 else f"the other {rest} cores"
     lines.append(
         f"why: a worker is one Python process (about one core at most), so on {res.cores} cores "
-        f"{n} workers can at best add the other {others} core(s), less what PostgreSQL, Kafka "
+        f"{n} workers can at best add {more}, less what PostgreSQL, Kafka "
         f"and other processes take (against busy processes, {n} runnable workers also get {n} "
         "scheduler shares instead of one: CPU taken, not capacity gained); once the cores are "
         "saturated, more workers only add work. More cores or machines: a core per worker and "
