@@ -152,10 +152,15 @@ def sales_oracle(
 def judge_sales(
     want: dict[tuple[str, int], tuple[int, int, int]],
     rows: dict[tuple[str, int], tuple[int, int, int, bool]],
+    late: dict[tuple[str, int], int] | None = None,
 ) -> StoreResult:
     """Every final window equals the oracle (fewer orders: lost, more: doubled); a window the
     oracle has, older than a final window of its shop, and missing or not final, is lost.
-    Windows not final yet are not judged (the role may still be reading)."""
+    Windows not final yet are not judged (the role may still be reading). An order accepted after
+    its window closed (the watermark had passed it: e.g. the stock role was down while the other
+    sources moved on) is late, not lost: `late` counts them per window (`analytics_late`), and
+    such a window is judged on its orders only."""
+    late = late or {}
     r = StoreResult("analytics (sales 1m) = SQL oracle", 0)
     newest: dict[str, int] = {}
     for (shop, start), (*_v, final) in rows.items():
@@ -170,6 +175,10 @@ def judge_sales(
                 r.detail.append(f"{shop} {start}: not final, a later window is")
             continue
         r.checked += 1
+        behind = late.get(key, 0)
+        if behind and got[1] + behind == expected[1]:
+            r.detail.append(f"{shop} {start}: {behind} orders late (in analytics_late)")
+            continue
         if got[:3] != expected:
             diff = got[1] - expected[1]
             if diff < 0:
@@ -323,7 +332,16 @@ class Verifier:
                 int(items),
                 bool(final),
             )
-        r = judge_sales(want, rows)
+        late: dict[tuple[str, int], int] = {}
+        for shop, start, n in query(
+            self.dsn,
+            "SELECT key, window_start, count(*) FROM analytics_late WHERE aggregate = 'sales_1m' "
+            "AND event_type = 'order.accepted' AND key = ANY(%s) GROUP BY 1, 2",
+            shops,
+        ):
+            at = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
+            late[(str(shop), int(at.timestamp() * 1000))] = int(n)
+        r = judge_sales(want, rows, late)
         open_ = sum(1 for v in rows.values() if not v[3])
         if open_:
             r.detail.append(f"{open_} windows still open (not judged)")

@@ -95,3 +95,13 @@ def test_the_sales_oracle_counts_an_order_in_the_minute_of_its_acceptance() -> N
     assert judge_sales(want, {**final, ("s", 60_000): (0, 0, 0, False)}).clean
     later = {("t", 0): (0, 0, 0, False), ("t", 60_000): (0, 0, 0, True)}
     assert judge_sales(want, {**final, **later}).lost == 1
+
+
+def test_an_order_accepted_after_its_window_closed_is_late_not_lost() -> None:
+    from mohallamart.drill.verify import judge_sales, sales_oracle
+
+    want = sales_oracle({"o1": ("s", 1_000, 500, 2), "o2": ("s", 2_000, 300, 1)})
+    final = {("s", 0): (500, 1, 2, True)}  # o2 came after the watermark passed its window
+    assert judge_sales(want, final).lost == 1
+    r = judge_sales(want, final, {("s", 0): 1})
+    assert r.clean and "1 orders late" in r.detail[0]
