@@ -136,3 +136,17 @@ def test_a_fenced_batch_is_held_back_and_the_agent_goes_on() -> None:
     asyncio.run(settle(events, fenced()))  # type: ignore[arg-type]
     # held: marked acked without their offsets recorded (they come again to the owner)
     assert all(e.message.acked for e in events)
+
+
+def test_in_a_rebalance_no_round_trip_is_made_on_the_consumer_thread() -> None:
+    """faust revokes from the consumer's thread and waits for the tables' flush: a round trip
+    on that thread from the flush would wait forever (a stock worker hung so after a Kafka
+    restart). A member keeping its generation is trusted until it gives its partitions up."""
+    coordinator = Coordinator()  # no answers: a round trip would fail the test
+    app = App(coordinator)
+    app.rebalancing = True  # type: ignore[attr-defined]
+    fence = Fence(app, session_timeout_s=3.0)  # type: ignore[arg-type]
+    assert asyncio.run(fence.member()) is True
+    assert coordinator.asked == []
+    coordinator.generation = -1  # expelled: its heartbeat was refused before the revocation
+    assert asyncio.run(fence.member()) is False
