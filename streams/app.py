@@ -113,6 +113,8 @@ def create_app(role: str, settings: Settings) -> faust.App:
         broker_credentials=broker_credentials(settings.kafka_security),
         # take_events in bulk (streams.transport.stream)
         Stream=transport.Stream,
+        # restored from its changelog without a paused worker's late records (the fence)
+        Table=transport.Table,
         # RocksDB through rocksdict (faust picks it when python-rocksdb is absent)
         store="rocksdb://",
         processing_guarantee="at_least_once",
@@ -193,6 +195,10 @@ def create_app(role: str, settings: Settings) -> faust.App:
         elif stuck_since[0] is None:
             stuck_since[0] = now
         elif limit and now - stuck_since[0] > limit and not app.should_stop:
+            try:
+                log.error("stuck in a rebalance: the consumer's state\n%s", transport.diagnose(app))
+            except Exception as exc:  # noqa: BLE001 - the exit matters more than the picture
+                log.error("stuck in a rebalance; the consumer's state not readable: %r", exc)
             exit_worker(
                 70,
                 f"stuck in a rebalance for {now - stuck_since[0]:.0f} s, its recovery not "

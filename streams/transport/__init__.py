@@ -30,6 +30,7 @@ from streams.transport.continuity import Continuity, Positions
 from streams.transport.driver import EXIT_FENCED, SCHEME, broker_url
 from streams.transport.fence import Fence, Fenced, fence_of, install_fence
 from streams.transport.stream import Stream
+from streams.transport.table import Table
 from streams.transport.worker import run_app
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "FAUST_VERSION",
     "Fence",
     "Fenced",
+    "Table",
     "fence_of",
     "install_fence",
     "SCHEME",

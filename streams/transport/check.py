@@ -35,6 +35,8 @@ _METHODS = (
     (faust_aiokafka.Producer, "_settings_extra"),
     (faust_producer.ProducerBuffer, "_send_pending"),
     (faust_producer.ProducerBuffer, "flush_atmost"),
+    (faust_producer.ProducerBuffer, "put"),
+    (faust.Table, "apply_changelog_batch"),
     (faust_aiokafka.AIOKafkaConsumerThread, "seek_wait"),
     (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
     (faust_aiokafka.AIOKafkaConsumerThread, "call_thread"),

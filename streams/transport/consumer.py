@@ -180,6 +180,21 @@ def diagnose(app: AppT) -> str:
             lines.append(f"  queue of {channel}: {queue.qsize()} records")
     for task in asyncio.all_tasks():
         lines.append(f"  task {task.get_name()}: {' > '.join(_awaiting(task.get_coro()))}")
+    # the consumer's own thread (aiokafka's coordinator: heartbeats, joins, the rebalance
+    # callbacks; the method queue faust's calls wait in), read from this one: a snapshot
+    thread_loop = getattr(thread, "thread_loop", None)
+    if thread_loop is not None:
+        for _ in range(3):  # its set of tasks may change while read
+            try:
+                tasks = list(asyncio.all_tasks(thread_loop))
+                break
+            except RuntimeError:
+                tasks = []
+        for task in tasks:
+            lines.append(
+                f"  consumer thread task {task.get_name()}: "
+                f"{' > '.join(_awaiting(task.get_coro()))}"
+            )
     return "\n".join(lines)
 
 

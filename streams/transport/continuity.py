@@ -32,7 +32,9 @@ class Continuity:
     records sought have not come within `RESEEK_S`), and the partition's records are held (never
     acknowledged) until the one expected comes. A record below the one expected was admitted
     already in this generation (a copy fetched again after a seek): it is held too, not
-    processed twice."""
+    processed twice. A committed offset past the one expected is followed: the records before
+    it were processed and committed (a committed offset read stale before faust's own seek to
+    the committed offsets held a partition for ever)."""
 
     RESEEK_S = 5.0
 
@@ -57,8 +59,16 @@ class Continuity:
             m = e.message
             tp = m.tp
             expected = self.next.get(tp)
-            if expected is None:
-                expected = pos.committed(tp)  # the next offset to read
+            committed = pos.committed(tp)  # the next offset to read
+            if expected is None or (committed is not None and committed > expected):
+                # the first record of the partition in this generation; or a committed offset
+                # past the one expected: the records before it were processed and committed
+                # (faust's seek to the committed offsets after a table recovery, when records
+                # had come before it against a committed offset read stale)
+                if expected is not None and committed is not None:
+                    self.next[tp] = committed
+                    self.sought.pop(tp, None)
+                expected = committed
             if expected is not None and m.offset < expected and tp in self.next:
                 held.append(e)  # a copy of a record admitted already
                 continue

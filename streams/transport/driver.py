@@ -13,7 +13,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
-from streams.transport.fence import FENCED, fence_of, may_send
+from streams.transport.fence import FENCED, fence_of, may_send, stamp_generation
 from streams.transport.stream import drain_messages
 
 __all__ = ["EXIT_FENCED", "SCHEME", "Buffer", "Consumer", "Producer", "Transport", "broker_url"]
@@ -142,6 +142,16 @@ class Buffer(ProducerBuffer):
         # a record Kafka refused (faust only logs it): the local stores are then ahead of their
         # changelogs, and a stop is not clean (see `streams.app.distrust_crashed_stores`)
         self.refused = 0
+
+    def put(self, fut: Any) -> None:
+        # a fenced role's changelog record carries its writer's generation, taken as the table
+        # write is made: a restore skips it if it lands after a newer owner's (a zombie's)
+        app: Any = self.app
+        if app is not None and fence_of(app) is not None:
+            generation = app.consumer_generation_id
+            if generation is not None and generation >= 0:
+                stamp_generation(fut, int(generation))
+        super().put(fut)
 
     async def _send_pending(self, fut: Any) -> None:
         self.sending += 1  # taken from the queue (no longer in `size`) in the same step

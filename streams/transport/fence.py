@@ -19,10 +19,16 @@ The rule (`Fence`), before a batch's state is written and before each changelog 
   already queued is dropped and counted (its local store is then distrusted and restored from
   the changelog at the next assignment, `streams.app.distrust_crashed_stores`).
 
-What remains: a pause that falls after the last check and before the client hands the record to
-the broker (the same event-loop turn, then the client's own send) cannot be seen by any check in
-the process; Kafka's only remedy is a transactional producer per partition, which this project
-does not use (librdkafka lacks KIP-890, and faust's transactions commit every partition at once).
+What no check in the process can see: a pause after the last check, with records already handed
+to the Kafka client (in its accumulator, or in flight). On resume the client sends them, and they
+land in the changelog after the next owner's first writes. Kafka's remedy is a transactional
+producer per partition, which this project does not use (librdkafka lacks KIP-890, and faust's
+transactions commit every partition at once). Here every changelog record carries its writer's
+group generation (`GENERATION_HEADER`, stamped as the table write is made), and a restore skips a
+record of an older generation than one already applied in that partition when it was also
+created before that generation's first record (`ChangelogOrder`): the zombie's late records
+never reach the restored table. (The drill's pause row found 7 products whose movement chains a
+zombie's late records broke at the next restore.)
 """
 
 from __future__ import annotations
@@ -31,15 +37,23 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka.errors as kafka_errors
 from aiokafka.protocol.group import HeartbeatRequest
-from faust.types import AppT
+from faust.types import TP, AppT
 from prometheus_client import Counter
 
-__all__ = ["Fence", "Fenced", "fence_of", "install_fence"]
+__all__ = [
+    "GENERATION_HEADER",
+    "ChangelogOrder",
+    "Fence",
+    "Fenced",
+    "fence_of",
+    "install_fence",
+    "stamp_generation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +116,18 @@ class Fence:
                 HeartbeatRequest(coordinator.group_id, generation, member)
             )
 
+        # On the consumer thread's loop (aiokafka is bound to it), not through its method queue:
+        # that queue has two workers, which faust's own calls may both hold while they wait
+        # for a rebalance, itself waiting for this worker's table flush, itself waiting for
+        # this answer. Bounded: an answer that does not come in a lease is no confirmation.
+        sent = asyncio.run_coroutine_threadsafe(heartbeat(), thread.thread_loop)
         try:
-            response = await thread.call_thread(heartbeat)
+            response = await asyncio.wait_for(asyncio.wrap_future(sent), self.lease_s)
+        except TimeoutError:
+            sent.cancel()
+            raise _Unconfirmed(
+                f"the group coordinator did not answer in {self.lease_s:.1f} s"
+            ) from None
         except kafka_errors.KafkaError as exc:
             raise _Unconfirmed(f"the group coordinator did not answer: {exc}") from None
         error = kafka_errors.for_code(response.error_code)
@@ -192,3 +216,68 @@ async def may_send(fence: Fence, stopping: Any) -> bool:
             log.warning("changelog: membership not confirmed (%s); retrying", exc)
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
+
+
+#: the header of a table changelog record: its writer's group generation when the write was made
+GENERATION_HEADER = "mohallamart-generation"
+
+
+def stamp_generation(fut: Any, generation: int) -> None:
+    """Add the writer's generation to a changelog record about to be buffered (faust's
+    FutureMessage: its `message` a PendingMessage tuple)."""
+    message = fut.message
+    headers = message.headers
+    if isinstance(headers, Mapping):
+        headers = list(headers.items())
+    fut.message = message._replace(
+        headers=[*(headers or ()), (GENERATION_HEADER, str(generation).encode())]
+    )
+
+
+def generation_of(headers: Any) -> int | None:
+    """The writer's generation a changelog record carries (None: not stamped)."""
+    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    for key, value in items:
+        if key == GENERATION_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class ChangelogOrder:
+    """Which changelog records a restore applies, per partition in changelog order: a record of
+    an older generation than the newest applied there, created before that generation's first
+    record, is a zombie's late write (handed to its Kafka client before a pause, sent on
+    resume, after the partition's next owner wrote) and is skipped. A record of an older
+    generation created later is a group that began again (its metadata deleted after all its
+    workers left): applied, and its generation is the newest from there. Records without the
+    header (written before it existed) are applied."""
+
+    def __init__(self) -> None:
+        self._newest: dict[TP, tuple[int, float]] = {}  # generation, its first record's time
+        self.skipped = 0
+
+    def admit(self, tp: TP, headers: Any, timestamp: float | None) -> bool:
+        generation = generation_of(headers)
+        if generation is None:
+            return True
+        at = float(timestamp or 0.0)
+        newest = self._newest.get(tp)
+        if newest is None or generation > newest[0] or (generation < newest[0] and at > newest[1]):
+            self._newest[tp] = (generation, at)
+            return True
+        if generation == newest[0]:
+            return True
+        self.skipped += 1
+        FENCED.labels("changelog record skipped at restore").inc()
+        log.warning(
+            "table changelog %s/%d: a record of generation %d created before generation %d's "
+            "first record (a paused worker's late write) is not applied",
+            tp.topic,
+            tp.partition,
+            generation,
+            newest[0],
+        )
+        return False

@@ -80,7 +80,7 @@ def _why_exited(log: Path, limit: int = 40) -> list[str]:
         return []
     out: list[str] = []
     for i in range(len(lines) - 1, -1, -1):
-        if "stuck: the consumer's state" in lines[i]:
+        if "stuck" in lines[i] and "the consumer's state" in lines[i]:
             block = [lines[i]]
             for x in lines[i + 1 :]:
                 if x.startswith("[20"):

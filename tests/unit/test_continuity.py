@@ -76,3 +76,19 @@ def test_a_seek_is_repeated_only_after_a_while_and_a_rebalance_starts_afresh() -
     pos.gen = 2
     pos.committed_offsets[A] = 8
     assert _admit(c, (A, 8)) == ([(A, 8)], [])
+
+
+def test_a_committed_offset_that_moves_past_the_one_expected_is_followed() -> None:
+    # Seen in the drill: two stock workers joining at once, records delivered during the table
+    # recovery, before faust's seek to the committed offsets: the committed offset read then
+    # was stale (53; the other worker had committed 143 in the generation between). Sought back
+    # to 53 and held; then faust sought to 143 and the records from 143 came, held for ever
+    # against 53 (the worker Ready, fetching, and accepting nothing).
+    pos = _Positions({A: 53})
+    c = Continuity(pos)
+    assert _admit(c, (A, 143), (A, 144)) == ([], [143, 144])
+    assert pos.seeks == [(A, 53)]
+    pos.committed_offsets[A] = 143  # faust's seek to the committed offsets, within the generation
+    assert _admit(c, (A, 143), (A, 144), (A, 145)) == ([(A, 143), (A, 144), (A, 145)], [])
+    # and once admitted from there, a copy below is still held
+    assert _admit(c, (A, 144)) == ([], [144])

@@ -8,18 +8,28 @@ answers with the error codes Kafka gives (0 none, 22 ILLEGAL_GENERATION, 25 UNKN
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import aiokafka.errors as kafka_errors
 import pytest
 from aiokafka.protocol.group import HeartbeatRequest_v0
+from faust.types import TP
 
 from streams.agents._batches import fence_check, settle
 from streams.transport import fence as fence_mod
-from streams.transport.fence import Fence, Fenced, install_fence
+from streams.transport.fence import (
+    GENERATION_HEADER,
+    Fence,
+    Fenced,
+    install_fence,
+    stamp_generation,
+)
 
 NONE, ILLEGAL_GENERATION, UNKNOWN_MEMBER, REBALANCING = 0, 22, 25, 27
+NO_ANSWER = -100  # the request is sent, no answer comes
 
 
 class Coordinator:
@@ -37,20 +47,27 @@ class Coordinator:
         built = request.build(HeartbeatRequest_v0)  # what goes on the wire
         self.asked.append((built.generation_id, built.member_id))
         answer = self.answers.pop(0)
+        if answer == NO_ANSWER:
+            await asyncio.Event().wait()
         if isinstance(answer, Exception):
             raise answer
         return SimpleNamespace(error_code=answer)
 
 
 class Thread:
+    """faust's consumer thread: aiokafka runs on a loop of its own thread. Its method queue is
+    taken to be busy (both workers waiting for a rebalance): the fence must not need it."""
+
     def __init__(self, coordinator: Coordinator) -> None:
         self.client = SimpleNamespace(_coordinator=coordinator)
+        self.thread_loop = asyncio.new_event_loop()
+        threading.Thread(target=self.thread_loop.run_forever, daemon=True).start()
 
     def _ensure_consumer(self) -> Any:
         return self.client
 
     async def call_thread(self, fun: Any) -> Any:
-        return await fun()
+        await asyncio.Event().wait()  # the method queue's workers are all busy
 
 
 class App:
@@ -150,3 +167,90 @@ def test_in_a_rebalance_no_round_trip_is_made_on_the_consumer_thread() -> None:
     assert coordinator.asked == []
     coordinator.generation = -1  # expelled: its heartbeat was refused before the revocation
     assert asyncio.run(fence.member()) is False
+
+
+def test_a_coordinator_that_does_not_answer_is_no_confirmation_and_no_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A changelog send waits for this answer and a rebalance waits for the changelog: the ask
+    # ends within the lease, as a dependency down (retried), never blocks the worker.
+    coordinator = Coordinator(NO_ANSWER, NONE)
+    fence = Fence(App(coordinator), session_timeout_s=0.3)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="did not answer"):
+        asyncio.run(fence.member())
+    assert time.monotonic() - started < 5
+    assert asyncio.run(fence.member()) is True
+    assert fence.confirmations == 1
+
+
+# --- a zombie's late changelog records, at restore ------------------------------------------------
+def _changelog(tmp_path: Any) -> tuple[Any, TP]:
+    import faust
+
+    from streams.transport.table import Table
+
+    app = faust.App("t-fence", store="rocksdb://", datadir=str(tmp_path), autodiscover=False)
+    app.conf.Table = Table
+    table = app.Table("stock", default=None, partitions=1, key_type=str, value_type=int)
+    return table, TP(table.changelog_topic.get_topic_name(), 0)
+
+
+def _record(tp: TP, offset: int, value: int, generation: int | None, at: float) -> Any:
+    headers = [] if generation is None else [(GENERATION_HEADER, str(generation).encode())]
+    message = SimpleNamespace(
+        tp=tp,
+        partition=tp.partition,
+        offset=offset,
+        key=b'"prd_1"',
+        value=str(value).encode(),
+        headers=headers,
+        timestamp=at,
+    )
+    return SimpleNamespace(message=message, key=message.key, value=message.value)
+
+
+def test_a_restore_skips_a_paused_workers_records_that_landed_after_the_next_owners(
+    tmp_path: Any,
+) -> None:
+    table, tp = _changelog(tmp_path)
+    table.apply_changelog_batch(
+        [
+            _record(tp, 0, 40, generation=4, at=100.0),  # the worker, before its pause
+            _record(tp, 1, 38, generation=5, at=110.0),  # the next owner, after the session
+            _record(tp, 2, 39, generation=4, at=100.5),  # the zombie's record, sent on resume
+            _record(tp, 3, 37, generation=5, at=111.0),
+            _record(tp, 4, 36, generation=4, at=100.6),
+        ]
+    )
+    assert table.data["prd_1"] == 37  # the next owner's last write, not the zombie's
+    assert table.changelog_order.skipped == 2
+    # a later restore starts past the skipped records (it does not meet them again)
+    assert table.data.persisted_offset(tp) == 4
+
+
+def test_a_group_that_began_again_and_records_without_a_generation_are_applied(
+    tmp_path: Any,
+) -> None:
+    table, tp = _changelog(tmp_path)
+    table.apply_changelog_batch(
+        [
+            _record(tp, 0, 40, generation=9, at=100.0),
+            _record(tp, 1, 41, generation=None, at=101.0),  # written before the header existed
+            # the group's metadata deleted (all workers gone for days): generations begin again
+            _record(tp, 2, 30, generation=1, at=900_000.0),
+            _record(tp, 3, 31, generation=2, at=900_010.0),
+        ]
+    )
+    assert table.data["prd_1"] == 31
+    assert table.changelog_order.skipped == 0
+
+
+def test_a_fenced_roles_changelog_records_carry_their_writers_generation() -> None:
+    from faust.types.tuples import FutureMessage, PendingMessage
+
+    message = PendingMessage(None, "c", b"k", b"v", 0, None, None, None, None, None, None)  # type: ignore[arg-type]
+    fut = FutureMessage(message)
+    stamp_generation(fut, 12)
+    assert fut.message.headers == [(GENERATION_HEADER, b"12")]
+    assert fence_mod.generation_of(fut.message.headers) == 12
