@@ -37,10 +37,11 @@ from streams.reliability import (
     RetryPolicy,
     dead_letter_topic,
     exit_worker,
+    parked_partitions,
     redrive_topic,
 )
 from streams.runtime import Runtime
-from streams.stall import StallWatch
+from streams.stall import CommitWatch, StallWatch
 from streams.transport.credentials import broker_credentials
 
 __all__ = ["ROLES", "STATEFUL_ROLES", "Runtime", "create_app", "run_worker", "worker_topics"]
@@ -170,6 +171,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
     stuck_since: list[float | None] = [None]
     limit_s = settings.worker_stuck_partition_s
     watch = StallWatch(limit_s, ask_every_s=min(30.0, max(5.0, limit_s / 3)))
+    commits = CommitWatch(limit_s)
     broker_ends = GroupOffsets(
         settings.kafka_bootstrap, security=settings.kafka_security, timeout_s=5.0
     )
@@ -220,8 +222,13 @@ def create_app(role: str, settings: Settings) -> faust.App:
             log.warning("the stall watchdog could not look this time", exc_info=True)
 
     async def _stall_check(now: float) -> None:
-        positions = None if transport.settling(app) else transport.stream_positions(app)
-        if positions is None or app.should_stop:
+        if transport.settling(app) or app.should_stop:
+            watch.reset()
+            commits.reset()
+            return
+        await _commit_check(now)
+        positions = transport.stream_positions(app)
+        if positions is None:
             watch.reset()
             return
         idle = watch.observe(now, positions)
@@ -244,6 +251,28 @@ def create_app(role: str, settings: Settings) -> faust.App:
                 f"{len(stuck)} partition(s) with records waiting and nothing fetched for "
                 f"{seconds:.0f} s (e.g. {tp.topic}/{tp.partition}): exiting to be restarted",
             )
+
+    async def _commit_check(now: float) -> None:
+        stuck = commits.observe(now, transport.commit_positions(app), parked_partitions())
+        if not stuck:
+            return
+        try:
+            await broker_ends.ends({tp.topic for tp, _ in stuck})
+        except DependencyDown:
+            commits.reset()  # Kafka itself is down: commits wait for it, not a stall
+            return
+        tp, seconds = stuck[0]
+        try:
+            state = transport.diagnose(app)
+        except Exception as exc:  # noqa: BLE001 - the exit matters more than the picture
+            state = f"(not readable: {exc!r})"
+        log.error("stuck: the consumer's state\n%s", state)
+        exit_worker(
+            70,
+            f"{len(stuck)} partition(s) fetched past a committed offset that has not moved for "
+            f"{seconds:.0f} s, nothing parked or paused (e.g. {tp.topic}/{tp.partition}): "
+            "exiting to be restarted",
+        )
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

@@ -35,6 +35,7 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,6 +70,7 @@ __all__ = [
     "RetryPolicy",
     "dead_letter_topic",
     "exit_worker",
+    "parked_partitions",
     "redrive_topic",
 ]
 
@@ -276,6 +278,16 @@ class _Lot:
     waiting: bool = False
 
 
+#: the guards of this process (for `parked_partitions`)
+_GUARDS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def parked_partitions() -> set[TP]:
+    """The partitions with a record parked for a retry in any guard of this process: their
+    committed offsets wait, as they should, until it is settled."""
+    return {tp for guard in list(_GUARDS) for tp in guard.parked()}
+
+
 class Guard:
     """Runs one stage's handler over batches of raw records, as the module docstring says."""
 
@@ -305,6 +317,7 @@ class Guard:
         # key -> its parked records, the first the one failing; one handler call at a time
         self._lots: dict[tuple[str, bytes | int], _Lot] = {}
         self._parked: Tally[TP] = Tally()
+        _GUARDS.add(self)
         self._full: set[TP] = set()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -406,6 +419,10 @@ class Guard:
         await self._settle(batch, self._defer(rejected, handler))
 
     # --- parking ------------------------------------------------------------------------------
+    def parked(self) -> set[TP]:
+        """The partitions with a record of this stage parked for a retry."""
+        return {tp for tp, n in self._parked.items() if n > 0}
+
     @staticmethod
     def _key(record: Record) -> tuple[str, bytes | int]:
         """Records of one key keep their order; a record without a key is a key of its own."""

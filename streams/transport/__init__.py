@@ -14,6 +14,7 @@ from streams.transport.check import FAUST_VERSION, TransportMismatch, check_faus
 from streams.transport.consumer import (
     AppPositions,
     assigning,
+    commit_positions,
     committed_offset,
     diagnose,
     fetcher_crash,
@@ -49,6 +50,7 @@ __all__ = [
     "TransportMismatch",
     "broker_url",
     "check_faust",
+    "commit_positions",
     "committed_offset",
     "assigning",
     "diagnose",

@@ -15,6 +15,7 @@ __all__ = [
     "release",
     "committed_offset",
     "assigning",
+    "commit_positions",
     "diagnose",
     "stream_positions",
     "fetcher_crash",
@@ -208,6 +209,34 @@ def _awaiting(coro: Any, depth: int = 12) -> list[str]:
         coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
         depth -= 1
     return out or ["?"]
+
+
+def commit_positions(app: AppT) -> dict[TP, tuple[int | None, int | None]]:
+    """Each assigned partition the agents read and nothing paused: (its fetch position, its
+    committed offset), for the commit watchdog (`streams.stall.CommitWatch`); an agent's full
+    queue does not exempt a partition (a healthy agent drains it in seconds)."""
+    consumer: Any = app.consumer
+    changelogs = {t.changelog_topic.get_topic_name() for t in app.tables.values()}
+    paused = set(consumer._paused_partitions)
+    thread = getattr(consumer, "_thread", None)
+    inner = getattr(thread, "_consumer", None)
+    assignment: Any = None
+    if inner is not None:
+        assignment = getattr(inner._subscription.subscription, "assignment", None)
+    out: dict[TP, tuple[int | None, int | None]] = {}
+    for t in list(getattr(assignment, "tps", ())):
+        tp = TP(t.topic, t.partition)
+        if t.topic in changelogs or tp in paused:
+            continue
+        state = assignment.state_value(t)
+        if state is None or state.paused:
+            continue
+        try:  # aiokafka's state, read from this thread while the consumer's may reset it
+            pos: int | None = state.position if state.has_valid_position else None
+        except AssertionError:
+            pos = None
+        out[tp] = (pos, committed_offset(app, tp))
+    return out
 
 
 def stream_positions(app: AppT) -> dict[TP, int | None] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -197,10 +198,24 @@ class Workers:
             child = self.supervisor.children[name]
             code = child.proc.poll()
             state = "running" if code is None else f"exited with {code}"
+            picture = ""
+            if code is None:
+                # a running worker logs its consumer's state and where its tasks wait (SIGUSR1)
+                try:
+                    size = w.log.stat().st_size
+                    child.proc.send_signal(signal.SIGUSR1)
+                    time.sleep(1.5)
+                    with w.log.open("rb") as f:
+                        f.seek(size)
+                        picture = f.read(12_000).decode("utf-8", "replace")
+                except OSError:
+                    picture = ""
             try:
                 tail = w.log.read_bytes()[-1500:].decode("utf-8", "replace")
             except OSError:
                 tail = ""
+            if picture:
+                tail = picture  # the state it logged just now (the tail is in its log)
             out.append(f"--- worker {name} (pid {child.pid}) {state}; log ends:\n{tail}")
         return "\n".join(out)
 

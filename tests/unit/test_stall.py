@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from faust.types import TP
 
-from streams.stall import StallWatch
+from streams.stall import CommitWatch, StallWatch
 
 A, B = TP("t.order.events", 0), TP("t.order.events", 1)
 ENDS = {("t.order.events", 0): 12, ("t.order.events", 1): 9}
@@ -41,3 +41,29 @@ def test_a_position_unknown_past_the_limit_is_stuck_and_a_reset_starts_afresh() 
     assert w.stuck(w.observe(32, {A: None}), {}) == [(A, 32)]
     w.reset()
     assert w.observe(40, {A: None}) == {}
+
+
+def test_a_commit_that_does_not_move_while_records_were_fetched_past_it_is_stuck() -> None:
+    a, b = TP("mohallamart.order.events", 3), TP("mohallamart.order.events", 4)
+    w = CommitWatch(limit_s=45)
+    # a: fetched to 20880, committed 20828 and not moving; b: committing as it goes
+    assert w.observe(0.0, {a: (20880, 20828), b: (100, 90)}, exempt=set()) == []
+    assert w.observe(30.0, {a: (20880, 20828), b: (140, 130)}, exempt=set()) == []
+    stuck = w.observe(46.0, {a: (20880, 20828), b: (180, 170)}, exempt=set())
+    assert stuck == [(a, 46.0)]
+
+
+def test_a_caught_up_parked_or_moving_partition_is_not_stuck() -> None:
+    a = TP("mohallamart.product.events", 0)
+    w = CommitWatch(limit_s=45)
+    # caught up (nothing fetched past the commit), however long
+    assert w.observe(0.0, {a: (500, 500)}, exempt=set()) == []
+    assert w.observe(100.0, {a: (500, 500)}, exempt=set()) == []
+    # a record parked for a retry holds the commit, as it should
+    assert w.observe(101.0, {a: (900, 500)}, exempt={a}) == []
+    assert w.observe(200.0, {a: (900, 500)}, exempt={a}) == []
+    # the commit moves: the clock starts again
+    assert w.observe(201.0, {a: (900, 500)}, exempt=set()) == []
+    assert w.observe(240.0, {a: (950, 600)}, exempt=set()) == []
+    assert w.observe(280.0, {a: (990, 600)}, exempt=set()) == []
+    assert w.observe(286.0, {a: (990, 600)}, exempt=set()) == [(a, 46.0)]
