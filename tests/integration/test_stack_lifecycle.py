@@ -24,7 +24,7 @@ from mohallamart.stack import Stack
 from mohallamart.stack.services import service_names
 from streams.app import ROLES
 from tests.integration._cli import mohallamart
-from tests.integration._support import poll
+from tests.integration._support import poll, report
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
         assert all(check["ok"] for check in body["checks"].values())  # type: ignore[attr-defined]
         try:
             poll(
-                lambda: sum("Worker]: Ready" in line for line in lines) == len(ROLES),
+                lambda: sum("Worker]: Ready" in line for line in lines) >= len(ROLES),
                 timeout=90,
                 what="a worker of every role to be ready",
             )
@@ -125,22 +125,30 @@ def test_run_serves_health_and_ctrl_c_stops_what_it_started(stack: Stack) -> Non
             raise AssertionError(
                 f"{exc}; the output's last lines:\n{''.join(lines[-60:])}"
             ) from None
-        children = [
-            int(line.rsplit("(pid ", 1)[1].rstrip(")\n"))
-            for line in lines
-            if line.startswith("[run] ") and " started (pid " in line
-        ]
-        assert len(children) == 1 + len(ROLES), lines  # the API and one worker per role
 
         def started(name: str) -> list[int]:
             head = f"[run] {name} started (pid "
             return [int(x[len(head) :].rstrip(")\n")) for x in lines if x.startswith(head)]
 
+        children = [
+            int(line.rsplit("(pid ", 1)[1].rstrip(")\n"))
+            for line in lines
+            if line.startswith("[run] ") and " started (pid " in line
+        ]
+        # the API and one worker per role (a worker that ended itself meanwhile, e.g. expelled
+        # from its group on a loaded machine, was started again: said on the output)
+        run_lines = [x for x in lines if x.startswith("[run] ")]
+        names = {x[len("[run] ") :].split(" started (pid ")[0] for x in run_lines if "(pid " in x}
+        assert names == {"api", *ROLES}, "".join(run_lines)
+        exits = [x.strip() for x in run_lines if " exited with " in x]
+        if exits:
+            report(f"run: workers that ended themselves and were started again: {exits}")
+
         # a worker that dies is started again, as a supervisor would
-        (victim,) = started("workflows")
-        os.kill(victim, signal.SIGKILL)
+        before = started("workflows")
+        os.kill(before[-1], signal.SIGKILL)
         again = poll(
-            lambda: started("workflows")[1:] or None,
+            lambda: started("workflows")[len(before) :] or None,
             timeout=30,
             what="`run` to start the killed workflows worker again",
         )
