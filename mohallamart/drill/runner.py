@@ -48,6 +48,7 @@ class RowResult:
     skipped: str = ""
     acked: int = 0
     failed: str = ""
+    took_s: float = 0.0  # the row's wall time, its verification included
 
 
 @dataclass(frozen=True)
@@ -391,6 +392,7 @@ def _row_worker_kill(d: Drill, r: RowResult) -> None:
 
 def _row_worker_pause(d: Drill, r: RowResult) -> None:
     pause_s = 3 * d.session_s
+    exits_before = len(d.children.unplanned)
     for name in ("stock", "analytics"):
         child = d.children.children[name]
         child.proc.send_signal(signal.SIGSTOP)
@@ -411,6 +413,10 @@ def _row_worker_pause(d: Drill, r: RowResult) -> None:
         f"fenced batches logged by the resumed stock worker: "
         f"{log.count('not a member of its group')}"
     )
+    # a worker expelled while it held partitions ends (75) and restores its tables from the
+    # changelogs when started again (`streams.transport.fence`)
+    ended = [f"{e.name} ({e.code})" for e in d.children.unplanned[exits_before:]]
+    r.notes.append(f"ended and started again after resuming: {', '.join(ended) or 'none'}")
 
 
 #: where Debian's libfaketime puts its library (`apt-get install libfaketime`)
@@ -436,12 +442,12 @@ def _row_clock(d: Drill, r: RowResult) -> None:
         "FAKETIME_DONT_RESET": "1",
     }
     d.worker(name, "stock", skew)
-    time.sleep(20 if d.short else 60)
+    time.sleep(12 if d.short else 60)
     r.recovery_s.append(d.probe())
     d.children.stop(name, timeout_s=30)
     d.worker(name, "stock")
     r.notes.append(
-        f"{name} ran {20 if d.short else 60} s with its wall clock 10 min ahead (libfaketime), "
+        f"{name} ran {12 if d.short else 60} s with its wall clock 10 min ahead (libfaketime), "
         "then restarted with the true time"
     )
     r.cycles += 1
@@ -556,6 +562,7 @@ def run_rows(d: Drill, names: list[str]) -> list[RowResult]:
             d.say(f"[drill] {name}: skipped ({r.skipped})")
             continue
         d.say(f"[drill] {name}: {row.fault} ...")
+        began = time.monotonic()
         failures = len(d.load.failures)
         d.load.resume()
         time.sleep(3 if d.short else 10)
@@ -575,7 +582,8 @@ def run_rows(d: Drill, names: list[str]) -> list[RowResult]:
             r.failed = f"{len(answered)} events answered neither 2xx nor 503/429: {answered[0]}"
         r.verdict = d.verifier.verify()
         r.acked = len(d.ledger.acked)
-        d.say(f"[drill] {name}: {_line(r)}")
+        r.took_s = time.monotonic() - began
+        d.say(f"[drill] {name}: {_line(r)} (row {r.took_s:.0f} s)")
     return results
 
 

@@ -162,6 +162,7 @@ def judge_sales(
     such a window is judged on its orders only."""
     late = late or {}
     r = StoreResult("analytics (sales 1m) = SQL oracle", 0)
+    notes: list[str] = []  # windows with late orders: after the differences in the detail
     newest: dict[str, int] = {}
     for (shop, start), (*_v, final) in rows.items():
         if final:
@@ -171,13 +172,18 @@ def judge_sales(
         got = rows.get(key)
         if got is None or not got[3]:
             if start < newest.get(shop, -1):
-                r.lost += expected[1]
+                behind = late.get(key, 0)
+                if got is None and behind == expected[1]:
+                    # every order of the minute came after its window closed: no row, all late
+                    notes.append(f"{shop} {start}: all {behind} orders late (in analytics_late)")
+                    continue
+                r.lost += expected[1] - (behind if got is None else 0)
                 r.detail.append(f"{shop} {start}: not final, a later window is")
             continue
         r.checked += 1
         behind = late.get(key, 0)
         if behind and got[1] + behind == expected[1]:
-            r.detail.append(f"{shop} {start}: {behind} orders late (in analytics_late)")
+            notes.append(f"{shop} {start}: {behind} orders late (in analytics_late)")
             continue
         if got[:3] != expected:
             diff = got[1] - expected[1]
@@ -192,6 +198,7 @@ def judge_sales(
         if final and orders and key not in want:  # sales no acknowledged order made
             r.doubled = (r.doubled or 0) + orders
             r.detail.append(f"{key[0]} {key[1]}: {orders} orders the oracle does not have")
+    r.detail.extend(notes)
     return r
 
 

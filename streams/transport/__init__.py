@@ -28,8 +28,8 @@ from streams.transport.consumer import (
     stream_positions,
 )
 from streams.transport.continuity import Continuity, Positions
-from streams.transport.driver import EXIT_FENCED, SCHEME, broker_url
-from streams.transport.fence import Fence, Fenced, fence_of, install_fence
+from streams.transport.driver import SCHEME, broker_url
+from streams.transport.fence import EXIT_FENCED, Fence, Fenced, fence_of, install_fence
 from streams.transport.stream import Stream
 from streams.transport.table import Table
 from streams.transport.worker import run_app

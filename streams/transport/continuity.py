@@ -34,7 +34,8 @@ class Continuity:
     already in this generation (a copy fetched again after a seek): it is held too, not
     processed twice. A committed offset past the one expected is followed: the records before
     it were processed and committed (a committed offset read stale before faust's own seek to
-    the committed offsets held a partition for ever)."""
+    the committed offsets held a partition for ever); so is one below it while no record of the
+    partition was admitted in this generation."""
 
     RESEEK_S = 5.0
 
@@ -43,6 +44,7 @@ class Continuity:
         self.next: dict[TP, int] = {}
         self.sought: dict[TP, tuple[int, float]] = {}  # partition -> (offset, when)
         self.generation: int | None = None
+        self.admitted: set[TP] = set()  # partitions with a record admitted in this generation
 
     async def admit(
         self, events: Sequence[faust.EventT[Any]]
@@ -53,6 +55,7 @@ class Continuity:
             self.generation = pos.generation()
             self.next.clear()
             self.sought.clear()
+            self.admitted.clear()
         keep: list[faust.EventT[Any]] = []
         held: list[faust.EventT[Any]] = []
         for e in events:
@@ -60,11 +63,16 @@ class Continuity:
             tp = m.tp
             expected = self.next.get(tp)
             committed = pos.committed(tp)  # the next offset to read
-            if expected is None or (committed is not None and committed > expected):
+            if expected is None or (
+                committed is not None
+                and (committed > expected or (committed < expected and tp not in self.admitted))
+            ):
                 # the first record of the partition in this generation; or a committed offset
                 # past the one expected: the records before it were processed and committed
                 # (faust's seek to the committed offsets after a table recovery, when records
-                # had come before it against a committed offset read stale)
+                # had come before it against a committed offset read stale); or one below it
+                # while nothing was admitted in this generation (an offset read ahead of the
+                # group's: faust records a commit that failed in a rebalance)
                 if expected is not None and committed is not None:
                     self.next[tp] = committed
                     self.sought.pop(tp, None)
@@ -90,5 +98,6 @@ class Continuity:
                     await pos.seek(tp, expected)
                 continue
             keep.append(e)
+            self.admitted.add(tp)
             self.next[tp] = m.offset + 1
         return keep, held

@@ -13,16 +13,12 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
-from streams.transport.fence import FENCED, fence_of, may_send, stamp_generation
+from streams.transport.fence import EXIT_FENCED, FENCED, fence_of, may_send, stamp_generation
 from streams.transport.stream import drain_messages
 
 __all__ = ["EXIT_FENCED", "SCHEME", "Buffer", "Consumer", "Producer", "Transport", "broker_url"]
 
 log = logging.getLogger(__name__)
-
-#: exit status of a worker expelled with state not written (EX_TEMPFAIL: its supervisor restarts
-#: it; see `streams.transport.fence`)
-EXIT_FENCED = 75
 
 #: the URL scheme of this driver (`broker="mohallamart://host:port"`)
 SCHEME = "mohallamart"
@@ -86,6 +82,25 @@ class Consumer(faust_aiokafka.Consumer):
                     first[tp] = fetched[0].offset
         return records, _Assigned(self)
 
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        # faust records offsets as committed even when the commit failed (a rebalance in
+        # progress, an expelled member): the group's offset did not move, and the next owner
+        # of the partition (this worker again, often) starts from the true one. Offset
+        # continuity (`streams.transport.continuity`) read the recorded one and held the
+        # records between them as copies for ever: a stock worker stopped committing after a
+        # pause of the other one, until its watchdog ended it 45 s later.
+        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        did_commit: bool = await super()._commit_offsets(
+            offsets, start_new_transaction=start_new_transaction
+        )
+        if not did_commit:
+            for tp, value in before.items():
+                if value is None:
+                    self._committed_offset.pop(tp, None)
+                else:
+                    self._committed_offset[tp] = value
+        return did_commit
+
     def _new_offset(self, tp: TP) -> int | None:
         # The offset to commit: never past the lowest record not acknowledged. faust's own rule
         # lets one unacknowledged record at the committed offset through (committed 100, 100
@@ -147,7 +162,9 @@ class Buffer(ProducerBuffer):
         # a fenced role's changelog record carries its writer's generation, taken as the table
         # write is made: a restore skips it if it lands after a newer owner's (a zombie's)
         app: Any = self.app
-        if app is not None and fence_of(app) is not None:
+        fence = fence_of(app) if app is not None else None
+        if fence is not None:
+            fence.note_write()
             generation = app.consumer_generation_id
             if generation is not None and generation >= 0:
                 stamp_generation(fut, int(generation))

@@ -18,6 +18,14 @@ The rule (`Fence`), before a batch's state is written and before each changelog 
 - an expelled member writes nothing: its batch is abandoned (`Fenced`), and a changelog record
   already queued is dropped and counted (its local store is then distrusted and restored from
   the changelog at the next assignment, `streams.app.distrust_crashed_stores`).
+- an expelled member that still held partitions, and wrote to their changelogs, ends (status
+  `EXIT_FENCED`) when its consumer revokes them, before it joins again: its supervisor starts
+  it again and its tables are restored from the changelogs alone. Records it had handed to its
+  Kafka client before a pause land after the next owner's, and faust records the changelog
+  offset of each of its own records as it is delivered (the local store's restore position):
+  had it taken such a partition back, its restore would have started after the other owner's
+  writes, and it decided from a state without them (the drill's pause row: two stock movements
+  of one sequence).
 
 What no check in the process can see: a pause after the last check, with records already handed
 to the Kafka client (in its accumulator, or in flight). On resume the client sends them, and they
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -46,6 +55,7 @@ from faust.types import TP, AppT
 from prometheus_client import Counter
 
 __all__ = [
+    "EXIT_FENCED",
     "GENERATION_HEADER",
     "ChangelogOrder",
     "Fence",
@@ -56,6 +66,15 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+WRITTEN = Counter(
+    "mohallamart_worker_changelog_records_total",
+    "Table changelog records a stateful worker queued for Kafka since it started",
+)
+
+#: exit status of a worker expelled with state not written (EX_TEMPFAIL: its supervisor restarts
+#: it, and its tables are restored from their changelogs)
+EXIT_FENCED = 75
 
 FENCED = Counter(
     "mohallamart_worker_fenced_total",
@@ -90,6 +109,8 @@ class Fence:
         self._confirmed: tuple[int, str] | None = None  # (generation, member) confirmed
         self._confirmed_at = float("-inf")  # monotonic time the confirming request was sent
         self.confirmations = 0  # round trips made (for tests and the benchmark)
+        #: changelog records queued since the last revocation (`note_write`)
+        self.written = 0
 
     # --- what the coordinator knows of this member -------------------------------------------
     def _coordinator(self) -> Any:
@@ -165,6 +186,18 @@ class Fence:
             self._confirmed = None
         return ok
 
+    def note_write(self) -> None:
+        """A changelog record of this worker's tables was queued for Kafka."""
+        self.written += 1
+        WRITTEN.inc()
+
+    def expelled(self) -> bool:
+        """Whether this worker's consumer has been told it is no longer a member of its group: a
+        heartbeat, commit or sync answered UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION, and the
+        consumer reset its generation (also so before its first join, and after it left)."""
+        generation, member = self._member()
+        return generation < 0 or not member
+
     async def check(self, generations: Iterable[int | None], what: str) -> None:
         """Before a batch's state is written: raise `Fenced` unless every record of the batch
         was fetched in the consumer's current generation and the coordinator confirms it."""
@@ -190,7 +223,39 @@ def install_fence(app: AppT, session_timeout_s: float) -> Fence:
     """Fence `app`'s state writes (the stateful roles: their agents check before a batch's
     writes, the changelog buffer before each record leaves)."""
     fence = _FENCES[app] = Fence(app, session_timeout_s)
+
+    def end_if_expelled(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked")
+        leave_if_expelled(fence, revoked, stopping=bool(getattr(app, "should_stop", False)))
+
+    # faust sends it once the partitions are given up (agents idle, its buffer flushed), before
+    # the consumer joins again; a strong reference, held by the app for its life
+    revocations: Any = app.on_partitions_revoked  # mode's handler type is not expressible here
+    revocations.connect(end_if_expelled, weak=False)
     return fence
+
+
+def leave_if_expelled(fence: Fence, revoked: Any, *, stopping: bool) -> None:
+    """At a revocation: a worker whose consumer was expelled while it held partitions, and which
+    wrote changelog records since its last revocation, ends (`EXIT_FENCED`), to be started again
+    with its tables restored from the changelogs (see the module's docstring). A revocation in a
+    rebalance it takes part in, at its first join or at its stop, is not an expulsion."""
+    written, fence.written = fence.written, 0
+    if not revoked or stopping or not fence.expelled() or not written:
+        # nothing of its own can land late (a worker expelled in its recovery, under load, has
+        # written nothing yet): it joins again as it is
+        return
+    FENCED.labels("worker expelled").inc()
+    log.critical(
+        "this worker was expelled from its group (paused or cut off past its session) while it "
+        "held %d partitions: records it had handed to Kafka may have landed after their next "
+        "owner's, so its local tables are not trusted; exiting (status %d) to be started again "
+        "and restore them from the changelogs",
+        len(revoked),
+        EXIT_FENCED,
+    )
+    logging.shutdown()
+    os._exit(EXIT_FENCED)
 
 
 def fence_of(app: AppT) -> Fence | None:
@@ -258,6 +323,17 @@ class ChangelogOrder:
     def __init__(self) -> None:
         self._newest: dict[TP, tuple[int, float]] = {}  # generation, its first record's time
         self.skipped = 0
+
+    def wrote(self, tp: TP, headers: Any, timestamp: float | None) -> None:
+        """One of this worker's own changelog records was delivered: a later restore of `tp` in
+        this process starts after it (faust's restore position is the store's last own record)
+        and must know its generation, or a zombie's late record found there is applied."""
+        generation = generation_of(headers)
+        if generation is None:
+            return
+        newest = self._newest.get(tp)
+        if newest is None or generation > newest[0]:
+            self._newest[tp] = (generation, float(timestamp or 0.0))
 
     def admit(self, tp: TP, headers: Any, timestamp: float | None) -> bool:
         generation = generation_of(headers)

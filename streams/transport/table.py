@@ -24,6 +24,19 @@ class Table(faust.Table[Any, Any]):
             order = self.__dict__["_changelog_order"] = ChangelogOrder()
         return order
 
+    def _on_changelog_sent(self, fut: Any) -> None:
+        # faust moves the store's restore position to each own record as it is delivered; the
+        # order learns the record's generation, so a restore from there skips a zombie's late
+        # record of an older one (created before this worker's first)
+        super()._on_changelog_sent(fut)
+        result = fut.result()
+        stamp = result.timestamp
+        self.changelog_order.wrote(
+            result.topic_partition,
+            fut.message.headers,
+            None if stamp is None or stamp < 0 else stamp / 1000,
+        )
+
     def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
         order = self.changelog_order
         kept: list[EventT[Any]] = []

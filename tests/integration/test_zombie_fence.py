@@ -1,9 +1,10 @@
 """A stock worker paused past its session timeout (SIGSTOP) and resumed (SIGCONT) while orders
 keep coming: the other stock worker takes its partitions over within the session timeout + 5 s,
 and the resumed one (a zombie until its group tells it) writes no state it no longer owns
-(`streams.transport.fence`). Three pauses during one load; then every order is accepted, each
-product's movements form one chain (sequences 1..n, each stock_after the previous plus its
-delta) and the stock is what was posted: nothing lost, nothing doubled."""
+(`streams.transport.fence`); once it learns it was expelled it ends (75) and is started again,
+its tables restored from the changelogs. Three pauses during one load; then every order is
+accepted, each product's movements form one chain (sequences 1..n, each stock_after the previous
+plus its delta) and the stock is what was posted: nothing lost, nothing doubled."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from schemas.catalog import TOPICS
+from streams.transport import EXIT_FENCED
 from tests.integration._pipeline import Pipeline, example, order_created, uid
 from tests.integration._support import poll, report
 from tests.integration.test_scale_out import _wait_members
@@ -49,6 +51,14 @@ def _chains(p: Pipeline, pids: list[str]) -> dict[str, str]:
                 break
             level = after
     return broken
+
+
+def _written(p: Pipeline, name: str) -> float:
+    """Table changelog records the worker queued since it started (its metrics)."""
+    for line in p.workers.metrics(name).splitlines():
+        if line.startswith("mohallamart_worker_changelog_records_total "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def test_a_stock_worker_paused_past_its_session_writes_nothing_once_resumed(
@@ -115,8 +125,38 @@ def test_a_stock_worker_paused_past_its_session_writes_nothing_once_resumed(
     poster.start()
     failovers: list[float] = []
     try:
+
+        def reserved(ids: list[str], what: str) -> None:
+            poll(
+                lambda: (
+                    p.row(
+                        "SELECT count(DISTINCT order_id) FROM inventory_movements "
+                        "WHERE order_id = ANY(%s)",
+                        ids,
+                    )
+                    == (len(ids),)
+                ),
+                timeout=90,
+                interval=0.1,
+                what=what,
+            )
+
         for _ in range(PAUSES):
             time.sleep(3)  # the load runs on both workers
+            # caught up (a worker started again after the last pause has a backlog): an order
+            # of every shop posted now is reserved, so the failover below measures the takeover
+            caught = [order(shop) for shop in catalogue]
+            p.post_batch(caught)
+            reserved([ev["data"]["order_id"] for ev in caught], "both stock workers caught up")
+            # it has written state in this run (the rule below is for a worker that has)
+            try:
+                poll(lambda: _written(p, "stock-1") > 0, timeout=60, interval=0.2)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"the stock worker to be paused wrote no state ({exc})\n"
+                    f"{p.workers.describe('stock')}"
+                ) from None
+            zombie_pid = zombie.pid
             zombie.proc.send_signal(signal.SIGSTOP)
             paused = time.monotonic()
             try:
@@ -124,26 +164,28 @@ def test_a_stock_worker_paused_past_its_session_writes_nothing_once_resumed(
                 # taken every partition over (its own and the paused one's)
                 probes = [order(shop) for shop in catalogue]
                 p.post_batch(probes)
-                probe_ids = [ev["data"]["order_id"] for ev in probes]
-                poll(
-                    lambda ids=probe_ids: (
-                        p.row(
-                            "SELECT count(DISTINCT order_id) FROM inventory_movements "
-                            "WHERE order_id = ANY(%s)",
-                            ids,
-                        )
-                        == (len(ids),)
-                    ),
-                    timeout=60,
-                    interval=0.1,
-                    what="the other stock worker to reserve an order of every shop",
+                reserved(
+                    [ev["data"]["order_id"] for ev in probes],
+                    "the other stock worker to reserve an order of every shop",
                 )
                 failovers.append(time.monotonic() - paused)
                 # paused three session timeouts in all: well past its expulsion
                 time.sleep(max(0.0, paused + 3 * session_s - time.monotonic()))
             finally:
                 zombie.proc.send_signal(signal.SIGCONT)
-            # back in the group (or restarted by its supervisor, if the fence ended it)
+            # expelled while it held partitions it had written to, it ends (75) as soon as it
+            # learns it; started again, it restores its tables from the changelogs alone: its
+            # store's restore position may lie past the other worker's records (its late ones
+            # landed there)
+            poll(
+                lambda pid=zombie_pid: (
+                    [e.code for e in p.workers.supervisor.unplanned if e.pid == pid]
+                    == [EXIT_FENCED]
+                ),
+                timeout=60,
+                interval=0.2,
+                what=f"the resumed stock worker (pid {zombie_pid}) to exit with {EXIT_FENCED}",
+            )
             _wait_members(p, admin, "stock", 2)
     finally:
         done.set()

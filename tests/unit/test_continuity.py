@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from faust.types import TP
 
@@ -92,3 +93,43 @@ def test_a_committed_offset_that_moves_past_the_one_expected_is_followed() -> No
     assert _admit(c, (A, 143), (A, 144), (A, 145)) == ([(A, 143), (A, 144), (A, 145)], [])
     # and once admitted from there, a copy below is still held
     assert _admit(c, (A, 144)) == ([], [144])
+
+
+def test_an_offset_read_ahead_of_the_groups_is_followed_down_until_a_record_is_admitted() -> None:
+    # Seen in the zombie test: a commit failed in a rebalance (895), faust recorded it anyway;
+    # in the next generation the expected offset was read as 895, the records 885..894 came after
+    # faust's seek to the group's true offset (885) and were held as copies for ever (the commit
+    # stuck at 885 until the worker's watchdog ended it).
+    pos = _Positions({A: 895})
+    c = Continuity(pos)
+    assert _admit(c, (A, 962)) == ([], [962])
+    pos.committed_offsets[A] = 885  # faust's seek to the group's committed offsets
+    assert _admit(c, (A, 885), (A, 886)) == ([(A, 885), (A, 886)], [])
+    # once a record is admitted in the generation, one below it is a copy again
+    pos.committed_offsets[A] = 880
+    assert _admit(c, (A, 885)) == ([], [885])
+
+
+def test_a_commit_that_failed_is_not_recorded_as_the_groups_offset(monkeypatch: Any) -> None:
+    """faust records the offsets of a commit as committed whatever its outcome; the transport's
+    consumer keeps the group's: continuity reads it (the test above)."""
+    from collections import defaultdict
+
+    from faust.transport import consumer as faust_consumer
+
+    from streams.transport.driver import Consumer
+
+    outcome = [False]
+
+    async def faust_commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        self._committed_offset.update(offsets)  # as faust does, committed or not
+        return outcome[0]
+
+    monkeypatch.setattr(faust_consumer.Consumer, "_commit_offsets", faust_commit)
+    c: Any = object.__new__(Consumer)
+    c.__dict__["_committed_offset"] = defaultdict(lambda: None, {A: 885})
+    assert asyncio.run(c._commit_offsets({A: 895, B: 10})) is False  # a rebalance in progress
+    assert (c._committed_offset[A], c._committed_offset[B]) == (885, None)
+    outcome[0] = True
+    assert asyncio.run(c._commit_offsets({A: 895, B: 10})) is True
+    assert (c._committed_offset[A], c._committed_offset[B]) == (895, 10)

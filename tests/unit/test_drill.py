@@ -105,3 +105,16 @@ def test_an_order_accepted_after_its_window_closed_is_late_not_lost() -> None:
     assert judge_sales(want, final).lost == 1
     r = judge_sales(want, final, {("s", 0): 1})
     assert r.clean and "1 orders late" in r.detail[0]
+
+
+def test_a_minute_whose_orders_all_came_late_has_no_row_and_is_not_lost() -> None:
+    """Seen in the drill: the load resumed 7 s before a minute's end and every worker was
+    killed; the stock role accepted that minute's orders after the other sources' ticks had
+    closed it, so its window never got a row and all its orders are in analytics_late."""
+    from mohallamart.drill.verify import judge_sales, sales_oracle
+
+    want = sales_oracle({"o1": ("s", 1_000, 500, 2), "o2": ("s", 61_000, 300, 1)})
+    rows = {("s", 60_000): (300, 1, 1, True)}  # the next minute is final; the first has no row
+    assert judge_sales(want, rows).lost == 1
+    r = judge_sales(want, rows, {("s", 0): 1})
+    assert r.clean and "all 1 orders late" in r.detail[0]

@@ -17,10 +17,12 @@ import aiokafka.errors as kafka_errors
 import pytest
 from aiokafka.protocol.group import HeartbeatRequest_v0
 from faust.types import TP
+from mode import Signal
 
 from streams.agents._batches import fence_check, settle
 from streams.transport import fence as fence_mod
 from streams.transport.fence import (
+    EXIT_FENCED,
     GENERATION_HEADER,
     Fence,
     Fenced,
@@ -73,6 +75,9 @@ class Thread:
 class App:
     def __init__(self, coordinator: Coordinator) -> None:
         self.consumer = SimpleNamespace(_thread=Thread(coordinator))
+        # faust's signal, sent once a rebalance's revoked partitions are given up
+        self.on_partitions_revoked = Signal().with_default_sender(self)
+        self.should_stop = False
 
 
 def _event(generation: int) -> Any:
@@ -254,3 +259,66 @@ def test_a_fenced_roles_changelog_records_carry_their_writers_generation() -> No
     stamp_generation(fut, 12)
     assert fut.message.headers == [(GENERATION_HEADER, b"12")]
     assert fence_mod.generation_of(fut.message.headers) == 12
+
+
+# --- a worker expelled while it held partitions ends, to restore its tables ----------------------
+class Exited(BaseException):
+    pass
+
+
+def _exit_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exit_(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(fence_mod.os, "_exit", exit_)
+
+
+def test_a_worker_expelled_while_it_held_partitions_exits_at_their_revocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _exit_raises(monkeypatch)
+    coordinator = Coordinator()
+    app = App(coordinator)
+    fence = install_fence(app, session_timeout_s=3.0)  # type: ignore[arg-type]
+    revoked = {TP("mohallamart.stock.by-shop", 1)}
+    fence.written += 3  # its changelog buffer took records
+    # a rebalance it takes part in (its generation kept until it joins again): it stays
+    asyncio.run(app.on_partitions_revoked.send(revoked))
+    # expelled in its recovery, before any write of its own: it stays (nothing can land late)
+    coordinator.generation, coordinator.member_id = -1, ""
+    asyncio.run(app.on_partitions_revoked.send(revoked))
+    # joined again and wrote; then its heartbeat was refused after a pause (aiokafka resets
+    # generation and member id)
+    coordinator.generation, coordinator.member_id = 9, "member-2"
+    fence.written += 1
+    coordinator.generation, coordinator.member_id = -1, ""
+    with pytest.raises(Exited) as exited:
+        asyncio.run(app.on_partitions_revoked.send(revoked))
+    assert exited.value.args == (EXIT_FENCED,)
+
+
+def test_a_first_join_or_a_stop_is_not_an_expulsion(monkeypatch: pytest.MonkeyPatch) -> None:
+    _exit_raises(monkeypatch)
+    coordinator = Coordinator(generation=-1)
+    coordinator.member_id = ""
+    app = App(coordinator)
+    fence = install_fence(app, session_timeout_s=3.0)  # type: ignore[arg-type]
+    fence.written += 1
+    asyncio.run(app.on_partitions_revoked.send(set()))  # before the first join: nothing held
+    fence.written += 1
+    app.should_stop = True  # left the group at its stop
+    asyncio.run(app.on_partitions_revoked.send({TP("mohallamart.stock.by-shop", 1)}))
+
+
+def test_a_restore_after_the_workers_own_writes_skips_a_zombies_late_record(
+    tmp_path: Any,
+) -> None:
+    """The worker took the partition over (generation 5) and wrote; a zombie's record of
+    generation 4 landed after its last own record, where a later restore in this process starts
+    (faust's restore position is the store's last own record): it is not applied."""
+    table, tp = _changelog(tmp_path)
+    table.apply_changelog_batch([_record(tp, 0, 40, generation=4, at=100.0)])
+    table.changelog_order.wrote(tp, [(GENERATION_HEADER, b"5")], 110.0)  # its own, delivered
+    table.apply_changelog_batch([_record(tp, 7, 39, generation=4, at=100.5)])
+    assert table.data["prd_1"] == 40
+    assert table.changelog_order.skipped == 1
