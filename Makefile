@@ -25,10 +25,10 @@ test: install ## run every test (starts the local stack for the integration test
 	$(BIN)/python -m pytest --durations=10
 
 test-unit: install ## unit tests only (no network)
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/unit --durations=5
 
 test-integration: install ## integration tests against the local stack
-	$(BIN)/python -m pytest tests/integration
+	$(BIN)/python -m pytest tests/integration --durations=10
 
 lint: install ## ruff, the dependency direction (import-linter) and mypy
 	$(BIN)/ruff check .

@@ -565,7 +565,7 @@ def run_rows(d: Drill, names: list[str]) -> list[RowResult]:
         began = time.monotonic()
         failures = len(d.load.failures)
         d.load.resume()
-        time.sleep(3 if d.short else 10)
+        time.sleep(2 if d.short else 10)
         try:
             row.run(d, r)
         except Exception as exc:  # noqa: BLE001 - the row fails, the drill goes on
@@ -575,6 +575,9 @@ def run_rows(d: Drill, names: list[str]) -> list[RowResult]:
             continue
         time.sleep(2)
         d.load.pause()
+        if not r.failed and any(s == float("inf") for s in r.recovery_s):
+            # the work the fault stopped never went on within the probe's bound
+            r.failed = "no recovery: a probe timed out (see the workers' logs)"
         answered = d.load.failures[failures:]
         if answered and not r.failed:
             # an answer that is neither an acknowledgement nor "retry" (503, 429): the client

@@ -89,16 +89,22 @@ class Consumer(faust_aiokafka.Consumer):
         # continuity (`streams.transport.continuity`) read the recorded one and held the
         # records between them as copies for ever: a stock worker stopped committing after a
         # pause of the other one, until its watchdog ended it 45 s later.
-        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        # The group's offsets are kept apart (`_mm_group`: set at each assignment's seek and by
+        # each commit that succeeded), and a failed commit's are put back from there: a value
+        # taken before the commit's awaits could be older than an assignment made meanwhile
+        # (put back, it stopped the commits: the offset to commit is never past the lowest
+        # record not acknowledged, see `_new_offset`).
         did_commit: bool = await super()._commit_offsets(
             offsets, start_new_transaction=start_new_transaction
         )
-        if not did_commit:
-            for tp, value in before.items():
-                if value is None:
-                    self._committed_offset.pop(tp, None)
-                else:
-                    self._committed_offset[tp] = value
+        group = self.__dict__.setdefault("_mm_group", {})
+        for tp in offsets:
+            if did_commit:
+                group[tp] = self._committed_offset.get(tp)
+            elif group.get(tp) is None:
+                self._committed_offset.pop(tp, None)
+            else:
+                self._committed_offset[tp] = group[tp]
         return did_commit
 
     def _new_offset(self, tp: TP) -> int | None:
@@ -122,6 +128,8 @@ class Consumer(faust_aiokafka.Consumer):
         # (faust acknowledges records of the previous one as it drops them); left in place they
         # would let the commit run past records not processed yet.
         await super().perform_seek()
+        # faust has just read the group's committed offsets (see `_commit_offsets`)
+        self.__dict__["_mm_group"] = dict(self._committed_offset)
         for tp in list(self._committed_offset):
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)

@@ -33,7 +33,7 @@ entities a run makes up: a cleanup removes other tests' rows, a reindex rebuilds
 collection). Webhooks answer 401 to generated signatures: documented, and checked as such.
 
 Reproducible: a fixed seed and derandomized generation (`SCHEMATHESIS_SEED`); each operation
-gets `SCHEMATHESIS_EXAMPLES` (default 8) generated requests per run besides its examples and
+gets `SCHEMATHESIS_EXAMPLES` (default 5) generated requests per run besides its examples and
 schemathesis' coverage cases. Raise it locally to search harder.
 """
 
@@ -63,7 +63,7 @@ from tests.integration.conftest import _key
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "5"))
 SEED = int(os.environ.get("SCHEMATHESIS_SEED", "20261207"))
 #: answers that never end (Server-Sent Events)
 STREAMS = r"^/v1/(live|ops/stream)$"

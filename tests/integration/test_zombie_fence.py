@@ -2,7 +2,7 @@
 keep coming: the other stock worker takes its partitions over within the session timeout + 5 s,
 and the resumed one (a zombie until its group tells it) writes no state it no longer owns
 (`streams.transport.fence`); once it learns it was expelled it ends (75) and is started again,
-its tables restored from the changelogs. Three pauses during one load; then every order is
+its tables restored from the changelogs. Two pauses during one load; then every order is
 accepted, each product's movements form one chain (sequences 1..n, each stock_after the previous
 plus its delta) and the stock is what was posted: nothing lost, nothing doubled."""
 
@@ -27,7 +27,7 @@ from tests.integration.test_scale_out import _wait_members
 pytestmark = pytest.mark.integration
 
 ORDERS = TOPICS["order"].name
-PAUSES = 3
+PAUSES = 2
 #: what the fence logs when it abandons a batch, and when it drops a queued changelog record
 ABANDONED = "not a member of its group's current generation"
 DROPPED = "was expelled from its group"

@@ -128,8 +128,38 @@ def test_a_commit_that_failed_is_not_recorded_as_the_groups_offset(monkeypatch: 
     monkeypatch.setattr(faust_consumer.Consumer, "_commit_offsets", faust_commit)
     c: Any = object.__new__(Consumer)
     c.__dict__["_committed_offset"] = defaultdict(lambda: None, {A: 885})
+    c.__dict__["_mm_group"] = {A: 885}  # what the assignment's seek read
     assert asyncio.run(c._commit_offsets({A: 895, B: 10})) is False  # a rebalance in progress
     assert (c._committed_offset[A], c._committed_offset[B]) == (885, None)
     outcome[0] = True
     assert asyncio.run(c._commit_offsets({A: 895, B: 10})) is True
     assert (c._committed_offset[A], c._committed_offset[B]) == (895, 10)
+
+
+def test_a_failed_commit_puts_back_the_offset_of_an_assignment_made_during_it(
+    monkeypatch: Any,
+) -> None:
+    """A commit's awaits (the producer's flush, the request) can span a rebalance whose seek reads
+    the group's offsets anew: a failed commit puts back those, not the ones from before it (seen
+    in CI: 288 put back over 328, and the commits stopped until the watchdog ended the worker)."""
+    from collections import defaultdict
+
+    from faust.transport import consumer as faust_consumer
+
+    from streams.transport.driver import Consumer
+
+    c: Any = object.__new__(Consumer)
+    c.__dict__["_committed_offset"] = defaultdict(lambda: None, {A: 288})
+    c.__dict__["_mm_group"] = {A: 288}
+
+    async def faust_commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        # meanwhile the next assignment's seek read the group's offset (another commit of the
+        # old generation had gone through: 328)
+        self._committed_offset[A] = 328
+        self.__dict__["_mm_group"] = dict(self._committed_offset)
+        self._committed_offset.update(offsets)  # as faust does, committed or not
+        return False
+
+    monkeypatch.setattr(faust_consumer.Consumer, "_commit_offsets", faust_commit)
+    assert asyncio.run(c._commit_offsets({A: 339})) is False
+    assert c._committed_offset[A] == 328
