@@ -163,7 +163,11 @@ class Drill:
             self.stack.down(self._started)
 
     # --- helpers for rows -------------------------------------------------------------------------
-    def probe_analytics(self, timeout_s: float = 120) -> float:
+    #: how long a probe waits: past the workers' stuck-commit watchdog and a restart (a stall the
+    #: watchdog ends shows as a long recovery, not as none)
+    PROBE_S = 180.0
+
+    def probe_analytics(self, timeout_s: float = PROBE_S) -> float:
         """Seconds until every drill shop's 1-minute sales windows count an order more than
         when asked (the load keeps posting orders of every shop): with an analytics worker
         stopped, the shops of its partitions move again only once the other worker has taken
@@ -191,7 +195,7 @@ class Drill:
             time.sleep(0.2)
         return float("inf")
 
-    def probe(self, timeout_s: float = 120) -> float:
+    def probe(self, timeout_s: float = PROBE_S) -> float:
         """Seconds until an order posted now is accepted (PROCESSING): the pipeline's recovery."""
         assert self.load is not None
         shop = next(iter(self.catalogue.shops))
