@@ -91,6 +91,13 @@ class AppPositions:
     def committed(self, tp: TP) -> int | None:
         return committed_offset(self.app, tp)
 
+    def sought(self) -> bool:
+        # a consumer that does not say (not the transport's own) is taken as sought
+        consumer: Any = self.app.consumer
+        if not hasattr(type(consumer), "sought_generation"):
+            return True
+        return bool(consumer.sought_generation == self.generation())
+
     async def seek(self, tp: TP, offset: int) -> None:
         await seek(self.app, tp, offset)
 

@@ -22,6 +22,11 @@ class Positions(Protocol):
 
     def committed(self, tp: TP) -> int | None: ...
 
+    def sought(self) -> bool:
+        """Whether the consumer has sought every partition to its committed offset in the
+        current generation (faust does so once per assignment, after its table recovery)."""
+        ...
+
     async def seek(self, tp: TP, offset: int) -> None: ...
 
 
@@ -35,7 +40,8 @@ class Continuity:
     processed twice. A committed offset past the one expected is followed: the records before
     it were processed and committed (a committed offset read stale before faust's own seek to
     the committed offsets held a partition for ever); so is one below it while no record of the
-    partition was admitted in this generation."""
+    partition was admitted in this generation. Nothing is admitted in a generation before faust's
+    seek to the committed offsets (`Positions.sought`)."""
 
     RESEEK_S = 5.0
 
@@ -56,6 +62,10 @@ class Continuity:
             self.next.clear()
             self.sought.clear()
             self.admitted.clear()
+        if not pos.sought():
+            # before the generation's seek to the committed offsets: that seek drops the
+            # acknowledgements recorded so far and delivers these records again
+            return [], list(events)
         keep: list[faust.EventT[Any]] = []
         held: list[faust.EventT[Any]] = []
         for e in events:

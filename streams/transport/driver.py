@@ -127,12 +127,25 @@ class Consumer(faust_aiokafka.Consumer):
         # recorded since its revocation are of records no agent processed in this generation
         # (faust acknowledges records of the previous one as it drops them); left in place they
         # would let the commit run past records not processed yet.
+        generation = self.app.consumer_generation_id
         await super().perform_seek()
         # faust has just read the group's committed offsets (see `_commit_offsets`)
         self.__dict__["_mm_group"] = dict(self._committed_offset)
         for tp in list(self._committed_offset):
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
+        # from now on the agents may admit records of this generation (see `sought_generation`)
+        self.__dict__["_mm_sought_generation"] = generation
+
+    @property
+    def sought_generation(self) -> int | None:
+        """The group generation whose seek to the committed offsets has completed. faust resumes
+        the flow before that seek when no table needs restoring: records fetched meanwhile were
+        processed and acknowledged, the seek then dropped their acknowledgements and delivered
+        them again, and continuity held those copies for ever (a stock worker's commits stopped
+        until its watchdog ended it). Continuity admits nothing of a generation before this."""
+        value = self.__dict__.get("_mm_sought_generation")
+        return None if value is None else int(value)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         # the loop feeding the agents' queues, delivering inline (see streams.transport.stream)

@@ -35,9 +35,13 @@ class _Positions:
     committed_offsets: dict[TP, int]
     gen: int = 1
     seeks: list[tuple[TP, int]] = field(default_factory=list)
+    sought_gen: int | None = 1  # the generation whose seek to the committed offsets is done
 
     def generation(self) -> int | None:
         return self.gen
+
+    def sought(self) -> bool:
+        return self.sought_gen == self.gen
 
     def committed(self, tp: TP) -> int | None:
         return self.committed_offsets.get(tp)
@@ -74,7 +78,7 @@ def test_a_seek_is_repeated_only_after_a_while_and_a_rebalance_starts_afresh() -
     assert _admit(c, (A, 7)) == ([], [7])
     assert _admit(c, (A, 8)) == ([], [8])
     assert pos.seeks == [(A, 5), (A, 5)]
-    pos.gen = 2
+    pos.gen = pos.sought_gen = 2
     pos.committed_offsets[A] = 8
     assert _admit(c, (A, 8)) == ([(A, 8)], [])
 
@@ -163,3 +167,47 @@ def test_a_failed_commit_puts_back_the_offset_of_an_assignment_made_during_it(
     monkeypatch.setattr(faust_consumer.Consumer, "_commit_offsets", faust_commit)
     assert asyncio.run(c._commit_offsets({A: 339})) is False
     assert c._committed_offset[A] == 328
+
+
+def test_nothing_is_admitted_in_a_generation_before_its_seek_to_the_committed_offsets() -> None:
+    # Seen in CI's drill (a stock worker's commits stopped until its watchdog ended it, twice):
+    # faust resumed the flow before its seek to the committed offsets; 737..740 were processed
+    # and acknowledged, the seek dropped those acknowledgements and delivered them again, and
+    # they were held as copies for ever (the commit stuck at 737, 61 offsets acked above it).
+    pos = _Positions({A: 730}, gen=7, sought_gen=6)
+    c = Continuity(pos)
+    assert _admit(c, (A, 737), (A, 738), (A, 739), (A, 740)) == ([], [737, 738, 739, 740])
+    assert pos.seeks == []  # faust's own seek is coming
+    pos.committed_offsets[A] = 737
+    pos.sought_gen = 7  # faust's seek: 737 and on come again
+    assert _admit(c, (A, 737), (A, 738), (A, 739), (A, 740), (A, 741)) == (
+        [(A, 737), (A, 738), (A, 739), (A, 740), (A, 741)],
+        [],
+    )
+
+
+def test_the_transport_consumer_names_the_generation_its_seek_completed_in(
+    monkeypatch: Any,
+) -> None:
+    from types import SimpleNamespace
+
+    from faust.transport import consumer as faust_consumer
+
+    from streams.transport import AppPositions
+    from streams.transport.driver import Consumer
+
+    app = SimpleNamespace(consumer_generation_id=7)
+
+    async def faust_seek(self: Any) -> None:
+        self._committed_offset.update({A: 737})
+
+    monkeypatch.setattr(faust_consumer.Consumer, "perform_seek", faust_seek)
+    c: Any = object.__new__(Consumer)
+    c.__dict__.update(app=app, _committed_offset={}, _acked={}, _acked_index={})
+    app.consumer = c  # type: ignore[attr-defined]
+    positions = AppPositions(app)  # type: ignore[arg-type]
+    assert c.sought_generation is None and not positions.sought()
+    asyncio.run(c.perform_seek())
+    assert c.sought_generation == 7 and positions.sought()
+    app.consumer_generation_id = 8  # the next rebalance: not sought until its own seek
+    assert not positions.sought()
