@@ -147,6 +147,20 @@ class Consumer(faust_aiokafka.Consumer):
         value = self.__dict__.get("_mm_sought_generation")
         return None if value is None else int(value)
 
+    async def seek_wait(self, partitions: Any) -> None:
+        # A rebalance during a table recovery adds its standby partitions with no offset read
+        # yet (None); the recovery under way then seeks them there: aiokafka raises ("Offset
+        # must be a positive integer"), faust's recovery crashes and the worker with it (status
+        # 1, seen in the drill's `isr` row). Such a partition is left where it is: the recovery
+        # that rebalance starts reads its offset and seeks it.
+        sought = {tp: offset for tp, offset in partitions.items() if offset is not None}
+        if len(sought) < len(partitions):
+            log.info(
+                "not seeking %d partition(s) with no offset read yet (a rebalance under way)",
+                len(partitions) - len(sought),
+            )
+        await super().seek_wait(sought)
+
     async def _drain_messages(self, fetcher: Any) -> None:
         # the loop feeding the agents' queues, delivering inline (see streams.transport.stream)
         await drain_messages(self, fetcher)

@@ -211,3 +211,26 @@ def test_the_transport_consumer_names_the_generation_its_seek_completed_in(
     assert c.sought_generation == 7 and positions.sought()
     app.consumer_generation_id = 8  # the next rebalance: not sought until its own seek
     assert not positions.sought()
+
+
+def test_a_seek_of_partitions_with_no_offset_read_yet_leaves_them_where_they_are(
+    monkeypatch: Any,
+) -> None:
+    """Seen in the drill (a stock worker ended with status 1): a rebalance during a table
+    recovery added standby partitions with no offset (None), and the recovery under way sought
+    them there; aiokafka raised and faust's recovery crashed the worker."""
+    from faust.transport import consumer as faust_consumer
+
+    from streams.transport.driver import Consumer
+
+    sought: list[dict[TP, int]] = []
+
+    async def faust_seek_wait(self: Any, partitions: dict[TP, int]) -> None:
+        if any(not isinstance(o, int) or o < 0 for o in partitions.values()):
+            raise ValueError("Offset must be a positive integer")  # as aiokafka does
+        sought.append(dict(partitions))
+
+    monkeypatch.setattr(faust_consumer.ThreadDelegateConsumer, "seek_wait", faust_seek_wait)
+    c: Any = object.__new__(Consumer)
+    asyncio.run(c.seek_wait({A: 12, B: None}))
+    assert sought == [{A: 12}]
