@@ -8,6 +8,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 import faust
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 from faust.transport import consumer as faust_consumer
 from faust.transport import producer as faust_producer
 from faust.transport.drivers import TRANSPORTS
@@ -43,6 +44,7 @@ _METHODS = (
     (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
     (faust_aiokafka.AIOKafkaConsumerThread, "call_thread"),
     (faust.Worker, "_setup_spinner_handler"),
+    (aiokafka_fetcher.Fetcher, "_proc_offset_request"),
 )
 # attributes set at run time, looked for in the source of the class that sets them
 _ATTRIBUTES = (
