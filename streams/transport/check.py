@@ -30,6 +30,7 @@ _METHODS = (
     (faust_aiokafka.Consumer, "_drain_messages"),
     (faust_aiokafka.Consumer, "perform_seek"),
     (faust_aiokafka.Consumer, "_commit_offsets"),
+    (faust_aiokafka.Consumer, "_commit"),
     (faust_aiokafka.Consumer, "getmany"),
     (faust_aiokafka.Consumer, "wait_first"),
     (faust.Stream, "take_events"),

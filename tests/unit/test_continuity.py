@@ -126,10 +126,15 @@ def test_a_commit_that_failed_is_not_recorded_as_the_groups_offset(monkeypatch: 
     outcome = [False]
 
     async def faust_commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        did_commit = await self._commit(offsets)
         self._committed_offset.update(offsets)  # as faust does, committed or not
+        return bool(did_commit)
+
+    async def kafka_commit(self: Any, offsets: Any) -> bool:
         return outcome[0]
 
     monkeypatch.setattr(faust_consumer.Consumer, "_commit_offsets", faust_commit)
+    monkeypatch.setattr(faust_consumer.ThreadDelegateConsumer, "_commit", kafka_commit)
     c: Any = object.__new__(Consumer)
     c.__dict__["_committed_offset"] = defaultdict(lambda: None, {A: 885})
     c.__dict__["_mm_group"] = {A: 885}  # what the assignment's seek read
@@ -234,3 +239,42 @@ def test_a_seek_of_partitions_with_no_offset_read_yet_leaves_them_where_they_are
     c: Any = object.__new__(Consumer)
     asyncio.run(c.seek_wait({A: 12, B: None}))
     assert sought == [{A: 12}]
+
+
+def test_an_offset_below_the_groups_is_not_committed(monkeypatch: Any) -> None:
+    """Seen in the full drill's `clock` row: offsets read before faust's producer flush (11160)
+    were committed after an assignment made during the flush had sought the partition to the
+    group's offset, moved on by the other worker (11184): the group's offset went back, faust
+    recorded it, and with every record from 11184 on acknowledged the commit stopped for good."""
+    from collections import defaultdict
+
+    from faust.transport import consumer as faust_consumer
+
+    from streams.transport.driver import Consumer
+
+    c: Any = object.__new__(Consumer)
+    c.__dict__["_committed_offset"] = defaultdict(lambda: None, {A: 11100, B: 50})
+    c.__dict__["_mm_group"] = {A: 11100, B: 50}
+    committed: list[dict[TP, int]] = []
+
+    async def faust_commit(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        # during the producer's flush, the next assignment's seek reads the group's offsets
+        self._committed_offset[A] = 11184
+        self.__dict__["_mm_group"] = dict(self._committed_offset)
+        did_commit = await self._commit(offsets)
+        self._committed_offset.update(offsets)  # as faust does
+        return bool(did_commit)
+
+    async def kafka_commit(self: Any, offsets: Any) -> bool:
+        committed.append(dict(offsets))
+        return True
+
+    monkeypatch.setattr(faust_consumer.Consumer, "_commit_offsets", faust_commit)
+    monkeypatch.setattr(faust_consumer.ThreadDelegateConsumer, "_commit", kafka_commit)
+    assert asyncio.run(c._commit_offsets({A: 11160, B: 60})) is True
+    assert committed == [{B: 60}]  # A's offset is older than the group's: not sent
+    assert (c._committed_offset[A], c._committed_offset[B]) == (11184, 60)
+    assert c.__dict__["_mm_group"] == {A: 11184, B: 60}
+    # all of them stale: nothing is sent, nothing recorded
+    assert asyncio.run(c._commit_offsets({A: 11170})) is False
+    assert committed == [{B: 60}] and c._committed_offset[A] == 11184
