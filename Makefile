@@ -22,13 +22,13 @@ run: install ## start the stack, the API and the workers in the foreground (Ctrl
 	$(BIN)/mohallamart run
 
 test: install ## run every test (starts the local stack for the integration tests)
-	$(BIN)/python -m pytest --durations=10
+	$(BIN)/python -m pytest --durations=40
 
 test-unit: install ## unit tests only (no network)
 	$(BIN)/python -m pytest tests/unit --durations=5
 
 test-integration: install ## integration tests against the local stack
-	$(BIN)/python -m pytest tests/integration --durations=10
+	$(BIN)/python -m pytest tests/integration --durations=40
 
 lint: install ## ruff, the dependency direction (import-linter) and mypy
 	$(BIN)/ruff check .

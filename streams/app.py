@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 #: request size)
 CHANGELOG_MAX_BYTES = 16 * 1024 * 1024
 
+#: how long a worker's produce request waits for its answer (and the broker for the in-sync
+#: replicas) before it is retried
+PRODUCER_REQUEST_TIMEOUT_S = 30.0
+
 #: role -> the agent modules it runs (each named as its role); each has `install(runtime)`.
 ROLES: dict[str, tuple[str, ...]] = {
     "projections": ("streams.agents.projections",),
@@ -136,6 +140,12 @@ def create_app(role: str, settings: Settings) -> faust.App:
         # a table's batch record (the analytics window stage's marker carries every window
         # that changed, all of a 5-minute boundary's) may exceed Kafka's default 1 MB
         producer_max_request_size=CHANGELOG_MAX_BYTES,
+        # a produce request's wait, the client's and the broker's for the in-sync replicas
+        # (faust's default: 20 minutes). Seen in the full drill: one request never answered
+        # held an analytics worker's every delivery (its router, window stage and ticks) until
+        # its watchdog ended it 2 minutes later. The producer is idempotent, so a request timed
+        # out is retried (never expired) and written once.
+        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port + list(ROLES).index(role),
         web_enabled=True,

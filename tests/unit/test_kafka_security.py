@@ -374,8 +374,10 @@ async def test_the_worker_app_connects_over_sasl_ssl_with_scram(
         assert kwargs["sasl_plain_password"] == PASSWORD, kind
         ctx = kwargs["ssl_context"]
         assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED, kind
-    # our producer's own settings still apply on top (idempotent, acks=all)
+    # our producer's own settings still apply on top (idempotent, acks=all), and a produce
+    # request left unanswered is retried after 30 s, not waited on for faust's 20 minutes
     assert clients["Producer"]["enable_idempotence"] is True
+    assert clients["Producer"]["request_timeout_ms"] == 30_000
 
 
 # --- no client forgets it: the source tree, read -------------------------------------------------
