@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# uv installs the locked dependencies (the same set as pip: ~5 s instead of ~50 s here)
+UV     := uv==0.13.8
 
 .PHONY: help install run test test-unit test-integration lint check-schemas bench bench-workers bench-scale bench-analytics bench-reads bench-rebuild profile-workers drill drill-ci lock up down status clean-stack
 
@@ -12,7 +14,8 @@ help: ## list the targets
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(UV)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -74,7 +77,7 @@ drill-ci: install ## one short row per fault kind (what CI runs)
 		leader controller isr worker-kill worker-pause clock postgres poison duplicate rebuild
 
 lock: ## re-pin requirements.lock from pyproject.toml (needs network)
-	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/python -m pip install --quiet $(UV)
 	$(BIN)/uv pip compile --python-version 3.11 --extra dev --no-header --annotation-style line pyproject.toml -o requirements.lock
 
 up: install ## mohallamart stack up
