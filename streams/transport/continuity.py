@@ -41,7 +41,8 @@ class Continuity:
     it were processed and committed (a committed offset read stale before faust's own seek to
     the committed offsets held a partition for ever); so is one below it while no record of the
     partition was admitted in this generation. Nothing is admitted in a generation before faust's
-    seek to the committed offsets (`Positions.sought`)."""
+    seek to the committed offsets (`Positions.sought`); a partition with no committed offset
+    then expects the lowest record held before it (that seek does not move it)."""
 
     RESEEK_S = 5.0
 
@@ -51,6 +52,8 @@ class Continuity:
         self.sought: dict[TP, tuple[int, float]] = {}  # partition -> (offset, when)
         self.generation: int | None = None
         self.admitted: set[TP] = set()  # partitions with a record admitted in this generation
+        # partition -> the lowest offset held before the generation's seek
+        self.early: dict[TP, int] = {}
 
     async def admit(
         self, events: Sequence[faust.EventT[Any]]
@@ -62,9 +65,14 @@ class Continuity:
             self.next.clear()
             self.sought.clear()
             self.admitted.clear()
+            self.early.clear()
         if not pos.sought():
             # before the generation's seek to the committed offsets: that seek drops the
-            # acknowledgements recorded so far and delivers these records again
+            # acknowledgements recorded so far and delivers these records again; a partition
+            # with no committed offset is not sought, so the lowest held is expected next
+            for e in events:
+                tp, offset = e.message.tp, e.message.offset
+                self.early[tp] = min(offset, self.early.get(tp, offset))
             return [], list(events)
         keep: list[faust.EventT[Any]] = []
         held: list[faust.EventT[Any]] = []
@@ -86,7 +94,7 @@ class Continuity:
                 if expected is not None and committed is not None:
                     self.next[tp] = committed
                     self.sought.pop(tp, None)
-                expected = committed
+                expected = committed if committed is not None else self.early.get(tp)
             if expected is not None and m.offset < expected and tp in self.next:
                 held.append(e)  # a copy of a record admitted already
                 continue

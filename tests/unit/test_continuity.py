@@ -278,3 +278,50 @@ def test_an_offset_below_the_groups_is_not_committed(monkeypatch: Any) -> None:
     # all of them stale: nothing is sent, nothing recorded
     assert asyncio.run(c._commit_offsets({A: 11170})) is False
     assert committed == [{B: 60}] and c._committed_offset[A] == 11184
+
+
+def test_a_partition_with_no_committed_offset_expects_the_lowest_record_held_before_the_seek() -> (
+    None
+):
+    # Seen in CI (the analytics test's worker, a new group): records 0..2 came before faust's
+    # seek and were held; that seek does not move a partition with no committed offset, so
+    # they never came again, and the worker waited for them for ever (its drill point unmet).
+    pos = _Positions({}, gen=3, sought_gen=2)
+    c = Continuity(pos)
+    assert _admit(c, (A, 0), (A, 1), (A, 2)) == ([], [0, 1, 2])
+    pos.sought_gen = 3  # faust's seek: nothing to seek A to
+    assert _admit(c, (A, 3), (A, 4)) == ([], [3, 4])
+    assert pos.seeks == [(A, 0)]  # sought back to the lowest held
+    assert _admit(c, (A, 0), (A, 1), (A, 2), (A, 3)) == ([(A, 0), (A, 1), (A, 2), (A, 3)], [])
+
+
+def test_nothing_is_committed_between_an_assignment_and_its_seek(monkeypatch: Any) -> None:
+    """CI: offsets computed from acknowledgements of before an assignment were committed after
+    it (3449, under the 3526 the other worker had committed in between): the group's offset went
+    back and this worker's commits stopped."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from faust.transport import consumer as faust_consumer
+
+    from streams.transport.driver import Consumer
+
+    sent: list[dict[TP, int]] = []
+
+    async def kafka_commit(self: Any, offsets: Any) -> bool:
+        sent.append(dict(offsets))
+        return True
+
+    monkeypatch.setattr(faust_consumer.ThreadDelegateConsumer, "_commit", kafka_commit)
+    c: Any = object.__new__(Consumer)
+    c.__dict__.update(
+        app=SimpleNamespace(consumer_generation_id=4),
+        _committed_offset=defaultdict(lambda: None, {A: 3449}),
+        _mm_group={A: 3449},
+        _mm_sought_generation=3,  # generation 4 assigned, its seek not done yet
+    )
+    assert asyncio.run(c._commit({A: 3449})) is False
+    assert sent == []
+    c.__dict__["_mm_sought_generation"] = 4
+    assert asyncio.run(c._commit({A: 3460})) is True
+    assert sent == [{A: 3460}]
