@@ -64,10 +64,11 @@ bench-rebuild: install ## each rebuild (postgres, redis, search) beside a raw ba
 
 # The drill runs on a stack of its own (.stack/drill: 3 controllers, 3 brokers, RF 3, min ISR 2,
 # clients over SASL_SSL)
-# with the test profile's short session timeout; stop `make run`'s stack first (same ports).
+# with the test profile's short session timeout and stall watchdog (45 s, as the tests'); stop
+# `make run`'s stack first (same ports).
 DRILL_ENV := STACK_DIR=.stack/drill STACK_KAFKA_BROKERS=3 STACK_KAFKA_SECURITY=sasl_ssl \
 	KAFKA_REPLICATION_FACTOR=3 KAFKA_MIN_INSYNC_REPLICAS=2 KAFKA_SESSION_TIMEOUT_MS=3000 KAFKA_HEARTBEAT_INTERVAL_MS=1000 \
-	KAFKA_REBALANCE_TIMEOUT_MS=6000
+	KAFKA_REBALANCE_TIMEOUT_MS=6000 WORKER_STUCK_PARTITION_S=45
 
 drill: install ## the fault drill, every row, 3-broker profile (its own stack; report: drill-report.md)
 	$(DRILL_ENV) $(BIN)/mohallamart drill --report drill-report.md $(ROWS)
