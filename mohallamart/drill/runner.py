@@ -709,4 +709,14 @@ def run(
         for r in results
         if not r.skipped and (r.failed or r.verdict is None or not r.verdict.clean)
     ]
+    # the last line a CI log's tail shows: which rows failed and why
+    say(
+        f"drill: {len(results)} rows, "
+        + (
+            "failed: " + "; ".join(f"{r.row} ({r.failed or 'stores not clean'})" for r in bad)
+            if bad
+            else "none failed"
+        )
+        + ("; a secret in a log" if leaked else "")
+    )
     return 1 if bad or leaked else 0

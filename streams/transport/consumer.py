@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import inspect
 import weakref
 from typing import Any
 
@@ -145,7 +148,6 @@ def diagnose(app: AppT) -> str:
     fetch positions and end offset, which partitions faust counts active, paused or buffered,
     what aiokafka has paused, how many records wait in the agents' queues, and where every
     task of the event loop waits."""
-    import asyncio
 
     consumer: Any = app.consumer
     recovery = getattr(app.tables, "recovery", None)
@@ -206,16 +208,39 @@ def diagnose(app: AppT) -> str:
     return "\n".join(lines)
 
 
-def _awaiting(coro: Any, depth: int = 12) -> list[str]:
-    """Where a coroutine waits: each frame of its chain of awaits, outermost first."""
+def _awaiting(coro: Any, depth: int = 24) -> list[str]:
+    """Where a coroutine waits: each frame of its chain of awaits, outermost first, through the
+    async generators it iterates (an agent's `async for` over its batches) and the tasks it
+    awaits."""
     out: list[str] = []
     while coro is not None and depth:
+        depth -= 1
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
         if frame is not None:
             out.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
-        depth -= 1
+        nxt = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        if nxt is None and frame is None and type(coro).__name__ in _STEPS:
+            # `await agen.__anext__()`, `await future`: the step object names neither the
+            # generator nor the future; it refers to it
+            nxt = next(
+                (
+                    r
+                    for r in gc.get_referents(coro)
+                    if inspect.isasyncgen(r) or isinstance(r, asyncio.Future)
+                ),
+                None,
+            )
+        elif nxt is None and isinstance(coro, asyncio.Task):
+            nxt = coro.get_coro()
+        elif nxt is None and isinstance(coro, asyncio.Future) and frame is None:
+            out.append("a future" + (" (done)" if coro.done() else ""))
+        coro = nxt
     return out or ["?"]
+
+
+#: what `async for` awaits on an async generator (its frames are the generator's), and what
+#: `await` on a future (a task) awaits
+_STEPS = ("async_generator_asend", "async_generator_athrow", "FutureIter")
 
 
 def commit_positions(app: AppT) -> dict[TP, tuple[int | None, int | None]]:

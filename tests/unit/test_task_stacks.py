@@ -1,0 +1,34 @@
+"""The stuck worker's picture shows where an agent waits, through the async generator it
+iterates (an agent's `async for` over its batches ended the chain at the agent before)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streams.transport.consumer import _awaiting
+
+
+async def test_the_chain_goes_through_an_async_generator_and_an_awaited_task() -> None:
+    gate = asyncio.Event()
+
+    async def inner() -> None:
+        await gate.wait()
+
+    async def batches():  # type: ignore[no-untyped-def]
+        await asyncio.ensure_future(inner())
+        yield 1
+
+    async def agent() -> None:
+        async for _ in batches():
+            pass
+
+    task = asyncio.ensure_future(agent())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    try:
+        chain = _awaiting(task.get_coro())
+        names = [step.partition(":")[0] for step in chain]
+        assert names == ["agent", "batches", "inner", "wait", "a future"], chain
+    finally:
+        gate.set()
+        await task
