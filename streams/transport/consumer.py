@@ -208,25 +208,33 @@ def diagnose(app: AppT) -> str:
     return "\n".join(lines)
 
 
-def _awaiting(coro: Any, depth: int = 24) -> list[str]:
+def _awaiting(coro: Any, depth: int = 32) -> list[str]:
     """Where a coroutine waits: each frame of its chain of awaits, outermost first, through the
-    async generators it iterates (an agent's `async for` over its batches) and the tasks it
-    awaits."""
+    async generators it iterates (an agent's `async for` over its batches), the coroutines an
+    awaitable wraps (faust's actor) and the tasks it awaits."""
     out: list[str] = []
     while coro is not None and depth:
         depth -= 1
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        frame = next(
+            (f for a in ("cr_frame", "ag_frame", "gi_frame") if (f := getattr(coro, a, None))),
+            None,
+        )
         if frame is not None:
             out.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
-        nxt = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        nxt = next(
+            (n for a in ("cr_await", "ag_await", "gi_yieldfrom") if (n := getattr(coro, a, None))),
+            None,
+        )
         if nxt is None and frame is None and type(coro).__name__ in _STEPS:
-            # `await agen.__anext__()`, `await future`: the step object names neither the
-            # generator nor the future; it refers to it
+            # `await agen.__anext__()`, `await future`, `await awaitable` (a coroutine's
+            # `__await__()`): the step object names none of what it steps; it refers to it
             nxt = next(
                 (
                     r
                     for r in gc.get_referents(coro)
-                    if inspect.isasyncgen(r) or isinstance(r, asyncio.Future)
+                    if inspect.isasyncgen(r)
+                    or inspect.iscoroutine(r)
+                    or isinstance(r, asyncio.Future)
                 ),
                 None,
             )
@@ -238,9 +246,9 @@ def _awaiting(coro: Any, depth: int = 24) -> list[str]:
     return out or ["?"]
 
 
-#: what `async for` awaits on an async generator (its frames are the generator's), and what
-#: `await` on a future (a task) awaits
-_STEPS = ("async_generator_asend", "async_generator_athrow", "FutureIter")
+#: the objects an await steps through that have no frame of their own: what `async for` awaits
+#: on an async generator, what `await` on a future (a task) awaits, a coroutine's `__await__()`
+_STEPS = ("async_generator_asend", "async_generator_athrow", "FutureIter", "coroutine_wrapper")
 
 
 def commit_positions(app: AppT) -> dict[TP, tuple[int | None, int | None]]:

@@ -32,3 +32,31 @@ async def test_the_chain_goes_through_an_async_generator_and_an_awaited_task() -
     finally:
         gate.set()
         await task
+
+
+async def test_the_chain_goes_through_an_awaitable_that_wraps_a_coroutine() -> None:
+    """faust runs an agent as `await actor`, whose `__await__` is its coroutine's."""
+    gate = asyncio.Event()
+
+    async def agent() -> None:
+        await gate.wait()
+
+    class Actor:
+        def __init__(self) -> None:
+            self.it = agent()
+
+        def __await__(self):  # type: ignore[no-untyped-def]
+            return self.it.__await__()
+
+    async def execute_actor(actor: Actor) -> None:
+        await actor
+
+    task = asyncio.ensure_future(execute_actor(Actor()))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    try:
+        names = [step.partition(":")[0] for step in _awaiting(task.get_coro())]
+        assert names == ["execute_actor", "agent", "wait", "a future"], names
+    finally:
+        gate.set()
+        await task
