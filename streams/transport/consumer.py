@@ -184,6 +184,18 @@ def diagnose(app: AppT) -> str:
             + (", buffered" if tp in buffered else "")
             + (", paused in aiokafka" if tp in kafka_paused else "")
         )
+    # the lowest records not acknowledged of each partition: whether an agent holds them
+    # (acked set, offset not recorded: `hold`) or has them in hand, and of which generation
+    lowest: dict[Any, list[Any]] = {}
+    for m in list(consumer._unacked_messages):
+        lowest.setdefault(m.tp, []).append(m)
+    for tp, messages in sorted(lowest.items()):
+        shown = ", ".join(
+            f"{m.offset} (acked flag {m.acked}, refcount {m.refcount}, generation "
+            f"{m.generation_id})"
+            for m in sorted(messages, key=lambda m: m.offset)[:3]
+        )
+        lines.append(f"  not acknowledged in {tp.topic}/{tp.partition}: {shown}")
     for channel in list(getattr(app.topics, "_topics", ())):
         queue = getattr(channel, "_queue", None)
         if queue is not None and queue.qsize():

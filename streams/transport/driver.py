@@ -145,6 +145,24 @@ class Consumer(faust_aiokafka.Consumer):
             self.__dict__.setdefault("_mm_sent", {}).update(fresh)
         return did_commit
 
+    def ack(self, message: Any) -> bool:
+        # faust drops an acknowledgement of an offset below the one it holds as committed (and
+        # one whose message is marked acked already): that offset then holds the partition's
+        # commit for good. Said when it happens (the commit stalls the watchdog ends).
+        already = message.acked
+        recorded: bool = super().ack(message)
+        if not recorded and not already and self.app.topics.acks_enabled_for(message.topic):
+            log.warning(
+                "%s/%d: the acknowledgement of offset %d was not recorded (committed offset %s, "
+                "acknowledged already: %s)",
+                message.tp.topic,
+                message.tp.partition,
+                message.offset,
+                self._committed_offset.get(message.tp),
+                message.offset in self._acked_index.get(message.tp, ()),
+            )
+        return recorded
+
     def _new_offset(self, tp: TP) -> int | None:
         # The offset to commit: never past the lowest record not acknowledged. faust's own rule
         # lets one unacknowledged record at the committed offset through (committed 100, 100
