@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from connectors.base import DependencyDown
+from connectors.db import SESSION_LOST
 
 __all__ = [
     "ANALYTICS_LOCK",
@@ -501,7 +502,7 @@ class AnalyticsStore:
                 await write_watermarks(conn, w.watermarks)
                 if self._topic is not None:
                     await write_positions(conn, self._topic, w.positions)
-        except (psycopg.OperationalError, OSError) as exc:
+        except SESSION_LOST as exc:
             dead, self._conn = self._conn, None
             if dead is not None:
                 try:

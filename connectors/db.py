@@ -7,6 +7,7 @@ transaction, under an advisory lock so concurrent starters never race.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,35 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 class DatabaseError(PipelineError):
     """PostgreSQL could not be reached or a migration failed."""
+
+
+#: a PostgreSQL session gone: refused, dropped, or ended by the server because it sat idle in a
+#: transaction (`limit_idle_transactions`: the worker was paused); reconnect and retry
+SESSION_LOST: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+    OSError,
+)
+
+
+def limit_idle_transactions(ms: int) -> None:
+    """This process's PostgreSQL sessions from now on: one left idle inside a transaction for
+    `ms` is ended by the server and its locks released (0: no limit). A worker paused
+    mid-transaction otherwise holds its rows' locks until it resumes, and the worker that took
+    its partitions over waits on them. Through libpq's PGOPTIONS, which every connection this
+    process opens reads (`session_options` for one that passes options of its own)."""
+    options = re.sub(
+        r"-c\s*idle_in_transaction_session_timeout=\S+", "", os.environ.get("PGOPTIONS", "")
+    ).split()
+    if ms > 0:
+        options += ["-c", f"idle_in_transaction_session_timeout={ms}"]
+    os.environ["PGOPTIONS"] = " ".join(options)
+
+
+def session_options(*extra: str) -> str:
+    """libpq `options` for a connection that sets its own: `extra` (each `name=value`) after
+    this process's PGOPTIONS (given, `options` overrides PGOPTIONS)."""
+    return " ".join([os.environ.get("PGOPTIONS", "").strip(), *(f"-c {e}" for e in extra)]).strip()
 
 
 def _migrations() -> list[tuple[int, str, Path]]:
@@ -92,7 +122,7 @@ class PgReader:
                     self.dsn, autocommit=True, connect_timeout=5
                 )
             yield self._conn
-        except (psycopg.OperationalError, OSError) as exc:
+        except SESSION_LOST as exc:
             conn, self._conn = self._conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):

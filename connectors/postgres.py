@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 
 from connectors.base import APPLIED, DependencyDown, Outcome, Settled, refused, settle_each
 from connectors.cleanup import Cutoffs, is_removed_session, load_cutoffs
+from connectors.db import SESSION_LOST, session_options
 from schemas.catalog import record_defaults
 from schemas.lifecycle import (
     ORDER_TRANSITIONS,
@@ -160,10 +161,14 @@ class PostgresProjections:
                 # psycopg prepares a statement after 5 runs; a generic plan made while a table
                 # was small (a fresh database) kept scanning it whole once it had grown (p50
                 # 700 ms from API to row after 100k events). A batch is worth planning each time.
-                options="-c plan_cache_mode=force_custom_plan"
-                # a rebuild's schema alone: were it dropped under the rebuild, its writes fail
-                # instead of reaching the live tables (what it reads of public is qualified)
-                + ("" if self._schema is None else f" -c search_path={self._schema}"),
+                # (after this process's own: `connectors.db.limit_idle_transactions`)
+                options=session_options(
+                    "plan_cache_mode=force_custom_plan",
+                    # a rebuild's schema alone: were it dropped under the rebuild, its writes
+                    # fail instead of reaching the live tables (what it reads of public is
+                    # qualified)
+                    *(() if self._schema is None else (f"search_path={self._schema}",)),
+                ),
             )
             if not self._upserts:
                 await self._prepare_upserts(self._conn)
@@ -215,12 +220,9 @@ class PostgresProjections:
                 await _record_refusals(conn, items, outcomes)
                 if positions:
                     await record_positions(conn, positions)
-        except psycopg.OperationalError as exc:
+        except SESSION_LOST as exc:
             await self._drop()
             raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
-        except OSError as exc:
-            await self._drop()
-            raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         return await settle_each(outcomes, settled)
 
     async def record_refusal(self, event: dict[str, Any], error_class: str, reason: str) -> None:
@@ -233,7 +235,7 @@ class PostgresProjections:
                     "VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
                     (str(event["id"]), event["type"], error_class, reason[:2000]),
                 )
-        except (psycopg.OperationalError, OSError) as exc:
+        except SESSION_LOST as exc:
             await self._drop()
             raise DependencyDown(f"PostgreSQL: {type(exc).__name__}: {exc}".strip()) from exc
 

@@ -229,6 +229,12 @@ class Settings(BaseSettings):
     #: position has not moved for this long logs its consumer's state and exits, to be
     #: restarted (0: never)
     worker_stuck_partition_s: float = Field(120.0, ge=0)
+    #: a worker's PostgreSQL session left idle inside a transaction this long is ended by the
+    #: server, its row locks released (None: the session timeout, at least 5 s; 0: never). A
+    #: worker paused mid-transaction (SIGSTOP, a stalled VM, a long GC pause) otherwise holds
+    #: its rows' locks until it resumes, and the next owner of its partitions waits on them
+    #: (the drill's worker-pause row: the analytics worker that took over waited for ever)
+    worker_pg_idle_in_transaction_s: float | None = Field(None, ge=0)
     #: records parked for a retry per partition (a failing record and those of its key behind
     #: it) before the partition pauses
     worker_max_parked: int = Field(1000, ge=1)
@@ -500,6 +506,14 @@ class Settings(BaseSettings):
         return self.schema_registry_url or (
             f"http://{self.stack_host}:{self.stack_registry_port}/apis/ccompat/v7"
         )
+
+    @property
+    def pg_idle_in_transaction_ms(self) -> int:
+        """`idle_in_transaction_session_timeout` of the workers' PostgreSQL sessions (0: none)."""
+        limit = self.worker_pg_idle_in_transaction_s
+        if limit is None:
+            limit = max(5.0, self.kafka_session_timeout_ms / 1000)
+        return int(limit * 1000)
 
     @property
     def postgres_dsn(self) -> str:

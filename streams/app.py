@@ -295,7 +295,7 @@ def create_app(role: str, settings: Settings) -> faust.App:
 
 def run_worker(role: str, settings: Settings, web_port: int | None = None) -> None:
     """Run one worker of `role` in the foreground until SIGINT/SIGTERM."""
-    from connectors.db import migrate
+    from connectors.db import limit_idle_transactions, migrate
 
     try:
         transport.check_faust()  # before anything: faust provides what the transport relies on
@@ -303,6 +303,11 @@ def run_worker(role: str, settings: Settings, web_port: int | None = None) -> No
         exit_worker(EXIT_NOT_READY, f"worker {role} cannot start: {exc}")
     if role != "stock":  # the stock role alone never touches PostgreSQL
         migrate(settings.postgres_dsn)  # the tables, before the first batch
+        if role != "search":
+            # the search role's transactions hold a shared lock over a Typesense call (up to
+            # its 5 s timeout): ended, the write would only be retried; paused, that lock holds
+            # up no other worker (a rebuild's cut-over alone)
+            limit_idle_transactions(settings.pg_idle_in_transaction_ms)
     if web_port is not None:
         settings = settings.model_copy(
             update={"worker_web_port": web_port - list(ROLES).index(role)}

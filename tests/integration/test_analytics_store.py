@@ -5,6 +5,7 @@ never changes again, and reads give each window's average order value."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from connectors.analytics import SalesWindow, read_sales, write_sales
-from connectors.db import migrate
+from connectors.db import SESSION_LOST, limit_idle_transactions, migrate
 from core.settings import Settings
 from mohallamart.stack import Stack
 
@@ -135,3 +136,57 @@ def test_the_api_reads_a_shops_sales_windows_in_their_zone(
     assert naive.status_code == 422 and "zone offset" in naive.text
     wide = get(make_key(["read"]), window="1m", **{"from": "2026-12-04T00:00:00+05:30"})
     assert wide.status_code == 422 and "at most 1 day" in wide.text
+
+
+def test_a_worker_paused_mid_transaction_does_not_hold_the_next_owners_write_for_ever(
+    stack: Stack, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stopped inside its transaction (SIGSTOP, a stalled VM) keeps its rows locked
+    until it resumes: the worker that took its partitions over waited on them (the drill's
+    worker-pause row, until its probe gave up). A worker's sessions are limited
+    (`connectors.db.limit_idle_transactions`, as `streams.app.run_worker` sets them): the
+    server ends the paused one's session, and the next owner's write of the same window goes
+    through."""
+    migrate(settings.postgres_dsn)
+    shop = f"shop_{uuid.uuid4().hex[:8]}"
+    window = SalesWindow("1m", shop, _ms(T0), _ms(T0) + MIN, {"orders": 1}, False)
+
+    async def write(orders: int) -> None:
+        w = SalesWindow(
+            window.period, shop, window.start_ms, window.end_ms, {"orders": orders}, False
+        )
+        # the next owner waits on the lock at most 30 s (the test's bound, not a worker's)
+        async with (
+            await psycopg.AsyncConnection.connect(
+                settings.postgres_dsn, options="-c statement_timeout=30000"
+            ) as conn,
+            conn.transaction(),
+        ):
+            await write_sales(conn, [w])
+
+    asyncio.run(write(1))
+    monkeypatch.setenv("PGOPTIONS", "")  # put back after the test
+    limit_idle_transactions(2000)
+    paused = psycopg.connect(settings.postgres_dsn)  # the worker paused mid-transaction
+    try:
+        paused.execute(
+            "UPDATE analytics_sales SET orders = 2 WHERE shop_id = %s AND period = '1m'", (shop,)
+        )
+        # ... stopped here, its transaction open; the next owner writes the same window
+        began = time.monotonic()
+        asyncio.run(write(3))
+        waited = time.monotonic() - began
+        # the server ended the paused session: resumed, it learns so (and its writer maps
+        # that to a dependency to reconnect to, `connectors.db.SESSION_LOST`)
+        with pytest.raises(SESSION_LOST):
+            paused.execute("SELECT 1")
+    finally:
+        paused.close()
+
+    async def orders() -> int:
+        async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+            rows = await read_sales(conn, shop, "1m", T0, T0 + timedelta(minutes=1))
+        return int(rows[0]["orders"])
+
+    assert asyncio.run(orders()) == 3  # the next owner's write, not the paused one's
+    assert waited < 15, f"the next owner waited {waited:.1f} s on the paused worker's lock"
