@@ -263,6 +263,9 @@ def create_app(role: str, settings: Settings) -> faust.App:
             )
 
     async def _commit_check(now: float) -> None:
+        if not transport.coordinator_known(app):
+            commits.reset()  # the commits wait for Kafka's group coordinator: not a stall
+            return
         stuck = commits.observe(now, transport.commit_positions(app), parked_partitions())
         if not stuck:
             return

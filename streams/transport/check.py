@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import faust
 from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.consumer import group_coordinator as aiokafka_group
 from faust.transport import consumer as faust_consumer
 from faust.transport import producer as faust_producer
 from faust.transport.drivers import TRANSPORTS
@@ -55,6 +56,7 @@ _ATTRIBUTES = (
     (faust_consumer.ThreadDelegateConsumer, ("_thread",)),
     (faust_producer.ProducerBuffer, ("pending", "message_sent", "_handle_pending")),
     (faust_producer.Producer, ("self.buffer = ProducerBuffer",)),
+    (aiokafka_group.GroupCoordinator, ("self.coordinator_id",)),
 )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "committed_offset",
     "assigning",
     "commit_positions",
+    "coordinator_known",
     "diagnose",
     "stream_positions",
     "fetcher_crash",
@@ -261,6 +262,16 @@ def _awaiting(coro: Any, depth: int = 32) -> list[str]:
 #: the objects an await steps through that have no frame of their own: what `async for` awaits
 #: on an async generator, what `await` on a future (a task) awaits, a coroutine's `__await__()`
 _STEPS = ("async_generator_asend", "async_generator_athrow", "FutureIter", "coroutine_wrapper")
+
+
+def coordinator_known(app: AppT) -> bool:
+    """Whether the consumer knows its group's coordinator. While it does not (brokers down, the
+    offsets topic below its in-sync replicas), aiokafka's commits wait for one: the commits
+    stand still by Kafka's doing, not this worker's (a workflows worker was ended as stuck
+    while two of three brokers were down in the drill's isr row)."""
+    thread = getattr(app.consumer, "_thread", None)
+    coordinator = getattr(getattr(thread, "_consumer", None), "_coordinator", None)
+    return coordinator is None or getattr(coordinator, "coordinator_id", None) is not None
 
 
 def commit_positions(app: AppT) -> dict[TP, tuple[int | None, int | None]]:
