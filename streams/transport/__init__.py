@@ -26,6 +26,7 @@ from streams.transport.consumer import (
     release,
     seek,
     settling,
+    start_offset,
     stream_positions,
 )
 from streams.transport.continuity import Continuity, Positions
@@ -65,5 +66,6 @@ __all__ = [
     "run_app",
     "seek",
     "settling",
+    "start_offset",
     "stream_positions",
 ]

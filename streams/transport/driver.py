@@ -187,7 +187,9 @@ class Consumer(faust_aiokafka.Consumer):
         await super().perform_seek()
         # faust has just read the group's committed offsets (see `_commit_offsets`)
         self.__dict__["_mm_group"] = dict(self._committed_offset)
-        for tp in list(self._committed_offset):
+        # every partition's, a partition the group never committed included (its records
+        # come again from the first this consumer fetched: `consumer.start_offset`)
+        for tp in {*self._committed_offset, *self._acked, *self._acked_index}:
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
         # from now on the agents may admit records of this generation (see `sought_generation`)
