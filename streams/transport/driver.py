@@ -187,6 +187,21 @@ class Consumer(faust_aiokafka.Consumer):
         await super().perform_seek()
         # faust has just read the group's committed offsets (see `_commit_offsets`)
         self.__dict__["_mm_group"] = dict(self._committed_offset)
+        # A partition the group never committed is not moved by that seek: records fetched
+        # before it (held, or dropped with the last generation) would never come again, and a
+        # partition with no new record stood still for good (a restarted analytics worker of a
+        # fresh group). It is sought to the first offset this consumer fetched of it.
+        first = self.__dict__.get("_mm_first_offset", {})
+        changelogs = {t.changelog_topic.get_topic_name() for t in self.app.tables.values()}
+        never = {
+            tp: first[tp]
+            for tp in self.assignment()
+            if tp in first
+            and tp.topic not in changelogs
+            and self._committed_offset.get(tp) is None
+        }
+        if never:
+            await self._thread.seek_wait(never)
         # every partition's, a partition the group never committed included (its records
         # come again from the first this consumer fetched: `consumer.start_offset`)
         for tp in {*self._committed_offset, *self._acked, *self._acked_index}:
