@@ -192,14 +192,15 @@ class Consumer(faust_aiokafka.Consumer):
         # partition with no new record stood still for good (a restarted analytics worker of a
         # fresh group). It is sought to the first offset this consumer fetched of it.
         first = self.__dict__.get("_mm_first_offset", {})
-        changelogs = {t.changelog_topic.get_topic_name() for t in self.app.tables.values()}
         never = {
             tp: first[tp]
-            for tp in self.assignment()
-            if tp in first
-            and tp.topic not in changelogs
-            and self._committed_offset.get(tp) is None
+            for tp in (self.assignment() if first else ())
+            if tp in first and self._committed_offset.get(tp) is None
         }
+        if never:
+            # (a table's changelog is never committed: its partitions are the recovery's)
+            changelogs = {t.changelog_topic.get_topic_name() for t in self.app.tables.values()}
+            never = {tp: o for tp, o in never.items() if tp.topic not in changelogs}
         if never:
             await self._thread.seek_wait(never)
         # every partition's, a partition the group never committed included (its records

@@ -325,3 +325,53 @@ def test_nothing_is_committed_between_an_assignment_and_its_seek(monkeypatch: An
     c.__dict__["_mm_sought_generation"] = 4
     assert asyncio.run(c._commit({A: 3460})) is True
     assert sent == [{A: 3460}]
+
+
+def test_the_generations_seek_moves_a_partition_never_committed_to_its_first_offset(
+    monkeypatch: Any,
+) -> None:
+    """faust's seek to the committed offsets leaves a partition the group never committed where
+    it is: records fetched before it (held, or dropped with the last generation) never came
+    again, and a restarted analytics worker of a fresh group stood still until the commit
+    watchdog ended it. It is sought to the first offset this consumer fetched of it; a
+    committed partition and a table's changelog are left to faust."""
+    from types import SimpleNamespace
+
+    from faust.transport import consumer as faust_consumer
+
+    from streams.transport.driver import Consumer
+
+    changelog = TP("app-table-changelog", 0)
+    app = SimpleNamespace(
+        consumer_generation_id=3,
+        tables=SimpleNamespace(
+            values=lambda: [
+                SimpleNamespace(
+                    changelog_topic=SimpleNamespace(get_topic_name=lambda: changelog.topic)
+                )
+            ]
+        ),
+    )
+
+    async def faust_seek(self: Any) -> None:
+        self._committed_offset.update({A: 737})  # B: never committed
+
+    sought: list[dict[TP, int]] = []
+
+    async def seek_wait(partitions: dict[TP, int]) -> None:
+        sought.append(dict(partitions))
+
+    monkeypatch.setattr(faust_consumer.Consumer, "perform_seek", faust_seek)
+    c: Any = object.__new__(Consumer)
+    c.__dict__.update(
+        app=app,
+        _committed_offset={},
+        _acked={B: [12, 13]},
+        _acked_index={B: {12, 13}},
+        _mm_first_offset={A: 700, B: 12, changelog: 0},
+        _thread=SimpleNamespace(assignment=lambda: {A, B, changelog}, seek_wait=seek_wait),
+    )
+    asyncio.run(c.perform_seek())
+    assert sought == [{B: 12}]
+    assert not c._acked.get(B)  # its records come again: their acknowledgements go
+    assert c.sought_generation == 3
